@@ -6,4 +6,11 @@ from jaxnets.registry import Registry
 
 TASKS = Registry("task", {
     "classification": "jaxnets.tasks.classification:ClassificationTask",
+    "language_model": "jaxnets.tasks.language_model:LanguageModelTask",
+    "seq2seq": "jaxnets.tasks.seq2seq:Seq2SeqTask",
+    "sequence_labeling": "jaxnets.tasks.sequence_labeling:SequenceLabelingTask",
+    "autoencoder": "jaxnets.tasks.autoencoder:AutoEncoderTask",
+    "vae": "jaxnets.tasks.vae:VAETask",
+    "gan": "jaxnets.tasks.gan:GANTask",
+    "diffusion": "jaxnets.tasks.diffusion:DiffusionTask",
 })
