@@ -1,0 +1,216 @@
+"""ResNet, PlainNet and pre-activation ResNet (He et al. 2016a, 2016b), one code path.
+
+    ResNet(depth=56, num_classes=10, rngs=nnx.Rngs(0))        # CIFAR form, depth 6n+2
+    PlainNet(depth=56, num_classes=10, rngs=nnx.Rngs(0))      # same network, no shortcuts
+    ResNet(depth=50, form="imagenet", num_classes=1000, rngs=...)   # 18/34 basic, 50 bottleneck
+    PreActResNet(depth=110, rngs=...)                          # BN-ReLU-conv units (2016b)
+
+Inputs are NHWC (channels last: XLA's CPU and GPU convolutions prefer it). Options:
+`residual` (False gives the plain net), `shortcut` ("A": parameter-free subsample + zero-padded
+channels, the CIFAR paper's choice; "B": 1x1 projection + BN where the shape changes),
+`preact`, `batch_norm` (False: convs get biases, no normalisation; for the degradation study),
+`dtype` (compute dtype, e.g. jnp.bfloat16; parameters stay float32).
+
+Lesion studies (Veit et al. 2016): `model(x, skip_blocks=(3,))` deletes block 3, i.e. the block
+output becomes its shortcut. A plain block has no shortcut; deleting it passes its input through
+the parameter-free option-A map so shapes still fit. `skip_blocks` may also be a float array of
+length `model.num_blocks` (1 = delete), so one compiled function evaluates every lesion.
+
+Per-layer gradient norms: `model.layer_paths()` lists the parameter paths of the weight layers
+in depth order; `layer_norms(grads, model.layer_paths())` reads their norms from a gradient
+(or parameter) state.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# He et al. 2015 initialisation (fan_out, as torchvision), used by both papers.
+he_normal = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+IMAGENET_LAYOUT = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True)}
+
+
+def conv(cin, cout, kernel, stride, *, bias, dtype, rngs):
+    # Explicit symmetric padding k//2 (as the papers / PyTorch); 'SAME' pads stride-2 convs
+    # asymmetrically, which changes which pixels a downsampling layer sees.
+    pad = kernel // 2
+    return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
+                    use_bias=bias, dtype=dtype, kernel_init=he_normal, rngs=rngs)
+
+
+def norm(features, *, enabled, dtype, rngs):
+    # momentum 0.9 = PyTorch's 0.1: running statistics that follow short training runs.
+    if not enabled:
+        return None
+    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+
+
+def apply_norm(layer, y, train):
+    return y if layer is None else layer(y, use_running_average=not train)
+
+
+def option_a_shortcut(x, stride, cout):
+    """Parameter-free shortcut: subsample by `stride`, zero-pad new channels (He et al. 2016a)."""
+    if stride > 1:
+        x = x[:, ::stride, ::stride, :]
+    extra = cout - x.shape[-1]
+    if extra:
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+    return x
+
+
+class Block(nnx.Module):
+    """One residual unit (basic: 3x3, 3x3; bottleneck: 1x1, 3x3, 1x1) or its plain twin.
+
+    Post-activation (2016a): relu(F(x) + s(x)), F = conv-BN-ReLU-...-conv-BN.
+    Pre-activation (2016b): F(x) + s(x), F = BN-ReLU-conv-...-BN-ReLU-conv.
+    """
+
+    def __init__(self, cin, cout, stride, *, bottleneck, residual, preact, shortcut, batch_norm,
+                 dtype, rngs):
+        self.cin, self.cout, self.stride = cin, cout, stride
+        self.residual, self.preact = residual, preact
+        mid = cout // 4 if bottleneck else cout
+        specs = ([(cin, mid, 1, 1), (mid, mid, 3, stride), (mid, cout, 1, 1)] if bottleneck
+                 else [(cin, cout, 3, stride), (cout, cout, 3, 1)])
+        bias = not batch_norm
+        self.convs = nnx.List([conv(i, o, k, s, bias=bias, dtype=dtype, rngs=rngs)
+                               for i, o, k, s in specs])
+        self.norms = nnx.List([norm(i if preact else o, enabled=batch_norm, dtype=dtype, rngs=rngs)
+                               for i, o, _, _ in specs])
+        project = residual and (stride != 1 or cin != cout) and shortcut == "B"
+        self.projection = nnx.data(
+            conv(cin, cout, 1, stride, bias=bias, dtype=dtype, rngs=rngs) if project else None)
+        # Pre-activation projections act on the already normalised input; no extra BN.
+        self.projection_norm = nnx.data(
+            norm(cout, enabled=batch_norm, dtype=dtype, rngs=rngs) if project and not preact
+            else None)
+
+    def shortcut(self, x, x_preact, train):
+        if self.projection is not None:
+            return apply_norm(self.projection_norm, self.projection(x_preact), train)
+        return option_a_shortcut(x, self.stride, self.cout)
+
+    def __call__(self, x, *, train=False, keep=True):
+        """`keep`: True (normal), False (block deleted), or a traced 0/1 scalar gate."""
+        y, x_preact = x, x
+        last = len(self.convs) - 1
+        for j, (conv_j, norm_j) in enumerate(zip(self.convs, self.norms)):
+            if self.preact:
+                y = jax.nn.relu(apply_norm(norm_j, y, train))
+                if j == 0:
+                    x_preact = y
+                y = conv_j(y)
+            else:
+                y = apply_norm(norm_j, conv_j(y), train)
+                if j < last:
+                    y = jax.nn.relu(y)
+        s = self.shortcut(x, x_preact, train) if (self.residual or keep is not True) else None
+        if keep is True:
+            out = y + s if self.residual else y
+        elif keep is False:
+            out = s
+        else:
+            out = keep * y + s if self.residual else keep * y + (1 - keep) * s
+        return out if self.preact else jax.nn.relu(out)
+
+
+class ResNet(nnx.Module):
+    def __init__(self, depth: int = 20, num_classes: int = 10, *, form: str = "cifar",
+                 residual: bool = True, shortcut: str | None = None, preact: bool = False,
+                 batch_norm: bool = True, in_channels: int = 3, width: int | None = None,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        if form == "cifar":
+            if (depth - 2) % 6:
+                raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
+            n, width = (depth - 2) // 6, width or 16
+            stages, bottleneck = (n, n, n), False
+            widths = [width, 2 * width, 4 * width]
+            shortcut = shortcut or "A"
+        elif form == "imagenet":
+            if depth not in IMAGENET_LAYOUT:
+                raise ValueError(f"ImageNet ResNet depth must be one of {sorted(IMAGENET_LAYOUT)}")
+            stages, bottleneck = IMAGENET_LAYOUT[depth]
+            width = width or 64
+            widths = [width * 2 ** i * (4 if bottleneck else 1) for i in range(4)]
+            shortcut = shortcut or "B"
+        else:
+            raise ValueError(f"form must be 'cifar' or 'imagenet', got {form!r}")
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+        self.depth, self.form, self.residual, self.preact = depth, form, residual, preact
+        self.dtype = dtype
+        stem_kernel, stem_stride = (3, 1) if form == "cifar" else (7, 2)
+        self.stem = conv(in_channels, width, stem_kernel, stem_stride, bias=not batch_norm,
+                         dtype=dtype, rngs=rngs)
+        # Pre-activation nets normalise inside the blocks and once more before pooling.
+        self.stem_norm = nnx.data(None if preact else norm(width, enabled=batch_norm, dtype=dtype,
+                                                           rngs=rngs))
+        blocks, cin = [], width
+        for stage, (count, cout) in enumerate(zip(stages, widths)):
+            for i in range(count):
+                stride = 2 if (i == 0 and stage > 0) else 1
+                blocks.append(Block(cin, cout, stride, bottleneck=bottleneck, residual=residual,
+                                    preact=preact, shortcut=shortcut, batch_norm=batch_norm,
+                                    dtype=dtype, rngs=rngs))
+                cin = cout
+        self.blocks = nnx.List(blocks)
+        self.final_norm = nnx.data(norm(cin, enabled=batch_norm, dtype=dtype, rngs=rngs) if preact
+                                   else None)
+        self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def __call__(self, x, *, train: bool = False, rngs: nnx.Rngs | None = None,
+                 skip_blocks: Sequence[int] | jax.Array = ()):
+        del rngs  # no dropout in these networks; accepted for the common call convention
+        x = self.stem(x.astype(self.dtype))
+        if not self.preact:
+            x = jax.nn.relu(apply_norm(self.stem_norm, x, train))
+        if self.form == "imagenet":
+            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        static_skip = isinstance(skip_blocks, (tuple, list, set, range))
+        for i, block in enumerate(self.blocks):
+            keep = (i not in skip_blocks) if static_skip else 1 - skip_blocks[i].astype(x.dtype)
+            x = block(x, train=train, keep=keep)
+        if self.preact:
+            x = jax.nn.relu(apply_norm(self.final_norm, x, train))
+        return self.head(x.mean(axis=(1, 2))).astype(jnp.float32)
+
+    def layer_paths(self) -> list[tuple]:
+        """Parameter paths of the weight layers (conv/linear kernels) ordered by depth."""
+        paths = [("stem", "kernel")]
+        for i, block in enumerate(self.blocks):
+            paths += [("blocks", i, "convs", j, "kernel") for j in range(len(block.convs))]
+        return paths + [("head", "kernel")]
+
+
+class PlainNet(ResNet):
+    """ResNet with every shortcut removed (He et al. 2016a's plain baseline); same code, same params."""
+
+    def __init__(self, depth: int = 20, num_classes: int = 10, **kwargs):
+        super().__init__(depth, num_classes, residual=False, **kwargs)
+
+
+class PreActResNet(ResNet):
+    """Pre-activation ResNet (He et al. 2016b, "Identity Mappings in Deep Residual Networks")."""
+
+    def __init__(self, depth: int = 20, num_classes: int = 10, **kwargs):
+        super().__init__(depth, num_classes, preact=True, **kwargs)
+
+
+def layer_norms(state, paths: Sequence[tuple]) -> np.ndarray:
+    """L2 norms of the variables at `paths` in an nnx.State (gradients or parameters)."""
+    flat = {path: v for path, v in nnx.to_flat_state(state)}
+    return np.array([float(jnp.linalg.norm(jnp.asarray(flat[p][...], jnp.float32))) for p in paths])
+
+
+def param_count(model: nnx.Module) -> int:
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
