@@ -26,3 +26,25 @@ MODELS = Registry("model", {
     "preact_resnet": "jaxnets.models.resnet:PreActResNet",
     "densenet": "jaxnets.models.densenet:DenseNet",
 })
+
+
+def build_model(model_config, rngs, **defaults):
+    """Instantiate `model_config.name` with its keywords; `defaults` (e.g. num_classes,
+    in_channels, dtype from the task) fill in only the keywords the constructor accepts and
+    the config does not set."""
+    import inspect
+
+    kwargs = {k: v for k, v in dict(model_config).items() if k != "name"}
+    cls = MODELS.get(model_config.name)
+    target = cls.__init__ if isinstance(cls, type) else cls
+    params = {k: p for k, p in inspect.signature(target).parameters.items() if k != "self"}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key, value in defaults.items():
+        if key not in kwargs and (takes_any or key in params):
+            kwargs[key] = value
+    unknown = [k for k in kwargs if k not in params and not takes_any]
+    if unknown:
+        from jaxnets.errors import UserError
+        raise UserError(f"Model {model_config.name!r} ({cls.__name__}) takes no keyword(s) {unknown}; "
+                        f"it accepts {[p for p in params if p != 'rngs']}.")
+    return cls(**kwargs, rngs=rngs)

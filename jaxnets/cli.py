@@ -1,0 +1,107 @@
+"""`jaxnets train|list|bench`.
+
+    jaxnets train --config experiments/mnist_cnn.py:smoke --workdir runs/x [--config.KEY=VALUE ...]
+    jaxnets list
+    jaxnets bench train_step --json          (runs `python -m benchmarks.train_step --json`)
+
+Bad input (unknown key, dataset, model or experiment, unwritable workdir, ...) prints one
+paragraph and exits with status 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import textwrap
+
+from jaxnets.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def _repo_dir(name: str) -> str:
+    """`experiments/` or `benchmarks/` next to the working directory, else next to the package."""
+    if os.path.isdir(name):
+        return name
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name)
+
+
+def cmd_train(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="jaxnets train", description="Train an experiment config.")
+    parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
+    parser.add_argument("--workdir", required=False, help="checkpoints, logs, final.json (resumes if present)")
+    parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for item in rest:
+        if not item.startswith("--config."):
+            raise UserError(f"Unrecognised argument {item!r}. Settings are changed with "
+                            "--config.KEY=VALUE (e.g. --config.train.steps=100).")
+        overrides.append(item[len("--config."):])
+
+    from jaxnets.config import apply_overrides, load_config
+    config = apply_overrides(load_config(args.config), overrides)
+    if args.print_config:
+        print(config)
+        return 0
+    if not args.workdir:
+        raise UserError("--workdir is required: the directory for checkpoints, logs and final.json.")
+    from jaxnets.train.trainer import train
+    final = train(config, args.workdir)
+    if final.get("preempted"):
+        return 0
+    shown = {k: v for k, v in final["metrics"].items() if isinstance(v, float)}
+    print(f"Done: step {final['step']}; " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
+          + f"\nWrote {os.path.join(args.workdir, 'final.json')}")
+    return 0
+
+
+def cmd_list(argv: list[str]) -> int:
+    from jaxnets.data import DATASETS
+    from jaxnets.models import MODELS
+    from jaxnets.tasks import TASKS
+
+    exp_dir = _repo_dir("experiments")
+    experiments = sorted(f[:-3] for f in os.listdir(exp_dir) if f.endswith(".py") and not f.startswith("_")) \
+        if os.path.isdir(exp_dir) else []
+    bench_dir = _repo_dir("benchmarks")
+    benchmarks = sorted(f[:-3] for f in os.listdir(bench_dir) if f.endswith(".py") and not f.startswith("_")) \
+        if os.path.isdir(bench_dir) else []
+    for title, names in (("datasets", DATASETS.names()), ("models", MODELS.names()),
+                         ("tasks", TASKS.names()), (f"experiments ({exp_dir})", experiments),
+                         (f"benchmarks ({bench_dir})", benchmarks)):
+        print(f"{title}:")
+        print(textwrap.fill("  ".join(names) or "(none)", width=100, initial_indent="  ",
+                            subsequent_indent="  "))
+    return 0
+
+
+def cmd_bench(argv: list[str]) -> int:
+    if not argv:
+        raise UserError("Name a benchmark: `jaxnets bench NAME [ARGS]`; `jaxnets list` shows them.")
+    name, rest = argv[0], argv[1:]
+    bench_dir = _repo_dir("benchmarks")
+    if not os.path.isfile(os.path.join(bench_dir, name + ".py")):
+        raise UserError(f"Unknown benchmark {name!r} in {bench_dir}; `jaxnets list` shows them.")
+    return subprocess.call([sys.executable, "-m", f"benchmarks.{name}", *rest],
+                           cwd=os.path.dirname(os.path.abspath(bench_dir)))
+
+
+COMMANDS = {"train": cmd_train, "list": cmd_list, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr)
+        return EXIT_USAGE if argv and argv[0] not in ("-h", "--help") else 0
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except UserError as e:
+        print("error: " + textwrap.fill(str(e), width=100, subsequent_indent="  "), file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

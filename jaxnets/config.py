@@ -1,0 +1,124 @@
+"""Experiment configs: Python files with `get_config(arg)`, plus `--config.KEY=VALUE` overrides.
+
+    jaxnets train --config experiments/mnist_cnn.py:smoke --workdir runs/x --config.train.steps=200
+
+`arg` is free text handed to `get_config`; `parse_arg` turns the usual "smoke,depth=56" form into
+a dict. Overrides must name an existing key: a typo is an error naming the close matches,
+never a silently ignored setting.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+from typing import Any
+
+import ml_collections
+
+from jaxnets.errors import UserError
+
+
+def parse_arg(arg: str | None) -> dict[str, Any]:
+    """"smoke,depth=56,residual=False" -> {"smoke": True, "depth": 56, "residual": False}."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in (arg or "").split(","))):
+        key, sep, value = part.partition("=")
+        out[key.strip()] = _parse_value(value.strip()) if sep else True
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Load `path/to/file.py[:arg]` by calling its `get_config(arg)`."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        here = os.path.dirname(path) or "."
+        known = sorted(f for f in os.listdir(here) if f.endswith(".py")) if os.path.isdir(here) else []
+        close = difflib.get_close_matches(os.path.basename(path), known, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"Config file {path!r} does not exist.{hint} "
+                        "Run `jaxnets list` to see the experiments.")
+    module_spec = importlib.util.spec_from_file_location(f"jaxnets_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UserError(f"Config file {path!r} defines no get_config(arg) function.")
+    config = module.get_config(arg or None) if _takes_arg(module.get_config) else module.get_config()
+    return ml_collections.ConfigDict(config)
+
+
+def _takes_arg(fn) -> bool:
+    return fn.__code__.co_argcount > 0
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        keys.append(name)
+        if isinstance(value, ml_collections.ConfigDict):
+            keys.extend(flat_keys(value, name + "."))
+    return keys
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+    """Apply "a.b=value" strings in order; unknown keys raise UserError naming close matches."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UserError(f"Override {item!r} has no '=': write --config.{key}=VALUE.")
+        *parents, leaf = key.split(".")
+        node = config
+        for depth, part in enumerate(parents):
+            child = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+            if not isinstance(child, ml_collections.ConfigDict):
+                _unknown_key(config, ".".join(parents[: depth + 1]))
+            node = child
+        if leaf not in node:
+            _unknown_key(config, key)
+        old = node[leaf]
+        value = _coerce(_parse_value(text), old, key)
+        with node.unlocked():
+            node[leaf] = value
+    return config
+
+
+def _coerce(value: Any, old: Any, key: str) -> Any:
+    if old is None or value is None or isinstance(old, ml_collections.ConfigDict):
+        return value
+    if isinstance(old, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"--config.{key} expects true/false, got {value!r}.")
+        return value
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(old, (tuple, list)) and isinstance(value, (str, int, float)):
+        value = (value,)
+    if isinstance(old, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if type(value) is not type(old) and not (isinstance(old, (tuple, list)) and isinstance(value, (tuple, list))):
+        raise UserError(f"--config.{key} expects a {type(old).__name__} (currently {old!r}), "
+                        f"got {value!r} ({type(value).__name__}).")
+    return value
+
+
+def _unknown_key(config: ml_collections.ConfigDict, key: str):
+    known = flat_keys(config)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    leaf_close = [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
+    suggestions = list(dict.fromkeys(close + leaf_close))[:4]
+    hint = f" Did you mean {', '.join('--config.' + s for s in suggestions)}?" if suggestions else ""
+    raise UserError(f"Unknown config key {key!r}: the experiment config has no such setting.{hint} "
+                    "Keys can only be overridden, not added; print the config with "
+                    "`jaxnets train --config FILE --print_config` to see them all.")

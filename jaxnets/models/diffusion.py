@@ -1,0 +1,193 @@
+"""A small U-Net noise predictor eps_theta(x_t, t[, condition]) for DDPM, with a prompt encoder.
+
+- Time: sinusoidal embedding of the timestep index (Vaswani-style frequencies), then a 2-layer MLP;
+  every residual block adds a projection of it to its feature map.
+- Condition (optional, added to the time embedding): a class label (`conditioning="class"`,
+  label `num_classes` is the learned "no condition" token used by classifier-free guidance) or
+  a prompt (`conditioning="text"`): token ids from `PromptTokenizer` read by `TextEncoder`, a
+  small pre-LN Transformer whose [CLS] output is the prompt embedding; the empty prompt (only
+  [CLS]) is the "no condition" input.
+- Layout: conv in -> per level a ResBlock (kept as a skip) and a stride-2 conv -> middle
+  ResBlock, self-attention, ResBlock -> per level concat skip, ResBlock, nearest x2 + conv -> out.
+  Three levels take 28x28 MNIST to 14 and 7 pixels; H and W must divide by 2^(levels-1).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+PROMPT_WORDS = ("a", "an", "the", "of", "handwritten", "digit", "number", "picture", "image",
+                "drawing", "written", "by", "hand", "scan", "photo")
+
+
+class PromptTokenizer:
+    """Word-level tokenizer over a closed vocabulary: [PAD]=0, [CLS]=1, [UNK]=2, then words.
+
+    Prompts are lower-cased and split on anything that is not a letter or digit; every
+    sequence starts with [CLS] and is cut or padded to `max_len`."""
+
+    def __init__(self, words: Sequence[str] = PROMPT_WORDS + NUMBER_WORDS + tuple("0123456789"),
+                 max_len: int = 8):
+        self.vocab = ["[PAD]", "[CLS]", "[UNK]", *dict.fromkeys(words)]
+        self.ids = {w: i for i, w in enumerate(self.vocab)}
+        self.max_len = max_len
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, prompts: Sequence[str] | str) -> np.ndarray:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        out = np.zeros((len(prompts), self.max_len), np.int32)
+        for row, prompt in enumerate(prompts):
+            words = re.findall(r"[a-z0-9]+", prompt.lower())
+            ids = [1] + [self.ids.get(w, 2) for w in words]
+            out[row, :len(ids[:self.max_len])] = ids[:self.max_len]
+        return out
+
+
+def sinusoidal_time_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """[sin(t w_k), cos(t w_k)] with w_k = max_period^(-k / (dim/2)), k = 0..dim/2-1; shape (B, dim)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+class TextEncoder(nnx.Module):
+    """Token + learned position embeddings, pre-LN Transformer blocks, LayerNorm'd [CLS] output."""
+
+    def __init__(self, vocab_size: int, dim: int = 64, num_layers: int = 2, num_heads: int = 4,
+                 max_len: int = 8, *, dtype=None, rngs: nnx.Rngs):
+        self.tokens = nnx.Embed(vocab_size, dim, dtype=dtype, rngs=rngs)
+        self.positions = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_len, dim)))
+        self.attn_norms = nnx.List([nnx.LayerNorm(dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
+        self.attns = nnx.List([nnx.MultiHeadAttention(num_heads, dim, decode=False, dtype=dtype, rngs=rngs)
+                               for _ in range(num_layers)])
+        self.mlp_norms = nnx.List([nnx.LayerNorm(dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
+        self.mlps_in = nnx.List([nnx.Linear(dim, 4 * dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
+        self.mlps_out = nnx.List([nnx.Linear(4 * dim, dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
+        self.final_norm = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, token_ids: jax.Array) -> jax.Array:
+        keep = token_ids != 0                                   # [PAD] keys are masked out
+        mask = keep[:, None, None, :] & keep[:, None, :, None]
+        mask = mask | jnp.eye(token_ids.shape[1], dtype=bool)   # pads attend to themselves: no NaN
+        h = self.tokens(token_ids) + self.positions[...][: token_ids.shape[1]]
+        for ln1, attn, ln2, fc1, fc2 in zip(self.attn_norms, self.attns, self.mlp_norms,
+                                            self.mlps_in, self.mlps_out):
+            h = h + attn(ln1(h), mask=mask, deterministic=True)
+            h = h + fc2(jax.nn.gelu(fc1(ln2(h))))
+        return self.final_norm(h[:, 0])
+
+
+class ResBlock(nnx.Module):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int = 8, *, dtype=None,
+                 rngs: nnx.Rngs):
+        self.norm1 = nnx.GroupNorm(in_ch, num_groups=min(groups, in_ch), dtype=dtype, rngs=rngs)
+        self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), dtype=dtype, rngs=rngs)
+        self.emb = nnx.Linear(emb_dim, out_ch, dtype=dtype, rngs=rngs)
+        self.norm2 = nnx.GroupNorm(out_ch, num_groups=min(groups, out_ch), dtype=dtype, rngs=rngs)
+        # Zero-initialised last conv: each block starts as the identity (skip) map.
+        self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), kernel_init=nnx.initializers.zeros,
+                              dtype=dtype, rngs=rngs)
+        self.skip = nnx.Conv(in_ch, out_ch, (1, 1), dtype=dtype, rngs=rngs) if in_ch != out_ch else None
+
+    def __call__(self, x, emb):
+        h = self.conv1(nnx.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, None, None, :]
+        h = self.conv2(nnx.silu(self.norm2(h)))
+        return h + (self.skip(x) if self.skip is not None else x)
+
+
+class SelfAttention2D(nnx.Module):
+    def __init__(self, ch: int, num_heads: int = 4, groups: int = 8, *, dtype=None, rngs: nnx.Rngs):
+        self.norm = nnx.GroupNorm(ch, num_groups=min(groups, ch), dtype=dtype, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(num_heads, ch, decode=False, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        seq = self.norm(x).reshape(b, h * w, c)
+        return x + self.attn(seq, deterministic=True).reshape(b, h, w, c)
+
+
+class UNet(nnx.Module):
+    """eps_theta(x_t, t, cond). `conditioning` is None, "class" or "text"."""
+
+    def __init__(self, image_shape: Sequence[int] = (28, 28, 1), channels: int = 32,
+                 channel_mults: Sequence[int] = (1, 2, 2), attention: bool = True,
+                 conditioning: str | None = None, num_classes: int = 10,
+                 text_dim: int = 64, text_layers: int = 2, *, dtype=None, rngs: nnx.Rngs):
+        if conditioning not in (None, "class", "text"):
+            raise ValueError(f"conditioning must be None, 'class' or 'text', got {conditioning!r}")
+        h, w, c = image_shape
+        scale = 2 ** (len(channel_mults) - 1)
+        if h % scale or w % scale:
+            raise ValueError(f"UNet with {len(channel_mults)} levels needs H, W divisible by {scale}")
+        self.conditioning, self.num_classes, self.channels = conditioning, num_classes, channels
+        emb_dim = 4 * channels
+        self.time_in = nnx.Linear(channels, emb_dim, dtype=dtype, rngs=rngs)
+        self.time_out = nnx.Linear(emb_dim, emb_dim, dtype=dtype, rngs=rngs)
+        self.tokenizer = PromptTokenizer() if conditioning == "text" else None
+        if conditioning == "class":
+            self.cond_embed = nnx.Embed(num_classes + 1, emb_dim, dtype=dtype, rngs=rngs)
+        elif conditioning == "text":
+            self.text_encoder = TextEncoder(self.tokenizer.vocab_size, text_dim, text_layers,
+                                            max_len=self.tokenizer.max_len, dtype=dtype, rngs=rngs)
+            self.cond_embed = nnx.Linear(text_dim, emb_dim, dtype=dtype, rngs=rngs)
+        chs = [channels * m for m in channel_mults]
+        self.conv_in = nnx.Conv(c, channels, (3, 3), dtype=dtype, rngs=rngs)
+        ins = [channels, *chs[:-1]]
+        self.down = nnx.List([ResBlock(a, b, emb_dim, dtype=dtype, rngs=rngs) for a, b in zip(ins, chs)])
+        self.downsample = nnx.List([nnx.Conv(c_, c_, (3, 3), strides=2, dtype=dtype, rngs=rngs)
+                                    for c_ in chs[:-1]])
+        self.mid1 = ResBlock(chs[-1], chs[-1], emb_dim, dtype=dtype, rngs=rngs)
+        self.mid_attn = SelfAttention2D(chs[-1], dtype=dtype, rngs=rngs) if attention else None
+        self.mid2 = ResBlock(chs[-1], chs[-1], emb_dim, dtype=dtype, rngs=rngs)
+        ups_in = [chs[-1], *chs[:0:-1]]            # channels arriving at each level, top-down
+        self.up = nnx.List([ResBlock(a + b, b, emb_dim, dtype=dtype, rngs=rngs)
+                            for a, b in zip(ups_in, chs[::-1])])
+        self.upsample = nnx.List([nnx.Conv(c_, c_, (3, 3), dtype=dtype, rngs=rngs) for c_ in chs[:0:-1]])
+        self.norm_out = nnx.GroupNorm(channels, num_groups=min(8, channels), dtype=dtype, rngs=rngs)
+        self.conv_out = nnx.Conv(channels, c, (3, 3), kernel_init=nnx.initializers.zeros,
+                                 dtype=dtype, rngs=rngs)
+
+    def null_condition(self) -> jax.Array:
+        """The 'no condition' input for classifier-free guidance (broadcasts against a batch)."""
+        if self.conditioning == "class":
+            return jnp.asarray(self.num_classes, jnp.int32)
+        if self.conditioning == "text":
+            return jnp.asarray(self.tokenizer.encode("")[0])
+        raise ValueError("an unconditional UNet has no null condition")
+
+    def __call__(self, x, t, cond=None, *, train: bool = False, rngs: nnx.Rngs | None = None):
+        emb = self.time_out(nnx.silu(self.time_in(sinusoidal_time_embedding(t, self.channels))))
+        if self.conditioning == "class":
+            emb = emb + self.cond_embed(cond)
+        elif self.conditioning == "text":
+            emb = emb + self.cond_embed(self.text_encoder(cond))
+        h = self.conv_in(x)
+        skips = []
+        for level, block in enumerate(self.down):
+            h = block(h, emb)
+            skips.append(h)
+            if level < len(self.downsample):
+                h = self.downsample[level](h)
+        h = self.mid1(h, emb)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h)
+        h = self.mid2(h, emb)
+        for level, block in enumerate(self.up):
+            h = block(jnp.concatenate([h, skips[-1 - level]], axis=-1), emb)
+            if level < len(self.upsample):
+                b, hh, ww, c = h.shape
+                h = self.upsample[level](jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest"))
+        return self.conv_out(nnx.silu(self.norm_out(h))).astype(jnp.float32)

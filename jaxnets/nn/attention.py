@@ -1,0 +1,233 @@
+"""Scaled dot-product attention: one entry point, several implementations.
+
+    out = dot_product_attention(q, k, v, causal=True, kv_lengths=lengths)
+
+Layout is [batch, seq, heads, head_dim] for q, k and v. k and v may have fewer heads than q
+(grouped-query attention): query head h reads key/value head h // (Hq // Hkv).
+
+Masks (all optional, combined with AND; True / inside means "may attend"):
+  causal       query i sees keys j <= i (top-left aligned, like jax.nn and the course's M).
+  mask         boolean, broadcastable to [B, Hq, Tq, Tk] (a dense mask; O(T^2) bits).
+  segment_ids  int [B, T] for packed self-attention (q and kv share them), or a pair
+               (q_segment_ids [B, Tq], kv_segment_ids [B, Tk]); a query only sees keys of its
+               own segment. Ids must be >= 0 (negative ids are reserved for padding).
+  kv_lengths   int [B]: keys j >= kv_lengths[b] are padding.
+A query row that may see no key at all returns zeros (and gets zero gradient).
+
+Implementations (`implementation=`):
+  "xla"        the plain formula softmax(q k^T * scale) v; materialises the [B, H, Tq, Tk] logits.
+  "blockwise"  pure-JAX online softmax over key blocks with a hand-written backward
+               (jaxnets/kernels/blockwise_attention.py): O(T) memory, every backend.
+  "pallas"     the fused flash-attention kernel (jaxnets/kernels/flash_attention.py); Triton on
+               GPU, interpret mode elsewhere (slow: for tests). No dense `mask`.
+  "cudnn"      jax.nn.dot_product_attention(implementation="cudnn"); GPU only, fp16/bf16.
+  "auto"       the fastest valid one for the backend, dtype and shapes (see `choose_implementation`).
+A combination an implementation cannot honour raises ValueError: a mask is never dropped.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+IMPLEMENTATIONS = ("xla", "blockwise", "pallas", "cudnn", "auto")
+
+# CPU: below this many logits per call the plain formula is faster than the scan over key
+# blocks and its memory is harmless (benchmarks/results/attention_cpu.json measures both).
+_XLA_MAX_LOGITS_CPU = 1 << 24
+
+
+def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, segment_ids=None,
+                          kv_lengths=None, scale: float | None = None,
+                          implementation: str = "auto"):
+    """softmax(q k^T * scale + masks) v over [batch, seq, heads, head_dim] arrays."""
+    q_seg, kv_seg = _check_inputs(q, k, v, mask, segment_ids, kv_lengths)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if mask is not None:
+        mask = jnp.asarray(mask, bool)
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    if implementation == "auto":
+        implementation = choose_implementation(q, k, v, mask=mask, segment_ids=segment_ids)
+    if implementation == "xla":
+        return xla_attention(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg,
+                             kv_segment_ids=kv_seg, kv_lengths=kv_lengths, scale=scale)
+    if implementation == "blockwise":
+        from jaxnets.kernels.blockwise_attention import blockwise_attention
+        return blockwise_attention(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg,
+                                   kv_segment_ids=kv_seg, kv_lengths=kv_lengths, scale=scale)
+    if implementation == "pallas":
+        if mask is not None:
+            raise ValueError(
+                "implementation='pallas' does not take a dense `mask`: express it as causal, "
+                "segment_ids or kv_lengths, or use implementation='blockwise' or 'xla'.")
+        from jaxnets.kernels.flash_attention import flash_attention
+        q_seg, kv_seg = _fold_lengths_into_segments(q, k, q_seg, kv_seg, kv_lengths)
+        return flash_attention(q, k, v, causal=causal, q_segment_ids=q_seg,
+                               kv_segment_ids=kv_seg, scale=scale)
+    if implementation == "cudnn":
+        return _cudnn_attention(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg,
+                                kv_segment_ids=kv_seg, kv_lengths=kv_lengths, scale=scale)
+    raise ValueError(f"Unknown attention implementation {implementation!r}; "
+                     f"choose one of {', '.join(IMPLEMENTATIONS)}.")
+
+
+def choose_implementation(q, k, v, *, mask=None, segment_ids=None) -> str:
+    """The fastest implementation that honours these inputs on the default backend."""
+    backend = jax.default_backend()
+    if backend == "gpu":
+        half = q.dtype in (jnp.bfloat16, jnp.float16)
+        if half and mask is None and segment_ids is None and q.shape[-1] <= 128 \
+                and q.shape[-1] % 8 == 0:
+            return "cudnn"
+        if mask is None and q.shape[-1] <= 256:
+            return "pallas"
+        return "xla"
+    logits = q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1]
+    return "xla" if logits <= _XLA_MAX_LOGITS_CPU else "blockwise"
+
+
+def _check_inputs(q, k, v, mask, segment_ids, kv_lengths):
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError("q, k, v must be [batch, seq, heads, head_dim]; got shapes "
+                         f"{q.shape}, {k.shape}, {v.shape}.")
+    b, tq, hq, d = q.shape
+    _, tk, hkv, _ = k.shape
+    if k.shape[0] != b or v.shape[:3] != k.shape[:3] or k.shape[-1] != d:
+        raise ValueError(f"Incompatible q {q.shape}, k {k.shape}, v {v.shape}: batch, key "
+                         "length, kv heads and q/k head_dim must agree.")
+    if hq % hkv:
+        raise ValueError(f"{hq} query heads are not a multiple of {hkv} key/value heads.")
+    if mask is not None:
+        shape = jnp.shape(mask)
+        full = (b, hq, tq, tk)
+        if len(shape) > 4 or any(s not in (1, f) for s, f in zip(shape[::-1], full[::-1])):
+            raise ValueError(f"mask of shape {shape} does not broadcast to [B, Hq, Tq, Tk] = {full}.")
+    if kv_lengths is not None and jnp.shape(kv_lengths) != (b,):
+        raise ValueError(f"kv_lengths must have shape ({b},), got {jnp.shape(kv_lengths)}.")
+    if segment_ids is None:
+        return None, None
+    if isinstance(segment_ids, (tuple, list)):
+        q_seg, kv_seg = segment_ids
+    else:
+        if tq != tk:
+            raise ValueError("A single segment_ids array needs Tq == Tk; pass "
+                             "(q_segment_ids, kv_segment_ids) for cross-attention.")
+        q_seg = kv_seg = segment_ids
+    if jnp.shape(q_seg) != (b, tq) or jnp.shape(kv_seg) != (b, tk):
+        raise ValueError(f"segment ids must be [B, Tq] = {(b, tq)} and [B, Tk] = {(b, tk)}; got "
+                         f"{jnp.shape(q_seg)} and {jnp.shape(kv_seg)}.")
+    return jnp.asarray(q_seg, jnp.int32), jnp.asarray(kv_seg, jnp.int32)
+
+
+def structured_mask(q_pos, k_pos, *, causal, q_segment_ids=None, kv_segment_ids=None,
+                    kv_lengths=None):
+    """Boolean [B|1, Tq, Tk] mask from causal / segment / length rules at these positions.
+
+    `kv_segment_ids` and `k_pos` may cover one key block (the blockwise scan), so the rule
+    is written once for every implementation that builds masks in JAX.
+    """
+    allowed = jnp.ones((1, q_pos.shape[0], k_pos.shape[0]), bool)
+    if causal:
+        allowed = allowed & (q_pos[:, None] >= k_pos[None, :])[None]
+    if q_segment_ids is not None:
+        allowed = allowed & (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])
+    if kv_lengths is not None:
+        allowed = allowed & (k_pos[None, None, :] < jnp.asarray(kv_lengths)[:, None, None])
+    return allowed
+
+
+def xla_attention(q, k, v, *, causal=False, mask=None, q_segment_ids=None,
+                  kv_segment_ids=None, kv_lengths=None, scale):
+    """The textbook formula in float32, logits materialised; gradients by autodiff."""
+    b, tq, hq, d = q.shape
+    tk, hkv = k.shape[1], k.shape[2]
+    groups = hq // hkv
+    qg = q.reshape(b, tq, hkv, groups, d)
+    logits = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
+    logits = logits * scale
+    allowed = structured_mask(jnp.arange(tq), jnp.arange(tk), causal=causal,
+                              q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+                              kv_lengths=kv_lengths)[:, None, None]
+    if mask is not None:
+        allowed = allowed & split_heads_of_mask(mask, hkv, groups)
+    probs = masked_softmax(logits, allowed)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(jnp.float32))
+    return out.reshape(b, tq, hq, v.shape[-1]).astype(q.dtype)
+
+
+def masked_softmax(logits, allowed):
+    """softmax over the last axis restricted to `allowed`; all-masked rows give zeros."""
+    logits = jnp.where(allowed, logits, -jnp.inf)
+    row_max = jnp.max(logits, axis=-1, keepdims=True)
+    row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+    weights = jnp.where(allowed, jnp.exp(logits - row_max), 0.0)
+    total = jnp.sum(weights, axis=-1, keepdims=True)
+    return weights / jnp.where(total == 0, 1.0, total)
+
+
+def split_heads_of_mask(mask, kv_heads, groups):
+    """[B|1, Hq|1, Tq|1, Tk|1] -> [B|1, Hkv|1, G|1, Tq|1, Tk|1] to match grouped logits."""
+    b, h, tq, tk = mask.shape
+    if h == 1:
+        return mask[:, :, None]
+    return mask.reshape(b, kv_heads, groups, tq, tk)
+
+
+def _fold_lengths_into_segments(q, k, q_seg, kv_seg, kv_lengths):
+    """kv_lengths as segment ids: padded keys get id -1, which no query (ids >= 0) has."""
+    if kv_lengths is None:
+        return q_seg, kv_seg
+    b, tq, tk = q.shape[0], q.shape[1], k.shape[1]
+    if q_seg is None:
+        q_seg = jnp.zeros((b, tq), jnp.int32)
+        kv_seg = jnp.zeros((b, tk), jnp.int32)
+    valid = jnp.arange(tk)[None, :] < jnp.asarray(kv_lengths)[:, None]
+    return q_seg, jnp.where(valid, kv_seg, -1)
+
+
+def _cudnn_attention(q, k, v, *, causal, mask, q_segment_ids, kv_segment_ids, kv_lengths, scale):
+    if jax.default_backend() != "gpu":
+        raise ValueError("implementation='cudnn' needs an NVIDIA GPU (the default backend is "
+                         f"{jax.default_backend()!r}); use 'blockwise' or 'xla' here.")
+    if q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"implementation='cudnn' takes float16/bfloat16 inputs, got {q.dtype}.")
+    if causal and q.shape[1] != k.shape[1]:
+        raise ValueError("implementation='cudnn' with causal=True needs Tq == Tk (its causal "
+                         "alignment differs from ours otherwise); pass a dense mask instead.")
+    if q_segment_ids is not None:
+        # cuDNN via jax.nn has no segment ids: honour them as a dense mask.
+        seg = (q_segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :])
+        mask = seg if mask is None else mask & seg
+    lengths = None if kv_lengths is None else jnp.asarray(kv_lengths, jnp.int32)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=causal,
+                                        key_value_seq_lengths=lengths, implementation="cudnn")
+
+
+def reference_attention_numpy(q, k, v, *, causal=False, mask=None, segment_ids=None,
+                              kv_lengths=None, scale=None):
+    """float64 NumPy version of the formula, for tests and benchmark checks."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    b, tq, hq, d = q.shape
+    tk, hkv = k.shape[1], k.shape[2]
+    k = np.repeat(k, hq // hkv, axis=2)
+    v = np.repeat(v, hq // hkv, axis=2)
+    scale = 1.0 / np.sqrt(d) if scale is None else scale
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    allowed = np.ones((b, hq, tq, tk), bool)
+    if causal:
+        allowed &= np.tril(np.ones((tq, tk), bool))
+    if mask is not None:
+        allowed &= np.broadcast_to(np.asarray(mask, bool), allowed.shape)
+    if segment_ids is not None:
+        qs, ks = segment_ids if isinstance(segment_ids, (tuple, list)) else (segment_ids,) * 2
+        allowed &= (np.asarray(qs)[:, None, :, None] == np.asarray(ks)[:, None, None, :])
+    if kv_lengths is not None:
+        allowed &= np.arange(tk)[None, None, None, :] < np.asarray(kv_lengths)[:, None, None, None]
+    logits = np.where(allowed, logits, -np.inf)
+    row_max = logits.max(-1, keepdims=True)
+    weights = np.where(allowed, np.exp(logits - np.where(np.isfinite(row_max), row_max, 0)), 0)
+    total = weights.sum(-1, keepdims=True)
+    probs = weights / np.where(total == 0, 1, total)
+    return np.einsum("bhqk,bkhd->bqhd", probs, v)

@@ -1,0 +1,53 @@
+"""The settings the trainer reads; every experiment config starts from `base_config()`."""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.task = "classification"
+    c.task_options = ml_collections.ConfigDict()   # free-form, read by the task
+    c.model = ml_collections.ConfigDict({"name": "cnn"})  # name + constructor keywords
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "mnist5k"
+    c.data.options = ml_collections.ConfigDict()   # keywords for the dataset loader
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.batch_size = 128                        # global batch, over all devices and hosts
+    c.data.eval_batch_size = 500
+    c.data.augment = ()                            # e.g. ("crop:4", "flip"), applied by the task
+    c.data.prefetch = 2                            # batches prepared ahead on a host thread
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"                         # sgd | momentum | adam | adamw
+    c.optim.lr = 1e-3
+    c.optim.schedule = "constant"                  # constant | cosine | warmup_cosine | piecewise
+    c.optim.warmup_steps = 0
+    c.optim.boundaries = ()                        # piecewise: steps where lr is multiplied...
+    c.optim.decay_factor = 0.1                     # ...by this factor
+    c.optim.momentum = 0.9
+    c.optim.nesterov = False
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.weight_decay = 0.0
+    c.optim.decay_all = False                      # False: decay only weights with ndim > 1
+    c.optim.clip_norm = 0.0                        # global-norm clipping; 0 disables
+    c.optim.accumulate_steps = 1                   # gradient accumulation (optax.MultiSteps)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1000
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 3
+    c.train.compute_dtype = "float32"              # "bfloat16" for mixed precision
+    c.train.report = True                          # call task.report() at the end
+    c.train.progress = True                        # progress bar when stderr is a terminal
+
+    c.mesh = ml_collections.ConfigDict({"data": -1})   # axis name -> size, -1 fills the rest
+    c.mesh_devices = 0                             # use the first N devices; 0 = all
+    c.sharding_rules = ()                          # ((logical_axis, mesh_axis), ...)
+    return c
