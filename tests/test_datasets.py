@@ -2,6 +2,8 @@
 import importlib.util
 import pathlib
 import re
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,3 +109,109 @@ def test_shakespeare_dataset_windows_decode_to_the_text():
     # Deterministic.
     np.testing.assert_array_equal(load_dataset("shakespeare", seq_len=seq_len).splits["test"]
                                   ["tokens"], test)
+
+
+# --- TFDS ------------------------------------------------------------------------------------
+
+def test_tfds_missing_dataset_fails_fast_without_touching_tfds(tmp_path, monkeypatch):
+    from jaxnets.data import tfds_source
+    # With tensorflow_datasets made unimportable, reaching TFDS (whose data_source would try
+    # the network and hang for minutes) would raise ImportError instead of our UserError.
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    start = time.perf_counter()
+    with pytest.raises(UserError) as err:
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    elapsed = time.perf_counter() - start
+    message = str(err.value)
+    assert str(tmp_path) in message and "cifar10" in message and "dataset_info.json" in message
+    assert "tfds.data_source('cifar10'" in message and "download=True" in message
+    assert "--config.data.options.download=True" in message
+    assert "\n" not in message                      # one paragraph
+    assert elapsed < 2.0   # the contract is "seconds, not a minutes-long hang", not a benchmark
+    # $TFDS_DATA_DIR is the default data_dir.
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "env_dir"))
+    with pytest.raises(UserError, match="env_dir"):
+        tfds_source.tfds_dataset("mnist")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
+                    reason="with TensorFlow installed, download=True would really download")
+def test_tfds_download_without_tensorflow_says_so(tmp_path):
+    from jaxnets.data.tfds_source import tfds_dataset
+    with pytest.raises(UserError, match="needs TensorFlow"):
+        tfds_dataset("cifar10", data_dir=str(tmp_path), download=True)
+
+
+def test_find_prepared_version_picks_the_newest(tmp_path):
+    from jaxnets.data.tfds_source import find_prepared_version
+    for version in ("3.0.2", "3.0.10", "2.0.0"):
+        (tmp_path / "cifar10" / version).mkdir(parents=True)
+        (tmp_path / "cifar10" / version / "dataset_info.json").write_text("{}")
+    (tmp_path / "cifar10" / "9.9.9").mkdir()   # an unfinished folder without dataset_info.json
+    assert find_prepared_version("cifar10", str(tmp_path)) == "3.0.10"
+    assert find_prepared_version("cifar10:2.0.0", str(tmp_path)) == "2.0.0"
+    assert find_prepared_version("cifar10:1.0.0", str(tmp_path)) is None
+    assert find_prepared_version("mnist", str(tmp_path)) is None
+
+
+def _tiny_builder_class():
+    import io
+
+    import PIL.Image
+    import tensorflow_datasets as tfds
+
+    class JaxnetsTinyImages(tfds.core.GeneratorBasedBuilder):
+        """14 random 4x5 RGB images; PNG-encoded here because TFDS encodes with TensorFlow."""
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "img": tfds.features.Image(shape=(4, 5, 3)),
+                "cls": tfds.features.ClassLabel(names=["a", "b", "c"])}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(10, 0),
+                    "test": self._generate_examples(4, 1)}
+
+        def _generate_examples(self, n, seed):
+            for i, (image, label) in enumerate(zip(*tiny_examples(n, seed))):
+                png = io.BytesIO()
+                PIL.Image.fromarray(image).save(png, format="PNG")
+                png.seek(0)
+                yield i, {"img": png, "cls": int(label)}
+
+    return JaxnetsTinyImages
+
+
+def tiny_examples(n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 4, 5, 3), dtype=np.uint8), np.arange(n) % 3
+
+
+def test_tfds_round_trip_through_array_record(tmp_path):
+    """A tiny dataset written by TFDS's own builder (array_record, no TensorFlow) reads back."""
+    from jaxnets.data.tfds_source import _with_validation, tfds_dataset
+    builder = _tiny_builder_class()(data_dir=str(tmp_path), file_format="array_record")
+    builder.download_and_prepare()
+    ds = tfds_dataset("jaxnets_tiny_images", data_dir=str(tmp_path), image_key="img",
+                      label_key="cls")
+    assert ds.info["num_classes"] == 3 and ds.info["label_names"] == ["a", "b", "c"]
+    assert ds.info["image_shape"] == (4, 5, 3)
+    for split, (n, seed) in {"train": (10, 0), "test": (4, 1)}.items():
+        got = ds.splits[split]
+        assert got["image"].dtype == np.uint8 and got["image"].shape == (n, 4, 5, 3)
+        assert got["label"].dtype == np.int32
+        # TFDS shuffles records when writing: compare as sets of (pixels, label).
+        images, labels = tiny_examples(n, seed)
+        expected = sorted((im.tobytes(), int(lab)) for im, lab in zip(images, labels))
+        assert sorted((im.tobytes(), int(lab)) for im, lab in zip(got["image"], got["label"])) \
+            == expected
+
+    held = _with_validation(ds, validation=3, seed=0)
+    assert (held.size("train"), held.size("validation"), held.size("test")) == (7, 3, 4)
+    rows = lambda s: {im.tobytes() for im in held.splits[s]["image"]}
+    assert not rows("train") & rows("validation")
+    assert rows("train") | rows("validation") == {im.tobytes() for im in ds.splits["train"]["image"]}
+    again = _with_validation(ds, validation=3, seed=0)
+    np.testing.assert_array_equal(again.splits["validation"]["image"],
+                                  held.splits["validation"]["image"])
