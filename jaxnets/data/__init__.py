@@ -35,7 +35,7 @@ DATASETS = Registry("dataset", {
 })
 
 
-def load_dataset(name: str, **options) -> Dataset:
+def load_dataset(name: str, /, **options) -> Dataset:
     return DATASETS.get(name)(**options)
 
 

@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from jaxnets import metrics as M
-from jaxnets.data.augment import augment
+from jaxnets.data.augment import augment, parse_ops
 from jaxnets.models import build_model
 from jaxnets.tasks.base import State, Task
 
@@ -31,6 +31,7 @@ class ClassificationTask(Task):
         self.input_key = opts.get("input_key", "image")
         self.label_smoothing = opts.get("label_smoothing", 0.0)
         self.num_classes = dataset.info["num_classes"]
+        parse_ops(config.data.augment)  # a bad op fails now, not at the first compile
 
     def model_defaults(self) -> dict:
         info = self.dataset.info

@@ -17,7 +17,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_split = "train"
     c.data.eval_split = "test"
     c.data.batch_size = 128                        # global batch, over all devices and hosts
-    c.data.eval_batch_size = 500
+    c.data.eval_batch_size = 512
     c.data.augment = ()                            # e.g. ("crop:4", "flip"), applied by the task
     c.data.prefetch = 2                            # batches prepared ahead on a host thread
 

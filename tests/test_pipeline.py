@@ -1,0 +1,43 @@
+import numpy as np
+
+from jaxnets.data.pipeline import TrainIterator, eval_batches
+
+
+def _split(n=23):
+    return {"x": np.arange(n) * 10, "y": np.arange(n)}
+
+
+def test_every_example_once_per_epoch_and_deterministic():
+    it = TrainIterator(_split(), batch_size=5, seed=3)
+    seen = np.concatenate([it.batch(s)["y"] for s in range(23)])  # 115 = 5 epochs of 23
+    for e in range(5):
+        assert sorted(seen[e * 23:(e + 1) * 23]) == list(range(23))
+    again = TrainIterator(_split(), batch_size=5, seed=3)
+    assert np.array_equal(np.concatenate([next(again)["y"] for _ in range(23)]), seen)
+    other = TrainIterator(_split(), batch_size=5, seed=4)
+    assert not np.array_equal(other.batch(0)["y"], it.batch(0)["y"])
+    batch = it.batch(7)
+    assert np.array_equal(batch["x"], batch["y"] * 10)
+
+
+def test_resume_state_and_process_shares():
+    it = TrainIterator(_split(), batch_size=8, seed=0)
+    for _ in range(5):
+        next(it)
+    resumed = TrainIterator(_split(), batch_size=8, seed=0)
+    resumed.set_state(it.get_state())
+    assert np.array_equal(next(resumed)["y"], next(it)["y"])
+    # Two processes' shares, concatenated, are the global batch.
+    shares = [TrainIterator(_split(), batch_size=8, seed=0, process_index=p, process_count=2)
+              for p in range(2)]
+    for step in range(6):
+        glob = TrainIterator(_split(), batch_size=8, seed=0).batch(step)["y"]
+        assert np.array_equal(np.concatenate([s.batch(step)["y"] for s in shares]), glob)
+
+
+def test_eval_batches_pad_and_mask():
+    batches = list(eval_batches(_split(23), batch_size=10))
+    assert [b["y"].shape[0] for b in batches] == [10, 10, 10]
+    mask = np.concatenate([b["mask"] for b in batches])
+    ys = np.concatenate([b["y"] for b in batches])
+    assert mask.sum() == 23 and np.array_equal(ys[mask == 1], np.arange(23))
