@@ -1,0 +1,116 @@
+"""AE / VAE / GAN / U-Net modules against float64 references and closed forms."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy import stats
+
+from jaxnets.models import autoencoder as ae
+from jaxnets.models.diffusion import PromptTokenizer, UNet, sinusoidal_time_embedding
+from jaxnets.models.gan import DCGANDiscriminator, DCGANGenerator
+
+
+def _kl_full_covariance(m0, S0, m1, S1):
+    """KL(N(m0, S0) || N(m1, S1)) for full covariance matrices (float64 reference)."""
+    k = len(m0)
+    S1_inv = np.linalg.inv(S1)
+    d = m1 - m0
+    return 0.5 * (np.trace(S1_inv @ S0) + d @ S1_inv @ d - k
+                  + np.linalg.slogdet(S1)[1] - np.linalg.slogdet(S0)[1])
+
+
+def test_vae_kl_matches_the_multivariate_gaussian_closed_form():
+    rng = np.random.default_rng(0)
+    mq, lq, mp, lp = (rng.normal(size=(4, 5)) for _ in range(4))
+    got_std = ae.gaussian_kl(jnp.asarray(mq), jnp.asarray(lq))
+    got_gen = ae.diagonal_gaussian_kl(*map(jnp.asarray, (mq, lq, mp, lp)))
+    for b in range(4):
+        ref_std = _kl_full_covariance(mq[b], np.diag(np.exp(lq[b])), np.zeros(5), np.eye(5))
+        ref_gen = _kl_full_covariance(mq[b], np.diag(np.exp(lq[b])), mp[b], np.diag(np.exp(lp[b])))
+        np.testing.assert_allclose(got_std[b], ref_std, rtol=1e-5)
+        np.testing.assert_allclose(got_gen[b], ref_gen, rtol=1e-5)
+    # KL(q || q) = 0, up to float32 rounding of five O(1) terms
+    np.testing.assert_allclose(ae.diagonal_gaussian_kl(mq, lq, mq, lq), 0.0, atol=1e-6)
+
+
+def test_likelihoods_match_scipy_in_nats():
+    rng = np.random.default_rng(1)
+    x = (rng.uniform(size=(3, 4, 4, 1)) > 0.5).astype(np.float64)
+    logits = rng.normal(scale=3.0, size=x.shape)
+    ref_b = stats.bernoulli.logpmf(x, 1 / (1 + np.exp(-logits))).reshape(3, -1).sum(-1)
+    np.testing.assert_allclose(ae.bernoulli_log_likelihood(jnp.asarray(logits, jnp.float32),
+                                                           jnp.asarray(x, jnp.float32)), ref_b, rtol=1e-5)
+    xg, mean = rng.uniform(size=(3, 4, 4, 1)), rng.uniform(size=(3, 4, 4, 1))
+    ref_g = stats.norm.logpdf(xg, mean, np.exp(-0.7)).reshape(3, -1).sum(-1)
+    np.testing.assert_allclose(ae.gaussian_log_likelihood(jnp.asarray(mean, jnp.float32), -0.7,
+                                                          jnp.asarray(xg, jnp.float32)), ref_g, rtol=1e-5)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_vae_elbo_is_reconstruction_minus_kl_with_reparameterised_z(likelihood):
+    vae = ae.VAE((8, 8, 1), latent_dim=3, arch="mlp", likelihood=likelihood, hidden=(16,),
+                 rngs=nnx.Rngs(0))
+    x = jnp.asarray((np.random.default_rng(2).uniform(size=(5, 8, 8, 1)) > 0.5), jnp.float32)
+    terms = vae.elbo_terms(x, nnx.Rngs(latent=7))
+    mean, logvar = (np.asarray(a, np.float64) for a in vae.encode(x))
+    z = mean + np.exp(0.5 * logvar) * np.asarray(jax.random.normal(nnx.Rngs(latent=7).latent(), mean.shape))
+    decoded = np.asarray(vae.decode(jnp.asarray(z, jnp.float32)), np.float64)
+    if likelihood == "bernoulli":
+        ref_ll = stats.bernoulli.logpmf(np.asarray(x), 1 / (1 + np.exp(-decoded))).reshape(5, -1).sum(-1)
+    else:
+        ref_ll = stats.norm.logpdf(np.asarray(x), decoded, 1.0).reshape(5, -1).sum(-1)  # log_scale = 0
+    ref_kl = 0.5 * np.sum(np.exp(logvar) + mean**2 - 1 - logvar, -1)
+    np.testing.assert_allclose(terms["log_px_z"], ref_ll, rtol=1e-4)
+    np.testing.assert_allclose(terms["kl"], ref_kl, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(terms["elbo"], ref_ll - ref_kl, rtol=1e-4)
+    # the reparameterised sample carries gradients to the encoder's variance
+    grads = nnx.grad(lambda m: -m.elbo_terms(x, nnx.Rngs(latent=7))["elbo"].mean())(vae)
+    assert float(jnp.abs(grads["encoder"]["out"]["kernel"][...]).sum()) > 0
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_autoencoders_map_images_to_latents_and_back(arch):
+    x = jnp.full((2, 28, 28, 1), 0.5)
+    model = ae.AutoEncoder(latent_dim=4, arch=arch, rngs=nnx.Rngs(0))
+    assert model.encode(x).shape == (2, 4)
+    out = model(x)
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    out = ae.VAE(latent_dim=2, arch=arch, rngs=nnx.Rngs(0))(x)
+    assert out["decoded"].shape == x.shape and out["mean"].shape == (2, 2)
+
+
+def test_dcgan_shapes_and_ranges():
+    g = DCGANGenerator(latent_dim=8, channels=8, rngs=nnx.Rngs(0))
+    d = DCGANDiscriminator(channels=8, rngs=nnx.Rngs(1))
+    fake = g(jax.random.normal(jax.random.key(0), (3, 8)), train=True)
+    assert fake.shape == (3, 28, 28, 1) and float(jnp.abs(fake).max()) <= 1.0
+    assert d(fake).shape == (3,)
+
+
+def test_sinusoidal_time_embedding_matches_numpy():
+    t = np.array([0, 3, 150])
+    freqs = 10000.0 ** (-np.arange(4) / 4)
+    ref = np.concatenate([np.sin(t[:, None] * freqs), np.cos(t[:, None] * freqs)], -1)
+    np.testing.assert_allclose(sinusoidal_time_embedding(jnp.asarray(t), 8), ref, atol=2e-5)
+
+
+def test_prompt_tokenizer_and_text_conditioned_unet():
+    tok = PromptTokenizer()
+    ids = tok.encode(["a handwritten seven", "A Handwritten  SEVEN!", "qwerty 7", ""])
+    assert (ids[0] == ids[1]).all() and ids[0, 0] == 1 and ids[2, 1] == 2     # [CLS], [UNK]
+    assert (ids[3, 1:] == 0).all()                                            # empty = null prompt
+    unet = UNet((8, 8, 1), channels=8, channel_mults=(1, 2), conditioning="text", text_dim=16,
+                text_layers=1, rngs=nnx.Rngs(0))
+    # randomise the zero-initialised convs so that the condition is visible in eps at init
+    for i, (_, node) in enumerate(nnx.iter_graph(unet)):
+        if isinstance(node, nnx.Conv) and not node.kernel[...].any():
+            node.kernel[...] = 0.1 * jax.random.normal(jax.random.key(i), node.kernel.shape)
+    x = jnp.broadcast_to(jax.random.normal(jax.random.key(1), (1, 8, 8, 1)), (5, 8, 8, 1))
+    cond = jnp.concatenate([jnp.asarray(ids), unet.null_condition()[None]])
+    eps = nnx.jit(lambda m, x, c: m(x, jnp.ones(5, jnp.int32), c))(unet, x, cond)  # one compile
+    assert eps.shape == x.shape and bool(jnp.isfinite(eps).all())
+    np.testing.assert_allclose(eps[0], eps[1], atol=1e-5)     # same prompt after normalisation
+    np.testing.assert_allclose(eps[4], eps[3], atol=1e-6)     # null_condition() is the empty prompt
+    assert float(jnp.abs(eps[0] - eps[2]).max()) > 1e-3       # a different prompt changes eps
+    assert float(jnp.abs(eps[0] - eps[3]).max()) > 1e-3
