@@ -14,6 +14,11 @@ _EXPORTS = {
     "PlainNet": "jaxnets.models.resnet:PlainNet",
     "PreActResNet": "jaxnets.models.resnet:PreActResNet",
     "DenseNet": "jaxnets.models.densenet:DenseNet",
+    "AutoEncoder": "jaxnets.models.autoencoder:AutoEncoder",
+    "VAE": "jaxnets.models.autoencoder:VAE",
+    "DCGANGenerator": "jaxnets.models.gan:DCGANGenerator",
+    "DCGANDiscriminator": "jaxnets.models.gan:DCGANDiscriminator",
+    "UNet": "jaxnets.models.diffusion:UNet",
 }
 __getattr__ = lazy_module_getattr(__name__, _EXPORTS)
 
@@ -25,6 +30,11 @@ MODELS = Registry("model", {
     "plainnet": "jaxnets.models.resnet:PlainNet",
     "preact_resnet": "jaxnets.models.resnet:PreActResNet",
     "densenet": "jaxnets.models.densenet:DenseNet",
+    "autoencoder": "jaxnets.models.autoencoder:AutoEncoder",
+    "vae": "jaxnets.models.autoencoder:VAE",
+    "dcgan_generator": "jaxnets.models.gan:DCGANGenerator",
+    "dcgan_discriminator": "jaxnets.models.gan:DCGANDiscriminator",
+    "unet": "jaxnets.models.diffusion:UNet",
 })
 
 
