@@ -166,7 +166,8 @@ class Trainer:
         try:
             while step < total:
                 if stop["signal"] is not None:
-                    checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=True)
+                    if checkpointer.latest_step() != step:
+                        checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=True)
                     checkpointer.wait()
                     print(f"SIGTERM: saved checkpoint at step {step} in {checkpointer.directory}; "
                           "run the same command again to resume.", flush=True)
