@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.NAME [--json]`; the last stdout line is one JSON object."""
