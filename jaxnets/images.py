@@ -101,7 +101,7 @@ class ImageJudge:
         trainer = Trainer(config, judge_dir)
         final = trainer.run()                # trains on first use; later a restore + one eval
         self.heldout_accuracy = float(final["metrics"].get("eval/accuracy", float("nan")))
-        self.model = trainer.module()
+        self.model = trainer.module().model
         self.batch_size = batch_size
         graphdef, state = nnx.split(self.model)
 
