@@ -31,7 +31,7 @@ def _grid_array(images: np.ndarray, ncol: int, pad: int = 1) -> np.ndarray:
 
 
 def save_figure(panels: Sequence[tuple[str, np.ndarray, int]], path: str, *,
-                row_labels: Sequence[str] | None = None, scale: float = 0.35) -> str:
+                row_labels: Sequence[str] | None = None, scale: float = 0.18) -> str:
     """panels: (title, images (N, H, W, C) in [0, 1], ncol). Writes one PNG, returns its path."""
     import matplotlib
     matplotlib.use("Agg")

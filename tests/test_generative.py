@@ -114,3 +114,83 @@ def test_prompt_tokenizer_and_text_conditioned_unet():
     np.testing.assert_allclose(eps[4], eps[3], atol=1e-6)     # null_condition() is the empty prompt
     assert float(jnp.abs(eps[0] - eps[2]).max()) > 1e-3       # a different prompt changes eps
     assert float(jnp.abs(eps[0] - eps[3]).max()) > 1e-3
+
+
+def test_frechet_distance_matches_a_symmetric_eigenvalue_formula():
+    from jaxnets.images import class_coverage, frechet_distance
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))
+    b = rng.normal(size=(300, 6)) * 2.0 + 1.0
+    ma, mb, sa, sb = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(sa)
+    root_a = v @ np.diag(np.sqrt(w)) @ v.T
+    # Tr (Sa Sb)^1/2 = sum of square roots of the eigenvalues of Sa^1/2 Sb Sa^1/2 (symmetric PSD)
+    tr_root = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ sb @ root_a), 0, None)).sum()
+    ref = np.sum((ma - mb) ** 2) + np.trace(sa) + np.trace(sb) - 2 * tr_root
+    np.testing.assert_allclose(frechet_distance(a, b), ref, rtol=1e-8)
+    assert abs(frechet_distance(a, a)) < 1e-6
+    assert class_coverage(np.arange(100) % 10) == 1.0 and class_coverage(np.zeros(50, int)) == 0.1
+
+
+def _gan_task():
+    from jaxnets.data import Dataset
+    from jaxnets.tasks.gan import GANTask
+    from jaxnets.train.defaults import base_config
+    from jaxnets.train.optim import OptimizerFactory
+
+    c = base_config()
+    c.task = "gan"
+    c.model = {"name": "dcgan_generator", "latent_dim": 8, "channels": 8}
+    c.model_d = {"name": "dcgan_discriminator", "channels": 8, "dropout": 0.3}
+    c.optim.name, c.optim.lr, c.optim.b1 = "adam", 2e-3, 0.5
+    c.optim_d = c.optim.copy_and_resolve_references()
+    images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
+    data = Dataset("toy", {"train": {"image": images, "label": np.zeros(16, np.int32)}},
+                   {"image_shape": (8, 8, 1), "num_classes": 10})
+    task = GANTask(c, data)
+    # initialise inside one jit, as the trainer does (eager init compiles every initialiser)
+    build = lambda: task.build(nnx.Rngs(0), OptimizerFactory(c))
+    graphdef = nnx.split(nnx.eval_shape(build))[0]
+    return task, nnx.merge(graphdef, jax.jit(lambda: nnx.split(build())[1])()), images
+
+
+def test_gan_step_moves_d_then_g_loss_down_each_optimizer_on_its_own_network():
+    from jaxnets.tasks.gan import discriminator_loss, generator_loss
+
+    task, state, images = _gan_task()
+    x = task.real_images({"image": jnp.asarray(images)})
+    z = jax.random.normal(jax.random.key(1), (16, 8))
+    d_rng, g_rng = jax.random.key(2), jax.random.key(3)
+    params = lambda m: jax.tree.map(jnp.copy, nnx.state(m, nnx.Param))
+
+    @nnx.jit
+    def phases(state):   # each loss before and after one update of its network, same noise
+        g0, d0 = params(state.generator), params(state.discriminator)
+        d_before = task.d_step(state, x, z, d_rng)
+        d_after = task.d_step(state, x, z, d_rng)    # reports the loss after update 1
+        g1, d1 = params(state.generator), params(state.discriminator)
+        g_before = task.g_step(state, z, g_rng)
+        g_after = task.g_step(state, z, g_rng)
+        return d_before, d_after, g_before, g_after, (g0, d0, g1, d1)
+
+    d_before, d_after, g_before, g_after, snaps = phases(state)
+    g0, d0, g1, d1 = ([np.asarray(a) for a in jax.tree.leaves(s)] for s in snaps)
+    g2, d2 = ([np.asarray(a) for a in jax.tree.leaves(nnx.state(m, nnx.Param))]
+              for m in (state.generator, state.discriminator))
+    same = lambda a, b: all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert float(d_after["d_loss"]) < float(d_before["d_loss"])
+    assert float(d_after["d_real"]) > float(d_before["d_real"])     # D(x) pushed towards 1...
+    assert float(d_after["d_fake"]) < float(d_before["d_fake"])     # ...and D(G(z)) towards 0
+    assert same(g1, g0) and not same(d1, d0)                        # the D optimizer left G alone
+    assert float(g_after["g_loss"]) < float(g_before["g_loss"])     # -log D(G(z)) went down
+    assert same(d2, d1) and not same(g2, g1)                        # the G optimizer left D alone
+
+    # the losses are the stated objectives, checked in float64 from logits l
+    l_r, l_f = np.random.default_rng(4).normal(size=(2, 32))
+    log_d = lambda v: -np.log1p(np.exp(-v))          # log D = log sigmoid(l)
+    log_1m_d = lambda v: -np.log1p(np.exp(v))        # log(1 - D)
+    np.testing.assert_allclose(discriminator_loss(jnp.asarray(l_r), jnp.asarray(l_f)),
+                               -np.mean(log_d(l_r)) - np.mean(log_1m_d(l_f)), rtol=1e-5)
+    np.testing.assert_allclose(generator_loss(jnp.asarray(l_f), "non_saturating"), -np.mean(log_d(l_f)), rtol=1e-5)
+    np.testing.assert_allclose(generator_loss(jnp.asarray(l_f), "minimax"), np.mean(log_1m_d(l_f)), rtol=1e-5)

@@ -73,7 +73,7 @@ class AutoEncoderTask(Task):
 
         loss, grads = nnx.value_and_grad(loss_fn)(state.model)
         state.opt.update(state.model, grads)
-        return {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     def eval_step(self, state, batch):
         x = to_unit_range(batch["image"])

@@ -68,7 +68,7 @@ class VAETask(Task):
         (loss, terms), grads = nnx.value_and_grad(loss_fn, has_aux=True)(state.model)
         state.opt.update(state.model, grads)
         metrics = {"loss": loss, "neg_elbo": -terms["elbo"].mean(), "recon_nll": -terms["log_px_z"].mean(),
-                   "kl": terms["kl"].mean(), "grad_norm": optax.global_norm(grads)}
+                   "kl": terms["kl"].mean(), "grad_norm": optax.tree.norm(grads)}
         if self.compare_ae:
             images = to_unit_range(batch["image"])
             ae_loss, ae_grads = nnx.value_and_grad(
