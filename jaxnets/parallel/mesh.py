@@ -24,7 +24,8 @@ def maybe_initialize_distributed() -> None:
     `JAXNETS_COORDINATOR=host:port JAXNETS_NUM_PROCESSES=N JAXNETS_PROCESS_ID=i` on each host,
     or nothing at all on a cluster that jax.distributed auto-detects (SLURM, TPU pods).
     """
-    if jax.process_count() > 1 or "JAXNETS_COORDINATOR" not in os.environ:
+    # Must run before anything touches the backend (even jax.devices()).
+    if "JAXNETS_COORDINATOR" not in os.environ or jax.distributed.is_initialized():
         return
     jax.distributed.initialize(
         coordinator_address=os.environ["JAXNETS_COORDINATOR"],
