@@ -31,6 +31,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 IMPLEMENTATIONS = ("xla", "blockwise", "pallas", "cudnn", "auto")
 
@@ -231,3 +232,63 @@ def reference_attention_numpy(q, k, v, *, causal=False, mask=None, segment_ids=N
     total = weights.sum(-1, keepdims=True)
     probs = weights / np.where(total == 0, 1, total)
     return np.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+class MultiHeadAttention(nnx.Module):
+    """Q = x W^Q, K = c W^K, V = c W^V split into heads, attention per head, mixed by W^O.
+
+    Self-attention: `mha(x)`; masked self-attention: `mha(x, causal=True)`; cross-attention:
+    `mha(x, context)` (queries from x, keys and values from the encoder output). Masks and
+    `implementation` go to `dot_product_attention` unchanged.
+
+    KV cache (autoregressive decoding): `mha(x, cache=c, cache_index=i)` with
+    c = mha.init_cache(batch, max_len) writes this call's keys/values at positions i.. of the
+    cache, attends causally over positions <= i + t, and returns (out, new_cache).
+    For cross-attention, `kv = mha.project_kv(context)` once and `mha(x, kv=kv)` every step.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
+                 head_dim: int | None = None, context_features: int | None = None,
+                 use_bias: bool = True, implementation: str = "auto", dtype=None,
+                 rngs: nnx.Rngs):
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
+        self.head_dim = head_dim or d_model // num_heads
+        self.implementation = implementation
+        dense = lambda i, o: nnx.Linear(i, o, use_bias=use_bias, dtype=dtype, rngs=rngs)
+        kv_in = context_features or d_model
+        self.query = dense(d_model, num_heads * self.head_dim)
+        self.key = dense(kv_in, self.num_kv_heads * self.head_dim)
+        self.value = dense(kv_in, self.num_kv_heads * self.head_dim)
+        self.out = dense(num_heads * self.head_dim, d_model)
+
+    def project_kv(self, context):
+        split = lambda y: y.reshape(y.shape[:2] + (self.num_kv_heads, self.head_dim))
+        return split(self.key(context)), split(self.value(context))
+
+    def init_cache(self, batch: int, max_len: int, dtype=jnp.float32):
+        shape = (batch, max_len, self.num_kv_heads, self.head_dim)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+    def __call__(self, x, context=None, *, causal=False, mask=None, segment_ids=None,
+                 kv_lengths=None, kv=None, cache=None, cache_index=None):
+        b, t, _ = x.shape
+        q = self.query(x).reshape(b, t, self.num_heads, self.head_dim)
+        if kv is None:
+            kv = self.project_kv(x if context is None else context)
+        k, v = kv
+        if cache is not None:
+            if context is not None or causal or mask is not None:
+                raise ValueError("A KV cache is for causal self-attention: pass only x, cache and "
+                                 "cache_index (the causal offset mask is built here).")
+            k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
+                                                    cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype),
+                                                    cache_index, axis=1)
+            cache = {"k": k, "v": v}
+            # Query i (absolute position cache_index + i) sees cached keys j <= its position.
+            mask = (jnp.arange(k.shape[1])[None, :] <= cache_index + jnp.arange(t)[:, None])
+            k, v = k.astype(q.dtype), v.astype(q.dtype)
+        y = dot_product_attention(q, k, v, causal=causal, mask=mask, segment_ids=segment_ids,
+                                  kv_lengths=kv_lengths, implementation=self.implementation)
+        y = self.out(y.reshape(b, t, self.num_heads * self.head_dim))
+        return y if cache is None else (y, cache)
