@@ -112,3 +112,14 @@ def test_incompatible_checkpoint_is_refused(tmp_path):
     other.model.hidden = (48,)
     with pytest.raises(UserError, match="holds a different model"):
         train(other, str(tmp_path))
+
+
+def test_bfloat16_compute_keeps_float32_params(tmp_path):
+    c = tiny_config(steps=15)
+    c.train.compute_dtype = "bfloat16"
+    trainer = Trainer(c, str(tmp_path))
+    trainer.run()
+    losses = _losses(tmp_path)
+    assert np.all(np.isfinite(losses)) and losses[-5:].mean() < losses[:5].mean()
+    params = nnx.state(trainer.module().model, nnx.Param).to_pure_dict()
+    assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype("float32")}
