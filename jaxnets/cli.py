@@ -66,7 +66,8 @@ def cmd_list(argv: list[str]) -> int:
     experiments = sorted(f[:-3] for f in os.listdir(exp_dir) if f.endswith(".py") and not f.startswith("_")) \
         if os.path.isdir(exp_dir) else []
     bench_dir = _repo_dir("benchmarks")
-    benchmarks = sorted(f[:-3] for f in os.listdir(bench_dir) if f.endswith(".py") and not f.startswith("_")) \
+    benchmarks = sorted(f[:-3] for f in os.listdir(bench_dir) if f.endswith(".py")
+                        and not f.startswith("_") and f != "common.py") \
         if os.path.isdir(bench_dir) else []
     for title, names in (("datasets", DATASETS.names()), ("models", MODELS.names()),
                          ("tasks", TASKS.names()), (f"experiments ({exp_dir})", experiments),
