@@ -30,8 +30,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 Carry = tuple
+# Scan unroll factor the layers use unless told otherwise (measured in benchmarks/lstm.py).
+DEFAULT_UNROLL = 1
 
 # ----------------------------------------------------------------------------- cells' maths
+
+
+def additive(pointwise):
+    """Mark a pointwise function that reads xp and hp only through xp + hp: then dxp == dhp
+    and the backward scan emits one stacked gradient instead of two equal ones."""
+    pointwise.additive = True
+    return pointwise
 
 
 def elman_pointwise(carry, xp, hp, extras, *, activation=jnp.tanh):
@@ -40,6 +49,7 @@ def elman_pointwise(carry, xp, hp, extras, *, activation=jnp.tanh):
     return (h,), h
 
 
+@additive
 def lstm_pointwise(carry, xp, hp, extras):
     """The course's LSTM, gates in the order (i, f, C~, o), same as PyTorch."""
     _, c = carry
@@ -119,6 +129,7 @@ def _recurrent_scan_bwd(pointwise, unroll, reverse, res, cotangents):
     w_h, extras, xp, mask, carries_in, hps = res
     dys, dcarry_final = cotangents
     w_h_t = w_h.T
+    is_additive = getattr(pointwise, "additive", False)
 
     def body(acc, inp):
         dcarry, dextras = acc
@@ -128,11 +139,12 @@ def _recurrent_scan_bwd(pointwise, unroll, reverse, res, cotangents):
         dc, dxp, dhp, de = step_vjp((dcarry, dy_t))
         dc = (dc[0] + dhp @ w_h_t,) + tuple(dc[1:])
         dextras = jax.tree.map(jnp.add, dextras, de)
-        return (dc, dextras), (dxp, dhp)
+        return (dc, dextras), (None if is_additive else dxp, dhp)
 
     acc0 = (tuple(dcarry_final), jax.tree.map(jnp.zeros_like, extras))
     (dcarry0, dextras), (dxp, dhp) = jax.lax.scan(
         body, acc0, (carries_in, xp, hps, mask, dys), unroll=unroll, reverse=not reverse)
+    dxp = dhp if is_additive else dxp
     # The weight gradient of the recurrent matmul for all steps at once: one big matmul.
     h_in = carries_in[0]
     dw_h = jnp.einsum("tbh,tbg->hg", h_in, dhp, preferred_element_type=w_h.dtype).astype(w_h.dtype)
@@ -199,7 +211,7 @@ class SimpleRNNCell(RecurrentCell):
 
     @property
     def pointwise(self):
-        return functools.partial(elman_pointwise, activation=self.activation)
+        return additive(functools.partial(elman_pointwise, activation=self.activation))
 
 
 class LSTMCell(RecurrentCell):
@@ -267,7 +279,7 @@ class RNN(nnx.Module):
     its first step, the scan having run from the end).
     """
 
-    def __init__(self, cell: RecurrentCell, *, unroll: int = 1, reverse: bool = False,
+    def __init__(self, cell: RecurrentCell, *, unroll: int = DEFAULT_UNROLL, reverse: bool = False,
                  time_major: bool = False):
         self.cell, self.unroll, self.reverse, self.time_major = cell, unroll, reverse, time_major
 
@@ -302,7 +314,7 @@ def _layer(cell_cls, in_features, hidden_features, *, unroll, reverse, time_majo
 class SimpleRNN(RNN):
     """Elman RNN layer; cell keywords (activation, dtype, inits) go to SimpleRNNCell."""
 
-    def __init__(self, in_features, hidden_features, *, rngs, unroll=1, reverse=False,
+    def __init__(self, in_features, hidden_features, *, rngs, unroll=DEFAULT_UNROLL, reverse=False,
                  time_major=False, **cell_kw):
         super().__init__(**_layer(SimpleRNNCell, in_features, hidden_features, unroll=unroll,
                                   reverse=reverse, time_major=time_major, rngs=rngs, **cell_kw))
@@ -311,7 +323,7 @@ class SimpleRNN(RNN):
 class LSTM(RNN):
     """LSTM layer; cell keywords (forget_bias, dtype, inits) go to LSTMCell."""
 
-    def __init__(self, in_features, hidden_features, *, rngs, unroll=1, reverse=False,
+    def __init__(self, in_features, hidden_features, *, rngs, unroll=DEFAULT_UNROLL, reverse=False,
                  time_major=False, **cell_kw):
         super().__init__(**_layer(LSTMCell, in_features, hidden_features, unroll=unroll,
                                   reverse=reverse, time_major=time_major, rngs=rngs, **cell_kw))
@@ -320,7 +332,7 @@ class LSTM(RNN):
 class GRU(RNN):
     """GRU layer; cell keywords (reset_after, dtype, inits) go to GRUCell."""
 
-    def __init__(self, in_features, hidden_features, *, rngs, unroll=1, reverse=False,
+    def __init__(self, in_features, hidden_features, *, rngs, unroll=DEFAULT_UNROLL, reverse=False,
                  time_major=False, **cell_kw):
         super().__init__(**_layer(GRUCell, in_features, hidden_features, unroll=unroll,
                                   reverse=reverse, time_major=time_major, rngs=rngs, **cell_kw))
@@ -356,7 +368,7 @@ class StackedRNN(nnx.Module):
 
     def __init__(self, kind: str, in_features: int, hidden_features: int, *, rngs: nnx.Rngs,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
-                 unroll: int = 1, time_major: bool = False, **cell_kw):
+                 unroll: int = DEFAULT_UNROLL, time_major: bool = False, **cell_kw):
         layer_cls = CELLS[kind]
         layers = []
         d = in_features

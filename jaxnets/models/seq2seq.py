@@ -1,0 +1,82 @@
+"""LSTM encoder-decoder with Luong attention (Luong, Pham & Manning 2015, "general" score).
+
+Encoder: embedding -> (bidirectional) LSTM over the right-padded source; the decoder LSTM
+starts from the encoder's final state (through a tanh bridge). Decoder: at step t the LSTM
+reads y_{t-1}; its output h_t attends over the encoder outputs
+    a_t = softmax(h_t^T W_a e_s)  (padded source positions masked),  c_t = sum_s a_t,s e_s,
+    h~_t = tanh(W_c [c_t; h_t]),  logits_t = W_o h~_t.
+Without input feeding the decoder LSTM does not depend on attention, so teacher-forced
+training runs it as one fast scan over all target steps and attends for all steps at once.
+
+Implements the decode interface of `jaxnets.tasks.seq2seq`:
+    model(source, target_in, train=, rngs=) -> logits [B, U, V]
+    state = model.start_decode(source);  logits [B, V], state = model.decode_step(state, tokens [B])
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxnets.nn.recurrent import LSTM, Bidirectional
+
+
+class Seq2SeqLSTM(nnx.Module):
+    def __init__(self, vocab_size: int, *, rngs: nnx.Rngs, embed_dim: int = 64, hidden: int = 128,
+                 bidirectional_encoder: bool = True, dropout: float = 0.0, pad_id: int = 0,
+                 dtype: Any = None, unroll: int = 1):
+        self.pad_id, self.dtype = pad_id, dtype
+        self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)   # shared by source and target
+        make = lambda d, **kw: LSTM(d, hidden, rngs=rngs, dtype=dtype, unroll=unroll, **kw)  # noqa: E731
+        self.bidirectional = bidirectional_encoder
+        self.encoder = Bidirectional(make(embed_dim), make(embed_dim, reverse=True)) \
+            if bidirectional_encoder else make(embed_dim)
+        enc = 2 * hidden if bidirectional_encoder else hidden
+        self.bridge_h = nnx.Linear(enc, hidden, rngs=rngs, dtype=dtype)
+        self.bridge_c = nnx.Linear(enc, hidden, rngs=rngs, dtype=dtype)
+        self.decoder = make(embed_dim)
+        self.attn = nnx.Linear(hidden, enc, use_bias=False, rngs=rngs, dtype=dtype)     # W_a
+        self.combine = nnx.Linear(enc + hidden, hidden, rngs=rngs, dtype=dtype)         # W_c
+        self.out = nnx.Linear(hidden, vocab_size, rngs=rngs, dtype=dtype)               # W_o
+        self.dropout = nnx.Dropout(dropout)
+
+    # ------------------------------------------------------------------ pieces
+    def encode(self, source, *, train=False, rngs=None):
+        """-> (encoder outputs [B, S, E], source mask [B, S], decoder initial state (h, c))."""
+        mask = source != self.pad_id
+        x = self.dropout(self.embed(source), deterministic=not train, rngs=rngs)
+        memory, state = self.encoder(x, lengths=jnp.sum(mask, axis=1))
+        if self.bidirectional:
+            (h_f, c_f), (h_b, c_b) = state
+            h, c = jnp.concatenate([h_f, h_b], -1), jnp.concatenate([c_f, c_b], -1)
+        else:
+            h, c = state
+        return memory, mask, (jnp.tanh(self.bridge_h(h)), jnp.tanh(self.bridge_c(c)))
+
+    def attend(self, h, memory, mask, *, train=False, rngs=None):
+        """h [B, U, H] -> logits [B, U, V] (Luong general attention over memory [B, S, E])."""
+        scores = jnp.einsum("bue,bse->bus", self.attn(h), memory)
+        scores = jnp.where(mask[:, None, :], scores.astype(jnp.float32), -1e9)
+        weights = jax.nn.softmax(scores, axis=-1).astype(memory.dtype)
+        context = jnp.einsum("bus,bse->bue", weights, memory)
+        h_tilde = jnp.tanh(self.combine(jnp.concatenate([context, h], -1)))
+        h_tilde = self.dropout(h_tilde, deterministic=not train, rngs=rngs)
+        return self.out(h_tilde).astype(jnp.float32)
+
+    # ------------------------------------------------------------------ decode interface
+    def __call__(self, source, target_in, *, train=False, rngs=None):
+        memory, mask, state = self.encode(source, train=train, rngs=rngs)
+        y = self.dropout(self.embed(target_in), deterministic=not train, rngs=rngs)
+        h, _ = self.decoder(y, initial_state=state)
+        return self.attend(h, memory, mask, train=train, rngs=rngs)
+
+    def start_decode(self, source):
+        memory, mask, state = self.encode(source)
+        return {"memory": memory, "mask": mask, "carry": state}
+
+    def decode_step(self, state, tokens):
+        carry, h = self.decoder.cell(state["carry"], self.embed(tokens))
+        logits = self.attend(h[:, None], state["memory"], state["mask"])[:, 0]
+        return logits, {**state, "carry": carry}

@@ -1,0 +1,113 @@
+"""Next-token language modelling, for any model mapping tokens [B, T] -> logits [B, T, V].
+
+Reads `batch[tokens_key]` (default "tokens"), int [B, T + 1]: the model sees `[:, :-1]` and
+is scored on predicting `[:, 1:]`. Nothing here knows the model family: an RNN LM and a
+causal Transformer LM plug in alike (`config.model.name`, with `vocab_size` filled in from
+`dataset.info`). Metrics: loss (nats per token), `bits_per_token` (= bits per character on
+character-level data, also reported as `bits_per_char`) and perplexity. `report()` samples
+text from the trained model, starting from a prompt, and writes it to `workdir/samples.txt`.
+
+task_options: tokens_key ("tokens"), sample_prompt ("ROMEO:"), sample_length (300),
+sample_temperature (0.8), sample_context (the window fed to the model while sampling;
+default the dataset's seq_len).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxnets.models import build_model
+from jaxnets.tasks.base import State, Task
+
+LN2 = math.log(2.0)
+
+
+class LanguageModelTask(Task):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        opts = config.task_options
+        self.tokens_key = opts.get("tokens_key", "tokens")
+        self.vocab = dataset.info.get("vocab")
+        self.vocab_size = dataset.info["vocab_size"]
+        self.sample_prompt = opts.get("sample_prompt", "ROMEO:")
+        self.sample_length = int(opts.get("sample_length", 300))
+        self.sample_temperature = float(opts.get("sample_temperature", 0.8))
+        self.sample_context = int(opts.get("sample_context", dataset.info.get("seq_len", 128)))
+
+    def build(self, rngs, make_optimizer):
+        defaults = {"vocab_size": self.vocab_size}
+        if self.config.train.compute_dtype != "float32":
+            defaults["dtype"] = jnp.dtype(self.config.train.compute_dtype)
+        model = build_model(self.config.model, rngs, **defaults)
+        return State(model=model, opt=make_optimizer(model))
+
+    def _nll(self, model, tokens, *, train=False, rngs=None):
+        logits = model(tokens[:, :-1], train=train, rngs=rngs)
+        return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), tokens[:, 1:])
+
+    def train_step(self, state, batch, rng):
+        tokens = batch[self.tokens_key]
+
+        def loss_fn(model):
+            return self._nll(model, tokens, train=True, rngs=nnx.Rngs(dropout=rng)).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(state.model)
+        state.opt.update(state.model, grads)
+        return {"loss": loss, "bits_per_token": loss / LN2, "grad_norm": optax.global_norm(grads)}
+
+    def eval_step(self, state, batch):
+        nll = self._nll(state.model, batch[self.tokens_key])       # [B, T]
+        mask = batch["mask"]
+        return {"nll_sum": jnp.sum(nll * mask[:, None]), "tokens": jnp.sum(mask) * nll.shape[1]}
+
+    def summarize(self, sums):
+        loss = float(sums["nll_sum"] / sums["tokens"])
+        return {"loss": loss, "bits_per_token": loss / LN2, "bits_per_char": loss / LN2,
+                "perplexity": math.exp(min(loss, 50.0)), "tokens": float(sums["tokens"])}
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, model, prompt_ids, length: int, temperature: float, seed: int = 0) -> np.ndarray:
+        """Autoregressive sampling with a fixed window of `sample_context` tokens, compiled
+        once: each step runs the model on the window and samples the next token. Works for
+        any causal model (the window is right-aligned, so no future token is ever read)."""
+        ctx = self.sample_context
+        prompt = np.asarray(prompt_ids, np.int32)[-ctx:]
+        graphdef, params = nnx.split(model)
+
+        @jax.jit
+        def run(params, window, key):
+            model = nnx.merge(graphdef, params)
+
+            def step(carry, key):
+                window, n = carry   # n valid tokens at the start of `window` (grows, then slides)
+                logits = model(window[None], train=False)[0]
+                last = jnp.take(logits, jnp.maximum(n - 1, 0), axis=0)
+                tok = jax.random.categorical(key, last / temperature).astype(jnp.int32)
+                full = n >= ctx
+                window = jnp.where(full, jnp.roll(window, -1).at[-1].set(tok), window.at[jnp.minimum(n, ctx - 1)].set(tok))
+                return (window, jnp.minimum(n + 1, ctx)), tok
+
+            _, toks = jax.lax.scan(step, (window, jnp.int32(len(prompt))), jax.random.split(key, length))
+            return toks
+
+        window = np.zeros(ctx, np.int32)
+        window[:len(prompt)] = prompt
+        return np.asarray(run(params, jnp.asarray(window), jax.random.key(seed)))
+
+    def report(self, state, workdir):
+        if not self.vocab or self.sample_length <= 0:
+            return {}
+        index = {c: i for i, c in enumerate(self.vocab)}
+        prompt = [index[c] for c in self.sample_prompt if c in index] or [0]
+        toks = self.sample(state.model if hasattr(state, "model") else state, prompt,
+                           self.sample_length, self.sample_temperature, self.config.seed)
+        text = "".join(self.vocab[i] for i in prompt) + "".join(self.vocab[int(i)] for i in toks)
+        with open(os.path.join(workdir, "samples.txt"), "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        return {"sample": text}

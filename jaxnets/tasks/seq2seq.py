@@ -1,0 +1,129 @@
+"""Sequence-to-sequence: teacher forcing in training, greedy decoding at evaluation.
+
+Data (see `jaxnets.data.synthetic`): `batch["source"]` int [B, S] right-padded with
+`pad_id`, `batch["target"]` int [B, U + 1] = BOS, answer..., EOS, PAD...; ids come from
+`dataset.info` (pad_id, bos_id, eos_id, vocab_size).
+
+Decode interface a model implements (LSTM+attention in `jaxnets.models.seq2seq`; a
+Transformer encoder-decoder implements the same three methods):
+
+    model(source, target_in, *, train=False, rngs=None) -> logits [B, U, V]
+        teacher forcing: position t sees target_in[:, :t + 1] and predicts target[:, t + 1].
+    state = model.start_decode(source)
+        encodes once; `state` is any pytree (encoder memory, masks, recurrent state or cache).
+    logits, state = model.decode_step(state, tokens)
+        tokens int [B] (the previous output; BOS first) -> next-token logits [B, V].
+
+Metrics: loss and token accuracy under teacher forcing; `exact_match` = fraction of
+sequences whose greedy decoding equals the target at every position up to and including
+EOS (what comes after EOS is ignored). `report()` writes decoded test examples to
+`workdir/decoded.txt`. task_options: source_key ("source"), target_key ("target"),
+report_examples (20).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxnets.models import build_model
+from jaxnets.tasks.base import State, Task
+
+
+class Seq2SeqTask(Task):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        opts, info = config.task_options, dataset.info
+        self.source_key = opts.get("source_key", "source")
+        self.target_key = opts.get("target_key", "target")
+        self.report_examples = int(opts.get("report_examples", 20))
+        self.pad_id, self.bos_id, self.eos_id = info["pad_id"], info["bos_id"], info["eos_id"]
+        self.vocab = info.get("vocab")
+
+    def build(self, rngs, make_optimizer):
+        defaults = {"vocab_size": self.dataset.info["vocab_size"], "pad_id": self.pad_id}
+        if self.config.train.compute_dtype != "float32":
+            defaults["dtype"] = jnp.dtype(self.config.train.compute_dtype)
+        model = build_model(self.config.model, rngs, **defaults)
+        return State(model=model, opt=make_optimizer(model))
+
+    def _teacher_forced(self, model, batch, *, train=False, rngs=None):
+        target = batch[self.target_key]
+        target_in, target_out = target[:, :-1], target[:, 1:]
+        logits = model(batch[self.source_key], target_in, train=train, rngs=rngs)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, target_out)
+        weights = (target_out != self.pad_id).astype(jnp.float32)
+        return logits, nll, weights, target_out
+
+    def greedy_decode(self, model, source, length: int):
+        """int [B, length]: argmax decoding from BOS, one `decode_step` per position."""
+        state = model.start_decode(source)
+        first = jnp.full((source.shape[0],), self.bos_id, jnp.int32)
+
+        def step(carry, _):
+            tokens, state = carry
+            logits, state = model.decode_step(state, tokens)
+            nxt = jnp.argmax(logits, -1).astype(jnp.int32)
+            return (nxt, state), nxt
+
+        _, out = jax.lax.scan(step, (first, state), None, length=length)
+        return out.T
+
+    def train_step(self, state, batch, rng):
+        def loss_fn(model):
+            logits, nll, w, target_out = self._teacher_forced(model, batch, train=True,
+                                                              rngs=nnx.Rngs(dropout=rng))
+            return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0), (logits, w, target_out)
+
+        (loss, (logits, w, target_out)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(state.model)
+        state.opt.update(state.model, grads)
+        correct = jnp.sum((jnp.argmax(logits, -1) == target_out) * w)
+        return {"loss": loss, "token_accuracy": correct / jnp.maximum(jnp.sum(w), 1.0),
+                "grad_norm": optax.global_norm(grads)}
+
+    def eval_step(self, state, batch):
+        logits, nll, w, target_out = self._teacher_forced(state.model, batch)
+        mask = batch["mask"]
+        w = w * mask[:, None]
+        pred = self.greedy_decode(state.model, batch[self.source_key], target_out.shape[1])
+        wrong = jnp.sum((pred != target_out) * (target_out != self.pad_id), axis=1)
+        return {"loss_sum": jnp.sum(nll * w), "tokens": jnp.sum(w),
+                "correct": jnp.sum((jnp.argmax(logits, -1) == target_out) * w),
+                "exact": jnp.sum((wrong == 0) * mask), "count": jnp.sum(mask)}
+
+    def summarize(self, sums):
+        return {"loss": float(sums["loss_sum"] / sums["tokens"]),
+                "token_accuracy": float(sums["correct"] / sums["tokens"]),
+                "exact_match": float(sums["exact"] / sums["count"]), "count": float(sums["count"])}
+
+    def _text(self, ids) -> str:
+        out = []
+        for i in np.asarray(ids):
+            if i == self.eos_id:
+                break
+            if i not in (self.pad_id, self.bos_id):
+                out.append(self.vocab[i] if self.vocab else f"{i} ")
+        return "".join(out)
+
+    def report(self, state, workdir):
+        split = self.dataset.splits.get(self.config.data.eval_split)
+        if not split or self.report_examples <= 0:
+            return {}
+        n = min(self.report_examples, len(split[self.source_key]))
+        source, target = split[self.source_key][:n], split[self.target_key][:n]
+        model = state.model
+        graphdef, params = nnx.split(model)
+        decode = jax.jit(lambda p, s: self.greedy_decode(nnx.merge(graphdef, p), s, target.shape[1] - 1))
+        pred = np.asarray(decode(params, jnp.asarray(source)))
+        lines = []
+        for s, t, p in zip(source, target, pred):
+            ok = self._text(p) == self._text(t[1:])
+            lines.append(f"{self._text(s)!r:>24} -> {self._text(p)!r:<16} target {self._text(t[1:])!r}"
+                         f"{'' if ok else '  WRONG'}")
+        with open(os.path.join(workdir, "decoded.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        return {}
