@@ -91,8 +91,9 @@ class AutoEncoderTask(Task):
         decode = jax.jit(lambda z: model.decode(z))
         codes = np.asarray(encode(x))
         # reconstructions: originals (odd rows) over reconstructions (even rows)
-        recon = np.asarray(decode(codes[:50]))
-        pairs = np.stack([x[:50].reshape(5, 10, *x.shape[1:]), recon.reshape(5, 10, *x.shape[1:])], 1)
+        pick = one_of_each_digit(labels, 5)
+        recon = np.asarray(decode(codes[pick]))
+        pairs = np.stack([x[pick].reshape(5, 10, *x.shape[1:]), recon.reshape(5, 10, *x.shape[1:])], 1)
         imlib.save_grid(pairs.reshape(100, *x.shape[1:]), os.path.join(workdir, "reconstructions.png"),
                         10, "held-out digits (odd rows) and their reconstructions")
         a, b = _different_digit_pairs(labels, 8)
@@ -108,6 +109,11 @@ class AutoEncoderTask(Task):
             files.append("latent_map.png")
         write_report(workdir, "AutoEncoder", self.config, files)
         return {}
+
+
+def one_of_each_digit(labels: np.ndarray, rows: int) -> np.ndarray:
+    """Indices of `rows` rows of ten held-out digits, 0..9 in each row (the split is label-sorted)."""
+    return np.asarray([np.flatnonzero(labels == c)[k] for k in range(rows) for c in range(10)])
 
 
 def _different_digit_pairs(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ from jaxnets import images as imlib
 from jaxnets.models import build_model
 from jaxnets.models.autoencoder import AutoEncoder
 from jaxnets.tasks.autoencoder import (AutoEncoderTask, _different_digit_pairs, heldout_images,
-                                       interpolation_codes, latent_map, model_defaults,
+                                       interpolation_codes, latent_map, model_defaults, one_of_each_digit,
                                        to_unit_range, write_report)
 from jaxnets.tasks.base import State, Task
 
@@ -103,8 +103,9 @@ class VAETask(Task):
 
         prior = np.asarray(dec(np.asarray(jax.random.normal(jax.random.key(0), (100, latent)))))
         files.append(_save(prior, workdir, "samples.png", "VAE: decoded z ~ N(0, I)"))
-        recon = np.asarray(dec(codes[:50]))
-        pairs = np.stack([x_in[:50].reshape(5, 10, *x.shape[1:]), recon.reshape(5, 10, *x.shape[1:])], 1)
+        pick = one_of_each_digit(labels, 5)
+        recon = np.asarray(dec(codes[pick]))
+        pairs = np.stack([x_in[pick].reshape(5, 10, *x.shape[1:]), recon.reshape(5, 10, *x.shape[1:])], 1)
         files.append(_save(pairs.reshape(100, *x.shape[1:]), workdir, "reconstructions.png",
                            "held-out digits (odd rows) and VAE reconstructions (posterior means)"))
         a, b = _different_digit_pairs(labels, 8)
