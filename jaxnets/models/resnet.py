@@ -9,7 +9,8 @@ Inputs are NHWC (channels last: XLA's CPU and GPU convolutions prefer it). Optio
 `residual` (False gives the plain net), `shortcut` ("A": parameter-free subsample + zero-padded
 channels, the CIFAR paper's choice; "B": 1x1 projection + BN where the shape changes),
 `preact`, `batch_norm` (False: convs get biases, no normalisation; for the degradation study),
-`dtype` (compute dtype, e.g. jnp.bfloat16; parameters stay float32).
+`dtype` (compute dtype, e.g. jnp.bfloat16; parameters stay float32), `width` (first stage's
+channels), `stem_stride` (2 on small offline data: 4x fewer pixels, same depth).
 
 Lesion studies (Veit et al. 2016): `model(x, skip_blocks=(3,))` deletes block 3, i.e. the block
 output becomes its shortcut. A plain block has no shortcut; deleting it passes its input through
@@ -22,6 +23,7 @@ in depth order; `layer_norms(grads, model.layer_paths())` reads their norms from
 """
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import jax
@@ -124,7 +126,7 @@ class ResNet(nnx.Module):
     def __init__(self, depth: int = 20, num_classes: int = 10, *, form: str = "cifar",
                  residual: bool = True, shortcut: str | None = None, preact: bool = False,
                  batch_norm: bool = True, in_channels: int = 3, width: int | None = None,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 stem_stride: int | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
         if form == "cifar":
             if (depth - 2) % 6:
                 raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
@@ -145,7 +147,8 @@ class ResNet(nnx.Module):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
         self.depth, self.form, self.residual, self.preact = depth, form, residual, preact
         self.dtype = dtype
-        stem_kernel, stem_stride = (3, 1) if form == "cifar" else (7, 2)
+        stem_kernel = 3 if form == "cifar" else 7
+        stem_stride = stem_stride or (1 if form == "cifar" else 2)
         self.stem = conv(in_channels, width, stem_kernel, stem_stride, bias=not batch_norm,
                          dtype=dtype, rngs=rngs)
         # Pre-activation nets normalise inside the blocks and once more before pooling.
@@ -204,6 +207,17 @@ class PreActResNet(ResNet):
 
     def __init__(self, depth: int = 20, num_classes: int = 10, **kwargs):
         super().__init__(depth, num_classes, preact=True, **kwargs)
+
+
+def _signature_without(name):
+    sig = inspect.signature(ResNet.__init__)
+    return sig.replace(parameters=[p for p in sig.parameters.values() if p.name != name])
+
+
+# Explicit signatures, so config-driven construction (`jaxnets.models.build_model`) sees which
+# keywords the subclasses accept instead of an open **kwargs.
+PlainNet.__init__.__signature__ = _signature_without("residual")
+PreActResNet.__init__.__signature__ = _signature_without("preact")
 
 
 def layer_norms(state, paths: Sequence[tuple]) -> np.ndarray:
