@@ -114,8 +114,11 @@ def run_layers(layers, x, *, num_layers, scan, remat, train=False, rngs=None, ca
     new_caches = []
     for i, layer in enumerate(layers):
         layer_cache = None if cache is None else jax.tree.map(lambda a: a[i], cache)
-        graphdef, state = nnx.split(layer)
-        x, c = apply_split(graphdef, state, x, layer_cache, None if keys is None else keys[i])
+        key = None if keys is None else keys[i]
+        if remat:
+            x, c = apply_split(*nnx.split(layer), x, layer_cache, key)
+        else:  # called in place, so sown intermediates (attention maps) stay on the layer
+            x, c = apply(layer, x, layer_cache, key)
         new_caches.append(c)
     stacked = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *new_caches)
     return x, stacked

@@ -142,6 +142,17 @@ def structured_mask(q_pos, k_pos, *, causal, q_segment_ids=None, kv_segment_ids=
 def xla_attention(q, k, v, *, causal=False, mask=None, q_segment_ids=None,
                   kv_segment_ids=None, kv_lengths=None, scale):
     """The textbook formula in float32, logits materialised; gradients by autodiff."""
+    b, tq, hq, _ = q.shape
+    probs = attention_probabilities(q, k, causal=causal, mask=mask, q_segment_ids=q_segment_ids,
+                                    kv_segment_ids=kv_segment_ids, kv_lengths=kv_lengths,
+                                    scale=scale)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(jnp.float32))
+    return out.reshape(b, tq, hq, v.shape[-1]).astype(q.dtype)
+
+
+def attention_probabilities(q, k, *, causal=False, mask=None, q_segment_ids=None,
+                            kv_segment_ids=None, kv_lengths=None, scale):
+    """softmax(q k^T * scale) under the masks, float32 [B, Hkv, G, Tq, Tk] (G = Hq // Hkv)."""
     b, tq, hq, d = q.shape
     tk, hkv = k.shape[1], k.shape[2]
     groups = hq // hkv
@@ -152,10 +163,8 @@ def xla_attention(q, k, v, *, causal=False, mask=None, q_segment_ids=None,
                               q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
                               kv_lengths=kv_lengths)[:, None, None]
     if mask is not None:
-        allowed = allowed & split_heads_of_mask(mask, hkv, groups)
-    probs = masked_softmax(logits, allowed)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(jnp.float32))
-    return out.reshape(b, tq, hq, v.shape[-1]).astype(q.dtype)
+        allowed = allowed & split_heads_of_mask(jnp.asarray(mask, bool), hkv, groups)
+    return masked_softmax(logits, allowed)
 
 
 def masked_softmax(logits, allowed):
@@ -245,7 +254,11 @@ class MultiHeadAttention(nnx.Module):
     c = mha.init_cache(batch, max_len) writes this call's keys/values at positions i.. of the
     cache, attends causally over positions <= i + t, and returns (out, new_cache).
     For cross-attention, `kv = mha.project_kv(context)` once and `mha(x, kv=kv)` every step.
+    Set `sow_weights = True` to record the probabilities [B, H, Tq, Tk] as an nnx.Intermediate
+    named "attention_weights" (for plots; layer loops only, not scan_layers).
     """
+
+    sow_weights = False
 
     def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
                  head_dim: int | None = None, context_features: int | None = None,
@@ -290,5 +303,13 @@ class MultiHeadAttention(nnx.Module):
             k, v = k.astype(q.dtype), v.astype(q.dtype)
         y = dot_product_attention(q, k, v, causal=causal, mask=mask, segment_ids=segment_ids,
                                   kv_lengths=kv_lengths, implementation=self.implementation)
+        if self.sow_weights:  # for attention-map plots; costs a second, plain computation
+            q_seg, kv_seg = _check_inputs(q, k, v, mask, segment_ids, kv_lengths)
+            mask4 = None if mask is None else jnp.reshape(mask, (1,) * (4 - jnp.ndim(mask)) + jnp.shape(mask))
+            probs = attention_probabilities(q, k, causal=causal, mask=mask4, q_segment_ids=q_seg,
+                                            kv_segment_ids=kv_seg, kv_lengths=kv_lengths,
+                                            scale=self.head_dim ** -0.5)
+            self.sow(nnx.Intermediate, "attention_weights",
+                     probs.reshape(b, self.num_heads, t, k.shape[1]))
         y = self.out(y.reshape(b, t, self.num_heads * self.head_dim))
         return y if cache is None else (y, cache)
