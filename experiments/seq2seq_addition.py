@@ -4,8 +4,9 @@
 training, greedy decoding at evaluation) attending over the encoder outputs. 1,000 held-out
 pairs never seen in training (in either order). `reversal` swaps in string reversal.
 
-Command (smoke: 3-digit operands, about 3-4 minutes on a 2-core CPU; held-out
-eval/exact_match >= 0.95 in final.json, decoded examples in WORKDIR/decoded.txt):
+Command (smoke: 3-digit operands, 3,000 steps, about 5 minutes on a busy 2-core CPU; held-out
+eval/exact_match 0.997 measured (>= 0.95 expected) in final.json, decoded examples in
+WORKDIR/decoded.txt; exact match is ~0.9 at step 2,000 and ~0.99 by 3,000):
     jaxnets train --config experiments/seq2seq_addition.py:smoke --workdir runs/seq2seq_addition
 Full (more steps and a wider model):
     jaxnets train --config experiments/seq2seq_addition.py --workdir runs/seq2seq_addition_full
@@ -31,7 +32,7 @@ def get_config(arg=None):
     c.optim.schedule = "warmup_cosine"
     c.optim.warmup_steps = 100
     c.optim.clip_norm = 1.0
-    c.train.steps = 2500 if smoke else 8000
+    c.train.steps = 3000 if smoke else 8000
     c.train.log_every = 100
     c.train.eval_every = 500 if smoke else 1000
     c.train.checkpoint_every = c.train.steps

@@ -32,6 +32,10 @@ DATASETS = Registry("dataset", {
     "tfds": "jaxnets.data.tfds_source:tfds_dataset",
     "cifar10": "jaxnets.data.tfds_source:cifar10",
     "mnist": "jaxnets.data.tfds_source:mnist",
+    "addition": "jaxnets.data.synthetic:addition",
+    "reversal": "jaxnets.data.synthetic:reversal",
+    "copy_memory": "jaxnets.data.synthetic:copy_memory",
+    "truecase": "jaxnets.data.synthetic:truecase",
 })
 
 

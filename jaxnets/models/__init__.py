@@ -14,13 +14,17 @@ _EXPORTS = {
     "PlainNet": "jaxnets.models.resnet:PlainNet",
     "PreActResNet": "jaxnets.models.resnet:PreActResNet",
     "DenseNet": "jaxnets.models.densenet:DenseNet",
-    "Transformer": "jaxnets.models.transformer:Transformer",
-    "TransformerLM": "jaxnets.models.transformer:TransformerLM",
     "AutoEncoder": "jaxnets.models.autoencoder:AutoEncoder",
     "VAE": "jaxnets.models.autoencoder:VAE",
     "DCGANGenerator": "jaxnets.models.gan:DCGANGenerator",
     "DCGANDiscriminator": "jaxnets.models.gan:DCGANDiscriminator",
     "UNet": "jaxnets.models.diffusion:UNet",
+    "RNNLanguageModel": "jaxnets.models.rnn:RNNLanguageModel",
+    "RNNClassifier": "jaxnets.models.rnn:RNNClassifier",
+    "RNNTagger": "jaxnets.models.rnn:RNNTagger",
+    "Seq2SeqLSTM": "jaxnets.models.seq2seq:Seq2SeqLSTM",
+    "Transformer": "jaxnets.models.transformer:Transformer",
+    "TransformerLM": "jaxnets.models.transformer:TransformerLM",
 }
 __getattr__ = lazy_module_getattr(__name__, _EXPORTS)
 
@@ -32,13 +36,17 @@ MODELS = Registry("model", {
     "plainnet": "jaxnets.models.resnet:PlainNet",
     "preact_resnet": "jaxnets.models.resnet:PreActResNet",
     "densenet": "jaxnets.models.densenet:DenseNet",
-    "transformer": "jaxnets.models.transformer:Transformer",
-    "transformer_lm": "jaxnets.models.transformer:TransformerLM",
     "autoencoder": "jaxnets.models.autoencoder:AutoEncoder",
     "vae": "jaxnets.models.autoencoder:VAE",
     "dcgan_generator": "jaxnets.models.gan:DCGANGenerator",
     "dcgan_discriminator": "jaxnets.models.gan:DCGANDiscriminator",
     "unet": "jaxnets.models.diffusion:UNet",
+    "rnn_lm": "jaxnets.models.rnn:RNNLanguageModel",
+    "rnn_classifier": "jaxnets.models.rnn:RNNClassifier",
+    "rnn_tagger": "jaxnets.models.rnn:RNNTagger",
+    "seq2seq_lstm": "jaxnets.models.seq2seq:Seq2SeqLSTM",
+    "transformer": "jaxnets.models.transformer:Transformer",
+    "transformer_lm": "jaxnets.models.transformer:TransformerLM",
 })
 
 

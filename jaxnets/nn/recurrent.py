@@ -169,13 +169,15 @@ class RecurrentCell(nnx.Module):
                  dtype: Any = None, param_dtype: Any = jnp.float32,
                  kernel_init=nnx.initializers.glorot_uniform(),
                  recurrent_kernel_init=nnx.initializers.orthogonal(),
-                 bias_init=nnx.initializers.zeros_init()):
+                 bias_init=nnx.initializers.zeros_init(), recurrent_gain: float = 1.0):
+        # recurrent_gain scales W_h at init: > 1 with a non-saturating activation gives the
+        # exploding-gradient regime (benchmarks/long_memory.py shows clipping taming it).
         self.in_features, self.hidden_features = in_features, hidden_features
         self.dtype, self.param_dtype = dtype, param_dtype
         gh = self.num_gates * hidden_features
         self.input_kernel = nnx.Param(kernel_init(rngs.params(), (in_features, gh), param_dtype))
         self.recurrent_kernel = nnx.Param(
-            recurrent_kernel_init(rngs.params(), (hidden_features, gh), param_dtype))
+            recurrent_gain * recurrent_kernel_init(rngs.params(), (hidden_features, gh), param_dtype))
         self.bias = nnx.Param(bias_init(rngs.params(), (gh,), param_dtype))
 
     def _cast(self, a):
@@ -202,11 +204,14 @@ class RecurrentCell(nnx.Module):
         return self.pointwise(carry, x @ w_x + b, carry[0] @ w_h, extras)
 
 
-class SimpleRNNCell(RecurrentCell):
-    """Elman RNN: h_t = tanh(W_x x_t + W_h h_{t-1} + b)."""
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "linear": lambda a: a}
 
-    def __init__(self, in_features, hidden_features, *, activation=jnp.tanh, **kw):
-        self.activation = activation
+
+class SimpleRNNCell(RecurrentCell):
+    """Elman RNN: h_t = act(W_x x_t + W_h h_{t-1} + b); act a callable or 'tanh' | 'relu' | 'linear'."""
+
+    def __init__(self, in_features, hidden_features, *, activation="tanh", **kw):
+        self.activation = ACTIVATIONS[activation] if isinstance(activation, str) else activation
         super().__init__(in_features, hidden_features, **kw)
 
     @property
