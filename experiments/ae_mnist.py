@@ -21,7 +21,7 @@ def get_config(arg=None):
                "latent_dim": args.get("latent", 16)}
     c.data.name = "mnist5k"
     c.data.batch_size = 128
-    c.data.eval_batch_size = 500
+    c.data.eval_batch_size = 512
     c.optim.name = "adam"
     c.optim.lr = 1e-3
     c.train.steps = 600 if args.get("smoke") else 3000

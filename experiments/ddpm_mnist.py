@@ -35,7 +35,7 @@ def get_config(arg=None):
     }
     c.data.name = "mnist5k"
     c.data.batch_size = 64
-    c.data.eval_batch_size = 500
+    c.data.eval_batch_size = 512
     c.optim.name = "adam"
     c.optim.lr = 2e-3 if smoke else 1e-3
     c.optim.schedule = "warmup_cosine"

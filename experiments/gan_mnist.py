@@ -26,7 +26,7 @@ def get_config(arg=None):
                       "judge_dir": args.get("judge_dir", "runs/mnist_judge")}
     c.data.name = "mnist5k"
     c.data.batch_size = 64
-    c.data.eval_batch_size = 500
+    c.data.eval_batch_size = 512
     c.optim.name = "adam"          # the DCGAN paper's settings for both players
     c.optim.lr = 2e-4
     c.optim.b1 = 0.5

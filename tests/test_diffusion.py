@@ -155,3 +155,59 @@ def test_ema_update_is_an_exponential_average():
     # three updates towards a fixed target: e_3 = 0.9^3 e_0 + (1 - 0.9^3) m
     np.testing.assert_allclose(ema.kernel[...], 0.729 * e0 + 0.271 * m, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ema.bias[...], 0.271 * np.asarray(model.bias[...]), atol=1e-6)
+
+
+def _diffusion_task(conditioning, p_uncond=0.1):
+    from jaxnets.data import Dataset
+    from jaxnets.tasks.diffusion import DiffusionTask
+    from jaxnets.train.defaults import base_config
+
+    c = base_config()
+    c.task = "diffusion"
+    c.model = {"name": "unet", "channels": 8, "channel_mults": (1, 2), "attention": False,
+               "conditioning": conditioning}
+    c.task_options = {"num_steps": 50, "p_uncond": p_uncond, "ema_decay": 0.999}
+    images = np.random.default_rng(0).integers(0, 256, (400, 8, 8, 1), dtype=np.uint8)
+    labels = np.arange(400, dtype=np.int32) % 10
+    data = Dataset("toy", {"train": {"image": images, "label": labels}},
+                   {"image_shape": (8, 8, 1), "num_classes": 10})
+    return DiffusionTask(c, data), c, images, labels
+
+
+def test_condition_dropout_uses_the_null_condition_at_rate_p_uncond():
+    from jaxnets.models.diffusion import PromptTokenizer
+
+    task, _, _, labels = _diffusion_task("text", p_uncond=0.3)
+    null = PromptTokenizer().encode("")[0]
+    stub = type("Stub", (), {"null_condition": staticmethod(lambda: jnp.asarray(null))})()
+    cond = np.asarray(task.condition(stub, jnp.asarray(labels), jax.random.key(0)))
+    is_null = (cond == null).all(-1)
+    # 400 Bernoulli(0.3) draws: sd 0.023, so 0.3 +- 0.1 is > 4 sd
+    assert abs(is_null.mean() - 0.3) < 0.1
+    kept = cond[~is_null]
+    words = set(PromptTokenizer().vocab[i] for i in kept[labels[~is_null] == 7].ravel())
+    assert {"seven", "7"} & words and not {"six", "eight", "6", "8"} & words
+    np.testing.assert_array_equal(task.condition(stub, jnp.asarray(labels[:3])),   # eval: template 0
+                                  PromptTokenizer().encode(["a handwritten zero", "a handwritten one",
+                                                            "a handwritten two"]))
+
+
+def test_diffusion_train_step_updates_the_model_and_warms_up_the_ema():
+    from jaxnets.train.optim import OptimizerFactory
+
+    task, config, images, labels = _diffusion_task("class")
+    build = lambda: task.build(nnx.Rngs(0), OptimizerFactory(config))
+    graphdef = nnx.split(nnx.eval_shape(build))[0]
+    state = nnx.merge(graphdef, jax.jit(lambda: nnx.split(build())[1])())
+    params = lambda m: [np.asarray(p, np.float64) for p in jax.tree.leaves(nnx.state(m, nnx.Param))]
+    m0 = params(state.model)
+    np.testing.assert_array_equal(np.concatenate([p.ravel() for p in params(state.ema)]),
+                                  np.concatenate([p.ravel() for p in m0]))   # EMA starts as a copy
+    batch = {"image": jnp.asarray(images[:16]), "label": jnp.asarray(labels[:16])}
+    metrics = nnx.jit(task.train_step)(state, batch, jax.random.key(1))
+    assert np.isfinite(float(metrics["loss"]))
+    m1, e1 = params(state.model), params(state.ema)
+    assert any(not np.array_equal(a, b) for a, b in zip(m0, m1))
+    d = min(0.999, 2.0 / 11.0)      # warm-up decay after the first update: (1 + n) / (10 + n), n = 1
+    for a0, a1, e in zip(m0, m1, e1):
+        np.testing.assert_allclose(e, d * a0 + (1 - d) * a1, rtol=1e-5, atol=1e-7)
