@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -127,7 +128,7 @@ def check_against_xla(impl, b, t, h, d, causal):
     return out_err, grad_err
 
 
-def gpu_section(repeats, tiny):
+def gpu_section(repeats, tiny, partial_out=None):
     if tiny:  # the same code path at toy sizes: CPU check of the GPU script (pallas interprets)
         impls, dims, lengths, tokens, hidden = ("pallas", "cudnn", "xla"), (64,), (128, 256), 256, 128
     else:
@@ -172,6 +173,10 @@ def gpu_section(repeats, tiny):
                             row["error"] = f"{type(err).__name__}: {err}"[:300]
                         results.append(row)
                         print(json.dumps(row), file=sys.stderr, flush=True)
+                        if partial_out:  # a run cut short by its time limit still leaves a table
+                            with open(partial_out, "w") as f:
+                                json.dump({"benchmark": "attention", "partial": True,
+                                           "results": results}, f)
     return results
 
 
@@ -212,12 +217,13 @@ def main(argv=None):
             return print_table(json.load(f)["results"])
     device = jax.devices()[0]
     if device.platform == "gpu" or args.tiny:
-        results = gpu_section(args.repeats or (3 if args.tiny else 10), args.tiny)
+        results = gpu_section(args.repeats or (3 if args.tiny else 10), args.tiny, args.out)
         print_table(results)
     else:
         results = cpu_section(args.repeats or 5)
     report = {"benchmark": "attention", "device": f"{device.platform}: {device.device_kind}",
-              "jax": jax.__version__, "results": results}
+              "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
+              "load_average_1min_at_end": round(os.getloadavg()[0], 1), "results": results}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

@@ -8,7 +8,7 @@ set -uo pipefail
 OUT="${OUT:-/tmp/attention_gpu}"
 mkdir -p "$OUT"
 cd "$(dirname "$0")/../.."
-pip install --no-deps -e . > "$OUT/pip.log" 2>&1 || echo "pip install failed (see $OUT/pip.log)"
+pip install --no-deps --no-build-isolation -e . > "$OUT/pip.log" 2>&1 || echo "pip install failed (see $OUT/pip.log); running from the checkout"
 { nvidia-smi || true; git rev-parse HEAD || true; date -u; python -c "import jax; print(jax.__version__, jax.devices())"; } \
   > "$OUT/environment.txt" 2>&1
 # Hard limit below the 6-minute budget; partial rows are still in benchmark.log.

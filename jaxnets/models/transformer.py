@@ -257,6 +257,20 @@ def _cached_step(stack, to_logits, cache, tokens, **kwargs):
     return (logits if tokens.ndim == 2 else logits[:, 0]), new_cache
 
 
+def training_flops_per_token(model, seq_len: int) -> float:
+    """Model FLOPs per trained token (forward + backward): 6 x matmul parameters plus the
+    attention scores and mixing, 12 x layers x d_model x seq_len (Kaplan et al. 2020; PaLM
+    appendix B). Divide tokens/s x this by the device peak for model FLOP utilisation."""
+    params = sum(x.size for path, x in nnx.to_flat_state(nnx.state(model, nnx.Param))
+                 if path[-1] == "kernel")
+    stacks = [model.encoder, model.decoder] if isinstance(model, Transformer) else [model.decoder]
+    attention = 0
+    for stack in stacks:
+        d_model = stack.embed.d_model
+        attention += 12 * stack.num_layers * d_model * seq_len
+    return 6.0 * params + attention
+
+
 def _empty_self_cache(stack, batch, max_len, dtype):
     attn = (stack.layers[0] if not stack.scan_layers else stack.layers).self_attention
     shape = (stack.num_layers, batch, max_len, attn.num_kv_heads, attn.head_dim)
