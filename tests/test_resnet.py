@@ -1,9 +1,8 @@
 """ResNet / PlainNet / PreActResNet / DenseNet: sizes against the papers, the forward pass against
-a float64 NumPy re-implementation, the residual gradient identity, and lesions on a trained net."""
+a float64 NumPy re-implementation, the residual gradient identity, lesion plumbing."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -175,45 +174,4 @@ def test_residual_gradient_identity_on_preact_blocks():
     direct, identity = both_sides(x)
     np.testing.assert_allclose(direct, identity, rtol=1e-4, atol=1e-5)
 
-
-# ---------------------------------------------------------------- lesions on a trained tiny net
-def train_digits(model_cls, steps=150):
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    x = (digits.images[..., None] / 16.0).astype(np.float32)
-    y = digits.target
-    model = model_cls(14, 10, in_channels=1, width=8, rngs=rngs(0))
-    opt = nnx.Optimizer(model, optax.sgd(0.05, momentum=0.9), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, opt, xb, yb):
-        def loss_fn(m):
-            return optax.softmax_cross_entropy_with_integer_labels(m(xb, train=True), yb).mean()
-        _, grads = nnx.value_and_grad(loss_fn)(model)
-        opt.update(model, grads)
-
-    rng = np.random.default_rng(0)
-    for _ in range(steps):
-        idx = rng.choice(1500, 64, replace=False)
-        step(model, opt, x[idx], y[idx])
-
-    @nnx.jit
-    def accuracy(model, mask):
-        return (model(x[1500:], skip_blocks=mask).argmax(-1) == y[1500:]).mean()
-
-    full = float(accuracy(model, jnp.zeros(model.num_blocks)))
-    lesions = [float(accuracy(model, jnp.zeros(model.num_blocks).at[i].set(1.0)))
-               for i in range(model.num_blocks)]
-    return full, lesions
-
-
-def test_lesion_residual_survives_plain_collapses():
-    res_full, res_lesions = train_digits(ResNet)
-    plain_full, plain_lesions = train_digits(PlainNet)
-    assert res_full > 0.9 and plain_full > 0.8
-    # Veit et al. 2016: deleting one block barely hurts a residual net (most lesions keep > 0.75;
-    # measured with this seed: 0.40 for the first block, 0.72-0.93 for the others) ...
-    assert np.median(res_lesions) > 0.75
-    # ... while a plain net, a single path, collapses towards chance (measured: 0.03-0.19).
-    assert np.mean(plain_lesions) < 0.35
-    assert all(r > p for r, p in zip(res_lesions, plain_lesions))
+# Lesions of a trained net (residual survives, plain collapses): tests/test_degradation.py.
