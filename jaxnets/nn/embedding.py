@@ -45,9 +45,10 @@ class TokenEmbedding(nnx.Module):
         self.dtype = dtype
         self.table = nnx.Embed(vocab_size, d_model, embedding_init=nnx.initializers.normal(
             d_model ** -0.5), dtype=dtype, rngs=rngs)
-        if positions == "learned":
-            self.position_table = nnx.Param(
-                nnx.initializers.normal(0.02)(rngs.params(), (max_len, d_model)))
+        if positions == "learned":  # same scale as the (scaled) token vectors, so neither
+            # swamps the other at initialisation and attention can use positions early
+            self.position_table = nnx.Param(nnx.initializers.normal(d_model ** -0.5 * self.scale)(
+                rngs.params(), (max_len, d_model)))
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, tokens, *, positions=None, train: bool = False, rngs=None):
