@@ -45,7 +45,7 @@ PRESETS = {
 }
 
 
-def make_config(p, cell, lag, *, steps, clip=1.0, lr=None, cell_options=None):
+def make_config(p, cell, lag, *, steps, clip=1.0, lr=None, cell_options=None, optim="adam"):
     c = base_config()
     c.task = "sequence_labeling"
     c.data.name = "copy_memory"
@@ -56,7 +56,7 @@ def make_config(p, cell, lag, *, steps, clip=1.0, lr=None, cell_options=None):
     c.data.prefetch = 0
     c.model = {"name": "rnn_tagger", "cell": cell, "embed_dim": 16, "hidden": p["hidden"],
                "bidirectional": False, "cell_options": cell_options or {}}
-    c.optim.name = "adam"
+    c.optim.name = optim
     c.optim.lr = lr or p["lr"]
     c.optim.clip_norm = clip
     c.train.steps = steps
@@ -93,7 +93,9 @@ def read_metrics(workdir):
 def run_one(config, workdir):
     t = time.time()
     trainer = Trainer(config, workdir)
-    model_at_init = nnx.clone(trainer.module().model)
+    # A real copy: the trainer donates its state buffers to the train step.
+    graphdef, params = nnx.split(trainer.module().model)
+    model_at_init = nnx.merge(graphdef, jax.tree.map(lambda a: jnp.array(a, copy=True), params))
     final = trainer.run()
     return final, model_at_init, trainer.module().model, trainer.dataset, time.time() - t
 

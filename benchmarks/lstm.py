@@ -35,13 +35,24 @@ import statistics
 import subprocess
 import time
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
-
-from jaxnets.nn import recurrent
-
 SHAPES = [(64, 128, 256, 256), (16, 1024, 128, 128)]
+
+
+def setup_threads(threads):
+    """Pin both sides to `threads` threads (before jax is imported): on a machine shared with
+    other jobs, oversubscribed thread pools (PyTorch's OpenMP threads spin-wait) distort
+    the comparison; one thread each compares the code paths alone."""
+    if threads:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                                   + ("false" if threads == 1 else "true")).strip()
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+    global jax, jnp, nnx, recurrent
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxnets.nn import recurrent
 
 
 def bench(fn, warm=3, n=15):
@@ -113,7 +124,9 @@ def main():
     ap.add_argument("--n", type=int, default=15)
     ap.add_argument("--peer", default=None, help="python of the PyTorch venv, e.g. /tmp/peers/bin/python")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="1: single-threaded XLA and PyTorch")
     args = ap.parse_args()
+    setup_threads(args.threads)
     unroll = args.unroll if args.unroll is not None else recurrent.DEFAULT_UNROLL
     cells = args.cells.split(",")
     ours, theirs, peer_device = {}, {}, None
@@ -139,7 +152,7 @@ def main():
     out = {"benchmark": "lstm",
            "device": f"cpu jax {jax.__version__} devices={jax.device_count()} {platform.machine()}"
                      f" cores={os.cpu_count()}" + (f"; peer: {peer_device}" if peer_device else ""),
-           "repeats": args.repeats, "results": results}
+           "repeats": args.repeats, "threads": args.threads or "default", "results": results}
     if not args.json:
         for r in results:
             line = f"{r['name']}: fwd {r['fwd_ms']:.1f} ms, fwd+bwd {r['fwd_bwd_ms']:.1f} ms"
