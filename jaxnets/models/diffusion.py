@@ -1,7 +1,7 @@
 """A small U-Net noise predictor eps_theta(x_t, t[, condition]) for DDPM, with a prompt encoder.
 
 - Time: sinusoidal embedding of the timestep index (Vaswani-style frequencies), then a 2-layer MLP;
-  every residual block adds a projection of it to its feature map.
+  every residual block turns it into a per-channel scale and shift after its second GroupNorm.
 - Condition (optional, added to the time embedding): a class label (`conditioning="class"`,
   label `num_classes` is the learned "no condition" token used by classifier-free guidance) or
   a prompt (`conditioning="text"`): token ids from `PromptTokenizer` read by `TextEncoder`, a
@@ -94,7 +94,9 @@ class ResBlock(nnx.Module):
                  rngs: nnx.Rngs):
         self.norm1 = nnx.GroupNorm(in_ch, num_groups=min(groups, in_ch), dtype=dtype, rngs=rngs)
         self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), dtype=dtype, rngs=rngs)
-        self.emb = nnx.Linear(emb_dim, out_ch, dtype=dtype, rngs=rngs)
+        # The time/condition embedding sets a per-channel scale and shift of the second norm
+        # (ADM's "scale-shift norm"): a multiplicative path lets the class steer every feature.
+        self.emb = nnx.Linear(emb_dim, 2 * out_ch, dtype=dtype, rngs=rngs)
         self.norm2 = nnx.GroupNorm(out_ch, num_groups=min(groups, out_ch), dtype=dtype, rngs=rngs)
         # Zero-initialised last conv: each block starts as the identity (skip) map.
         self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), kernel_init=nnx.initializers.zeros,
@@ -103,8 +105,8 @@ class ResBlock(nnx.Module):
 
     def __call__(self, x, emb):
         h = self.conv1(nnx.silu(self.norm1(x)))
-        h = h + self.emb(emb)[:, None, None, :]
-        h = self.conv2(nnx.silu(self.norm2(h)))
+        scale, shift = jnp.split(self.emb(nnx.silu(emb))[:, None, None, :], 2, axis=-1)
+        h = self.conv2(nnx.silu(self.norm2(h) * (1.0 + scale) + shift))
         return h + (self.skip(x) if self.skip is not None else x)
 
 
