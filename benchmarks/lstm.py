@@ -12,18 +12,37 @@ Work timed (same as the PyTorch peer): `y, _ = layer(x)` with x [B, T, D] batch-
 `grad(mean(y**2))` with respect to the parameters (not x, as in the peer). Results are named
 `{lstm,gru}_b{B}_t{T}_d{D}_h{H}` with `fwd_ms` and `fwd_bwd_ms` (medians).
 
-What made the difference (measured on the 2-core AMD EPYC machines, see the report in
-`benchmarks/results/lstm.json`):
-- Forward: the input projection of all steps is one [B*T, D] x [D, 4H] matmul outside the
-  loop; the loop does one fused [B, H] x [H, 4H] matmul per step. Transposing the narrow
-  input to time-major before the projection (not the 4x wider projection after it).
-- Backward: autodiff of `lax.scan` accumulates dW_h inside the loop (one outer product and
-  one [H, 4H] add per step, plus stacking every residual). The hand-written reverse scan
-  (`jax.custom_vjp` in `jaxnets.nn.recurrent.recurrent_scan`) only differentiates the
-  pointwise gate maths per step and the one [B, 4H] x [4H, H] matmul that carries dh back;
-  dW_h = H_prev^T dG is one [H, T*B] x [T*B, 4H] matmul after the loop, and dW_x, db come
-  from autodiff of the hoisted projection (one big matmul each).
-- `--variant autodiff` times the same layer with the plain autodiff scan for comparison.
+Design (what the layer does to be fast; `jaxnets.nn.recurrent`):
+- Forward: the input projection of all steps is one [B*T, D] x [D, G*H] matmul outside the
+  loop (the narrow input is transposed to time-major first, not the G-times wider
+  projection); the loop does one fused [B, H] x [H, G*H] matmul per step.
+- Backward: a hand-written reverse scan (`jax.custom_vjp` on `recurrent_scan`) that only
+  differentiates the pointwise gate maths per step plus the one [B, G*H] x [G*H, H] matmul
+  carrying dh back; dW_h = H_prev^T dG is ONE [H, T*B] x [T*B, G*H] matmul after the loop
+  (autodiff of `lax.scan` accumulates it per step), and for additive cells (RNN, LSTM) the
+  equal dxp/dhp stacks are emitted once. `--variant autodiff` times plain autodiff of the
+  same scan for comparison.
+
+What was measured (benchmarks/results/lstm.json; all on the 2-core machine while 12-16 other
+jobs ran, so only ratios taken in one command mean anything, and even they are noisy):
+- Default threads: jaxnets 4-20x FASTER than PyTorch, because PyTorch's 2 OpenMP threads
+  spin-wait and thrash when the cores are oversubscribed. Not a fair verdict.
+- `--threads 1` (both single-threaded): jaxnets 1.7x (T=128) and 6.9x (T=1024) slower
+  forward, 4.3x / 3.3x slower forward+backward; GRU 2.0x / 3.4x and 2.0x / 1.6x. The
+  per-step cost of XLA's while loop dominates at T=1024 (about 0.4 ms a step under load for
+  a 16x128x512 matmul and its gates). The issue's target is NOT met on this evidence.
+- custom_vjp vs autodiff of scan: 603 vs 610 ms and 553 vs 495 ms fwd+bwd under load: no
+  measurable win here, though it moves the dW_h FLOPs out of the loop.
+- unroll 2/4: no change in CPU time; 8/16 make the backward 1.3-2x slower. Default 1.
+- Page faults, not FLOPs, cost a large share: XLA CPU allocates each call's big buffers
+  (the 32 MiB projection, residuals, gradient stacks) fresh, and glibc maps buffers over
+  32 MiB with mmap, so every call faults them in. With
+  `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296`
+  a sigmoid over a [128, 64, 1024] array went from 15.9 to 2.8 ms CPU and the hoisted
+  projection from 40 to 23 ms CPU. It is a process setting (like XLA_FLAGS) that helps
+  PyTorch too; not applied by this benchmark.
+- XLA flags tried for matmuls/elementwise (use_xnnpack, use_onednn, thunk runtime off,
+  fast math, 512-bit vectors): no clear change under the load.
 """
 from __future__ import annotations
 
