@@ -162,7 +162,7 @@ def plot_curves(runs, path):
                 steps, err = zip(*r[key])
                 ax.plot(steps, 100 * np.asarray(err), style, color=colors[r["depth"]], label=_label(r))
     for ax, title in zip(axes, ("train error (mini-batch, train mode)", "test error")):
-        ax.set(title=title, xlabel="step", ylabel="error (%)", yscale="log")
+        ax.set(title=title, xlabel="step", ylabel="error (%)", ylim=(0, None))
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle("plain (dashed) vs residual (solid)")
@@ -269,8 +269,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--depths", type=int, nargs="+", help="override the preset's depths")
     ap.add_argument("--bn-off-depths", type=int, nargs="*",
                     help="depths also trained without batch norm (default: the preset's)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="redraw the figures and report.md from OUT/results.json")
     ap.add_argument("--workdir", help="trainer workdirs (default: OUT/runs, removed at the end)")
     args = ap.parse_args(argv)
+    if args.report_only:
+        with open(os.path.join(args.out, "results.json")) as f:
+            results = json.load(f)
+        write_report(results, args.out)
+        return results
     preset = dict(PRESETS[args.preset])
     depths = tuple(args.depths or preset["depths"])
     steps = args.steps or preset["steps"]
