@@ -12,14 +12,21 @@ Writes to DIR (default benchmarks/results/long_memory/):
   per timestep, and the exploding/clipped training curves;
 - accuracy_vs_lag.png: accuracy against lag per cell (the plain RNN falls to chance first);
 - grad_norm_vs_time.png: |dL/dx_t| for the input at each step t, L the loss at the answer
-  steps, for models at initialisation and after training on the longest lag (vanishing:
-  the RNN's gradient decays geometrically with distance, the gated cells' much less);
+  steps, for models at initialisation and after training on the longest lag. Measured
+  (smoke, lag 60): after training the plain RNN's gradient reaching the symbol steps has
+  vanished (~1e-15, accuracy at chance) while the GRU's is ~1e-2 (accuracy 1.0). At
+  initialisation the picture is reversed: the orthogonal W_h keeps the plain RNN nearly
+  norm-preserving, while the initial gates (forget ~0.73 with bias 1, update z = 0.5)
+  make the gated cells' gradients decay geometrically until training opens them;
 - exploding_clipping.png: a tanh RNN whose recurrent matrix is scaled by 1.5 at init
   (spectral radius 1.5), lag 20, plain SGD at lr 0.5: without clipping the large gradient
   steps throw the weights into saturation and training stalls above chance-level loss
   (measured: accuracy 0.36); with global-norm clipping at 1.0 the same run learns (0.91).
 
-Smoke: about 10-14 minutes on a 2-core CPU (3 cells x 3 lags x 400 steps + 2 exploding runs).
+Smoke: 4 variants x 3 lags x 400 steps + 2 clipping runs; measured on the
+2-core CPU shared with a dozen other jobs: 296 s (each run is mostly compilation).
+Measured accuracy (smoke): rnn 1.00 / 0.45 / 0.23 at lags 5 / 20 / 60; lstm (forget bias 1)
+1.00 / 0.26 / 0.26; lstm (forget bias 3) 1.00 / 0.99 / 0.26; gru 1.00 / 1.00 / 1.00; chance 0.25.
 """
 from __future__ import annotations
 
@@ -38,10 +45,16 @@ from flax import nnx
 from jaxnets.train import Trainer
 from jaxnets.train.defaults import base_config
 
+# Variants: name -> (cell, cell options). The LSTM runs twice: forget-gate bias 1 (the usual
+# default) and 3 (memories start held for ~20 steps), since on copy memory this init decides
+# whether it learns within a short budget.
+VARIANTS = {"rnn": ("rnn", {}), "lstm": ("lstm", {"forget_bias": 1.0}),
+            "lstm_forget3": ("lstm", {"forget_bias": 3.0}), "gru": ("gru", {})}
+
 PRESETS = {
-    "smoke": dict(lags=[5, 20, 60], cells=["rnn", "lstm", "gru"], steps=400, hidden=64,
+    "smoke": dict(lags=[5, 20, 60], cells=["rnn", "lstm", "lstm_forget3", "gru"], steps=400, hidden=64,
                   num_symbols=4, num_copy=3, num_train=4000, lr=1e-2, explode_steps=150),
-    "full": dict(lags=[5, 10, 20, 50, 100, 200], cells=["rnn", "lstm", "gru"], steps=3000,
+    "full": dict(lags=[5, 10, 20, 50, 100, 200], cells=["rnn", "lstm", "lstm_forget3", "gru"], steps=3000,
                  hidden=128, num_symbols=8, num_copy=5, num_train=20000, lr=3e-3, explode_steps=500),
 }
 
@@ -154,12 +167,14 @@ def main():
         for cell in p["cells"]:
             for lag in p["lags"]:
                 wd = os.path.join(tmp, f"{cell}_{lag}")
-                final, init_model, model, ds, secs = run_one(make_config(p, cell, lag, steps=p["steps"]), wd)
+                kind, options = VARIANTS[cell]
+                cfg = make_config(p, kind, lag, steps=p["steps"], cell_options=options)
+                final, init_model, model, ds, secs = run_one(cfg, wd)
                 m = final["metrics"]
                 results["accuracy"].setdefault(cell, {})[str(lag)] = m["eval/accuracy"]
                 results["sequence_accuracy"].setdefault(cell, {})[str(lag)] = m["eval/sequence_accuracy"]
                 results["seconds"][f"{cell}_{lag}"] = secs
-                print(f"{cell:5s} lag {lag:4d}: accuracy {m['eval/accuracy']:.3f} ({secs:.0f} s)", flush=True)
+                print(f"{cell:12s} lag {lag:4d}: accuracy {m['eval/accuracy']:.3f} ({secs:.0f} s)", flush=True)
                 if lag == max(p["lags"]):
                     batch = {k: v[:256] for k, v in ds.splits["test"].items()}
                     results["grad_norm"]["init"][cell] = grad_norm_per_step(init_model, batch).tolist()
