@@ -6,8 +6,9 @@ in training). Writes decoded examples to WORKDIR/decoded.txt (the seq2seq task's
 Attention maps of the trained model (WORKDIR/attention_maps.png):
     python experiments/transformer_seq2seq.py WORKDIR smoke
 
-Command (smoke: 3-digit addition, 1,500 steps, about 4 minutes on an idle 2-core CPU; held-out
-eval/exact_match >= 0.99 in final.json):
+Command (smoke: 3-digit addition, 1,500 steps; held-out eval/exact_match >= 0.99 in final.json.
+Measured 2026-11-28: exact_match 0.999, eval/loss 0.0007, 290 s on the 2-core CPU while it was
+shared with ~6 other jobs (load average 12-17)):
     jaxnets train --config experiments/transformer_seq2seq.py:smoke --workdir runs/transformer_seq2seq
 Reversal of 3-12 letter strings instead: --config experiments/transformer_seq2seq.py:smoke,task=reversal
 Full (4-digit operands, 4 + 4 layers, 6,000 steps):
