@@ -31,15 +31,17 @@ jobs ran, so only ratios taken in one command mean anything, and even they are n
   forward, 4.3x / 3.3x slower forward+backward; GRU 2.0x / 3.4x and 2.0x / 1.6x. The
   per-step cost of XLA's while loop dominates at T=1024 (about 0.4 ms a step under load for
   a 16x128x512 matmul and its gates). The issue's target is NOT met on this evidence.
-- custom_vjp vs autodiff of scan: 603 vs 610 ms and 553 vs 495 ms fwd+bwd under load: no
-  measurable win here, though it moves the dW_h FLOPs out of the loop.
+- custom_vjp vs autodiff of scan, CPU time (min of 7, single-threaded XLA, which load
+  disturbs far less than wall time): LSTM fwd+bwd 302 vs 318 ms (T=128) and 229 vs 269 ms
+  (T=1024); GRU 240 vs 222 ms and 184 vs 195 ms. A 5-15% win for the LSTM, mixed for the GRU.
 - unroll 2/4: no change in CPU time; 8/16 make the backward 1.3-2x slower. Default 1.
-- Page faults, not FLOPs, cost a large share: XLA CPU allocates each call's big buffers
+- Page faults: XLA CPU allocates each call's big buffers
   (the 32 MiB projection, residuals, gradient stacks) fresh, and glibc maps buffers over
   32 MiB with mmap, so every call faults them in. With
   `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296`
   a sigmoid over a [128, 64, 1024] array went from 15.9 to 2.8 ms CPU and the hoisted
-  projection from 40 to 23 ms CPU. It is a process setting (like XLA_FLAGS) that helps
+  projection from 40 to 23 ms CPU; for the whole layer it gave only 1-4% CPU time (LSTM
+  fwd+bwd 302 -> 291 ms, 229 -> 220 ms). A process setting (like XLA_FLAGS) that helps
   PyTorch too; not applied by this benchmark.
 - XLA flags tried for matmuls/elementwise (use_xnnpack, use_onednn, thunk runtime off,
   fast math, 512-bit vectors): no clear change under the load.
