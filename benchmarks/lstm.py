@@ -31,6 +31,10 @@ jobs ran, so only ratios taken in one command mean anything, and even they are n
   forward, 4.3x / 3.3x slower forward+backward; GRU 2.0x / 3.4x and 2.0x / 1.6x. The
   per-step cost of XLA's while loop dominates at T=1024 (about 0.4 ms a step under load for
   a 16x128x512 matmul and its gates). The issue's target is NOT met on this evidence.
+- Single-threaded CPU time (process_time, min of 7; the most load-robust figure), jaxnets /
+  PyTorch: LSTM fwd 103/46 ms (2.2x) and 78/23 (3.3x), fwd+bwd 302/203 (1.49x) and 229/133
+  (1.72x); GRU fwd 91/78 (1.16x) and 69/58 (1.17x), fwd+bwd 240/213 (1.13x) and 184/227
+  (0.81x). The LSTM forward is the widest gap: PyTorch runs it at ~185 GFLOP/s on one core.
 - custom_vjp vs autodiff of scan, CPU time (min of 7, single-threaded XLA, which load
   disturbs far less than wall time): LSTM fwd+bwd 302 vs 318 ms (T=128) and 229 vs 269 ms
   (T=1024); GRU 240 vs 222 ms and 184 vs 195 ms. A 5-15% win for the LSTM, mixed for the GRU.
