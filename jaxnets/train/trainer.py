@@ -201,7 +201,8 @@ class Trainer:
             if c.train.report and self.is_main:
                 report = self.task.report(self.module(), self.workdir) or {}
                 eval_metrics.update(report)
-                writer.write(step, {k: v for k, v in report.items() if np.ndim(v) == 0})
+                writer.write(step, {k: v for k, v in report.items()
+                                    if np.ndim(v) == 0 and not isinstance(v, str)})
             final = {"step": step, "metrics": _jsonable(eval_metrics), "param_digest": self.param_digest()}
             if self.is_main:
                 ckpt.write_json(os.path.join(self.workdir, "final.json"), final)
