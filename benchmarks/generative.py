@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from jaxnets import images as imlib
-from jaxnets.cli import _repo_dir
+from jaxnets.cli import repo_dir
 from jaxnets.config import load_config
 
 MODELS = (("ae", "ae_mnist", "AutoEncoder (Gaussian fit to codes)"),
@@ -41,7 +41,7 @@ MODELS = (("ae", "ae_mnist", "AutoEncoder (Gaussian fit to codes)"),
 def trained(name: str, experiment: str, preset: str, runs: str):
     from jaxnets.train.trainer import Trainer
 
-    config = load_config(os.path.join(_repo_dir("experiments"), f"{experiment}.py") + f":{preset}")
+    config = load_config(os.path.join(repo_dir("experiments"), f"{experiment}.py") + f":{preset}")
     config.train.report = False      # sampling is done here, on the same footing for all models
     config.train.progress = False
     if "judge_dir" in config.task_options:
@@ -74,7 +74,7 @@ def samples_for(name: str, trainer, n: int, guidance: float) -> tuple[np.ndarray
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="smoke", help="experiment arg, e.g. smoke or '' (full)")
-    parser.add_argument("--out", default=os.path.join(_repo_dir("benchmarks"), "results", "generative"))
+    parser.add_argument("--out", default=os.path.join(repo_dir("benchmarks"), "results", "generative"))
     parser.add_argument("--runs", default="runs/generative_bench", help="trained models (reused)")
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--models", default="ae,vae,gan,ddpm")

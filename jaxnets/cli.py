@@ -20,7 +20,7 @@ from jaxnets.errors import UserError
 EXIT_USAGE = 2
 
 
-def _repo_dir(name: str) -> str:
+def repo_dir(name: str) -> str:
     """`experiments/` or `benchmarks/` next to the working directory, else next to the package."""
     if os.path.isdir(name):
         return name
@@ -62,10 +62,10 @@ def cmd_list(argv: list[str]) -> int:
     from jaxnets.models import MODELS
     from jaxnets.tasks import TASKS
 
-    exp_dir = _repo_dir("experiments")
+    exp_dir = repo_dir("experiments")
     experiments = sorted(f[:-3] for f in os.listdir(exp_dir) if f.endswith(".py") and not f.startswith("_")) \
         if os.path.isdir(exp_dir) else []
-    bench_dir = _repo_dir("benchmarks")
+    bench_dir = repo_dir("benchmarks")
     benchmarks = sorted(f[:-3] for f in os.listdir(bench_dir) if f.endswith(".py")
                         and not f.startswith("_") and f != "common.py") \
         if os.path.isdir(bench_dir) else []
@@ -82,7 +82,7 @@ def cmd_bench(argv: list[str]) -> int:
     if not argv:
         raise UserError("Name a benchmark: `jaxnets bench NAME [ARGS]`; `jaxnets list` shows them.")
     name, rest = argv[0], argv[1:]
-    bench_dir = _repo_dir("benchmarks")
+    bench_dir = repo_dir("benchmarks")
     if not os.path.isfile(os.path.join(bench_dir, name + ".py")):
         raise UserError(f"Unknown benchmark {name!r} in {bench_dir}; `jaxnets list` shows them.")
     return subprocess.call([sys.executable, "-m", f"benchmarks.{name}", *rest],

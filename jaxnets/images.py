@@ -81,10 +81,10 @@ def class_coverage(predicted: np.ndarray, num_classes: int = 10) -> float:
 
 def judge_config():
     """The classifier config: experiments/mnist_cnn.py's smoke preset."""
-    from jaxnets.cli import _repo_dir
+    from jaxnets.cli import repo_dir
     from jaxnets.config import load_config
 
-    return load_config(os.path.join(_repo_dir("experiments"), "mnist_cnn.py") + ":smoke")
+    return load_config(os.path.join(repo_dir("experiments"), "mnist_cnn.py") + ":smoke")
 
 
 class ImageJudge:
@@ -139,9 +139,4 @@ class ImageJudge:
 
 def cnn_features(model, x):
     """Penultimate activations of jaxnets.models.cnn.CNN (ReLU(fc), before dropout and head)."""
-    import jax
-    from flax import nnx
-
-    for conv in model.convs:
-        x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2))
-    return jax.nn.relu(model.fc(x.reshape(x.shape[0], -1)))
+    return model.features(x)

@@ -49,9 +49,12 @@ class CNN(nnx.Module):
         self.head = nnx.Linear(hidden, num_classes, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
-    def __call__(self, x, *, train: bool = False, rngs: nnx.Rngs | None = None):
+    def features(self, x):
+        """Penultimate activations (used e.g. as the feature space of a Frechet distance)."""
         for conv in self.convs:
             x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2))
-        x = jax.nn.relu(self.fc(x.reshape(x.shape[0], -1)))
-        x = self.dropout(x, deterministic=not train, rngs=rngs)
+        return jax.nn.relu(self.fc(x.reshape(x.shape[0], -1)))
+
+    def __call__(self, x, *, train: bool = False, rngs: nnx.Rngs | None = None):
+        x = self.dropout(self.features(x), deterministic=not train, rngs=rngs)
         return self.head(x)
