@@ -22,8 +22,12 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(HERE, "..", "shared", "peers", "torch_resnet20.py")
 
 
-def last_json(cmd: list[str]) -> dict:
-    out = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, check=True).stdout
+def last_json(cmd: list[str], pin: str | None = None) -> dict:
+    env = dict(os.environ)
+    if pin is not None:   # one core each, one compute thread for torch: per-core efficiency
+        cmd = ["taskset", "-c", pin, *cmd]
+        env["OMP_NUM_THREADS"] = "1"
+    out = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -32,13 +36,15 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--peer-python", default="/tmp/peers/bin/python")
     ap.add_argument("--out", default=os.path.join(HERE, "benchmarks", "results", "resnet_step.json"))
+    ap.add_argument("--pin", help="run both pinned to this CPU core (taskset), torch with 1 thread")
     ap.add_argument("jax_args", nargs="*", help="extra arguments for benchmarks.resnet_step")
     args = ap.parse_args(argv)
     rounds = []
     for i in range(args.rounds):
         load = os.getloadavg()[0]
-        torch_run = last_json([args.peer_python, PEER, "--json"])
-        jax_run = last_json([sys.executable, "-m", "benchmarks.resnet_step", "--json", *args.jax_args])
+        torch_run = last_json([args.peer_python, PEER, "--json"], args.pin)
+        jax_run = last_json([sys.executable, "-m", "benchmarks.resnet_step", "--json", *args.jax_args],
+                            args.pin)
         by_name = {r["name"]: r for r in torch_run["results"]}
         ratios = {r["name"]: r["ms_per_step"] / by_name[r["name"]]["ms_per_step"]
                   for r in jax_run["results"] if r["name"] in by_name}
