@@ -50,6 +50,12 @@ class Task:
         """Final metrics from the eval sums (already added over all batches and devices)."""
         return {k: float(v) for k, v in sums.items() if np.ndim(v) == 0}
 
+    def throughput(self, state: nnx.Module) -> dict[str, float]:
+        """Optional per-global-batch counts the trainer turns into rates: {"tokens": ...,
+        "flops": model FLOPs of one train step}; logged as train/tokens_per_sec and, where
+        the device's peak is known, train/mfu."""
+        return {}
+
     def report(self, state: nnx.Module, workdir: str) -> dict[str, Any]:
         """Optional host-side work after training (samples, plots); returns extra metrics."""
         return {}

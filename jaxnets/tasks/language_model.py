@@ -61,6 +61,15 @@ class LanguageModelTask(Task):
         state.opt.update(state.model, grads)
         return {"loss": loss, "bits_per_token": loss / LN2, "grad_norm": optax.global_norm(grads)}
 
+    def throughput(self, state):
+        seq_len = self.dataset.splits[self.config.data.train_split][self.tokens_key].shape[1] - 1
+        tokens = self.config.data.batch_size * seq_len
+        out = {"tokens": float(tokens)}
+        if hasattr(state.model, "decoder") and type(state.model).__name__ == "TransformerLM":
+            from jaxnets.models.transformer import training_flops_per_token
+            out["flops"] = tokens * training_flops_per_token(state.model, seq_len)
+        return out
+
     def eval_step(self, state, batch):
         nll = self._nll(state.model, batch[self.tokens_key])       # [B, T]
         mask = batch["mask"]

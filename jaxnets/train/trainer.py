@@ -161,6 +161,8 @@ class Trainer:
         stop = {"signal": None}
         previous = signal.signal(signal.SIGTERM, lambda sig, frame: stop.update(signal=sig))
         progress = Progress(total, start, enabled=c.train.progress and self.is_main)
+        per_batch = self.task.throughput(self.module())
+        peak = peak_flops_per_device()
         pending, t0, t_start, step = [], time.time(), time.time(), start
         eval_metrics: dict[str, Any] = {}
         try:
@@ -180,6 +182,13 @@ class Trainer:
                     dt = time.time() - t0
                     logged["train/steps_per_sec"] = len(pending) / dt
                     logged["train/examples_per_sec"] = len(pending) * c.data.batch_size / dt
+                    if "tokens" in per_batch:
+                        logged["train/tokens_per_sec"] = len(pending) * per_batch["tokens"] / dt
+                    if "flops" in per_batch:
+                        per_device = len(pending) * per_batch["flops"] / dt / self.mesh.size
+                        logged["train/tflops_per_sec_per_device"] = per_device / 1e12
+                        if peak:
+                            logged["train/mfu"] = per_device / peak
                     for section, schedule in self.optimizers.schedules.items():
                         logged[f"train/lr_{section}" if section != "optim" else "train/lr"] = float(
                             schedule(step // max(1, c[section].accumulate_steps)))
@@ -217,6 +226,16 @@ class Trainer:
     def _mean(pending: list[dict]) -> dict[str, float]:
         values = jax.device_get(pending)
         return {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
+
+
+# Dense bf16 peak FLOP/s per chip, for model FLOP utilisation (train/mfu).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
+              "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6e": 918e12}
+
+
+def peak_flops_per_device() -> float | None:
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
 
 
 def _jsonable(metrics: dict) -> dict:
