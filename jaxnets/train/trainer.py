@@ -165,6 +165,7 @@ class Trainer:
         peak = peak_flops_per_device()
         pending, t0, t_start, step = [], time.time(), time.time(), start
         eval_metrics: dict[str, Any] = {}
+        logged: dict[str, float] = {}   # last train log; eval may come before the first one
         try:
             while step < total:
                 if stop["signal"] is not None:
@@ -200,7 +201,8 @@ class Trainer:
                     eval_metrics = {f"eval/{k}": v for k, v in self.evaluate().items()}
                     writer.write(step, eval_metrics)
                     if progress.bar is None and self.is_main:
-                        log_line(step, total, {**eval_metrics, **({"train/loss": logged["train/loss"]} if "train/loss" in logged else {})}, t_start)
+                        train_loss = {k: v for k, v in logged.items() if k == "train/loss"}
+                        log_line(step, total, {**eval_metrics, **train_loss}, t_start)
                     t0 = time.time()
                 if step % c.train.checkpoint_every == 0 or step == total:
                     checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=step == total)
