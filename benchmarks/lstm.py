@@ -72,7 +72,9 @@ def setup_threads(threads):
                                    + ("false" if threads == 1 else "true")).strip()
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
-    global jax, jnp, nnx, recurrent
+    global jax, jnp, nnx, recurrent, runtime
+    from jaxnets import runtime
+    runtime.tune_host_allocator()   # as `jaxnets train` and the Trainer do
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -91,9 +93,9 @@ def bench(fn, warm=3, n=15):
     return 1e3 * statistics.median(times)
 
 
-def autodiff_scan(pointwise, unroll, reverse, w_h, extras, xp, mask, carry0):
+def autodiff_scan(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0):
     """The same scan without the hand-written backward (autodiff of lax.scan)."""
-    ys, carry, _ = recurrent._scan_forward(pointwise, unroll, reverse, w_h, extras, xp, mask, carry0, False)
+    ys, carry, _ = recurrent._scan_forward(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0, False)
     return ys, carry
 
 
@@ -124,13 +126,20 @@ PEERS = [os.path.join(HERE, "..", "..", "shared", "peers", "torch_lstm.py"),
          os.path.join(HERE, "results", "lstm_peer_torch_gru.py")]
 
 
-def run_peers(python, cells):
-    """Figures from the PyTorch peers, by result name."""
+# The same malloc settings as jaxnets.runtime.tune_host_allocator, for the peer's process.
+TUNED_ALLOCATOR = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"
+
+
+def run_peers(python, cells, tuned_allocator=False):
+    """Figures from the PyTorch peers, by result name (default glibc malloc, or the tuned one)."""
     out = {}
+    env = dict(os.environ)
+    if tuned_allocator:
+        env["GLIBC_TUNABLES"] = TUNED_ALLOCATOR
     for script, kind in zip(PEERS, ["lstm", "gru"]):
         if kind in cells:
             last = subprocess.run([python, script, "--json"], check=True, capture_output=True,
-                                  text=True).stdout.strip().splitlines()[-1]
+                                  text=True, env=env).stdout.strip().splitlines()[-1]
             out.update({r["name"]: r for r in json.loads(last)["results"]})
             out["device"] = json.loads(last)["device"]
     return out
@@ -154,13 +163,14 @@ def main():
     setup_threads(args.threads)
     unroll = args.unroll if args.unroll is not None else recurrent.DEFAULT_UNROLL
     cells = args.cells.split(",")
-    ours, theirs, peer_device = {}, {}, None
+    ours, theirs, theirs_tuned, peer_device = {}, {}, {}, None
     for _ in range(args.repeats):
         if args.peer:
-            peer = run_peers(args.peer, cells)
-            peer_device = peer.pop("device")
-            for name, r in peer.items():
-                theirs.setdefault(name, []).append(r)
+            for tuned, store in ((False, theirs), (True, theirs_tuned)):
+                peer = run_peers(args.peer, cells, tuned)
+                peer_device = peer.pop("device")
+                for name, r in peer.items():
+                    store.setdefault(name, []).append(r)
         for kind in cells:
             for shape in SHAPES:
                 r = run(kind, *shape, unroll, args.variant, args.n)
@@ -173,17 +183,24 @@ def main():
             for key in ["fwd_ms", "fwd_bwd_ms"]:
                 r["torch_" + key] = median_of(theirs[name], key)
                 r[key.replace("_ms", "_ratio")] = r[key] / r["torch_" + key]
+                # PyTorch given the same malloc settings as jaxnets (it gains too).
+                r["torch_tuned_alloc_" + key] = median_of(theirs_tuned[name], key)
+                r[key.replace("_ms", "_ratio_same_alloc")] = r[key] / r["torch_tuned_alloc_" + key]
         results.append(r)
     out = {"benchmark": "lstm",
            "device": f"cpu jax {jax.__version__} devices={jax.device_count()} {platform.machine()}"
                      f" cores={os.cpu_count()}" + (f"; peer: {peer_device}" if peer_device else ""),
-           "repeats": args.repeats, "threads": args.threads or "default", "results": results}
+           "repeats": args.repeats, "threads": args.threads or "default",
+           "host_allocator": runtime.host_allocator_state(), "results": results}
     if not args.json:
         for r in results:
             line = f"{r['name']}: fwd {r['fwd_ms']:.1f} ms, fwd+bwd {r['fwd_bwd_ms']:.1f} ms"
             if "fwd_ratio" in r:
                 line += (f" | torch fwd {r['torch_fwd_ms']:.1f}, fwd+bwd {r['torch_fwd_bwd_ms']:.1f}"
-                         f" | ratio fwd {r['fwd_ratio']:.2f}, fwd+bwd {r['fwd_bwd_ratio']:.2f}")
+                         f" | ratio fwd {r['fwd_ratio']:.2f}, fwd+bwd {r['fwd_bwd_ratio']:.2f}"
+                         f" | same malloc: torch {r['torch_tuned_alloc_fwd_ms']:.1f} /"
+                         f" {r['torch_tuned_alloc_fwd_bwd_ms']:.1f}, ratio {r['fwd_ratio_same_alloc']:.2f}"
+                         f" / {r['fwd_bwd_ratio_same_alloc']:.2f}")
             print(line)
     print(json.dumps(out))
 

@@ -16,6 +16,7 @@ import sys
 import textwrap
 
 from jaxnets.errors import UserError
+from jaxnets.runtime import tune_host_allocator
 
 EXIT_USAGE = 2
 
@@ -94,6 +95,7 @@ COMMANDS = {"train": cmd_train, "list": cmd_list, "bench": cmd_bench}
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    tune_host_allocator()
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip(), file=sys.stderr)
         return EXIT_USAGE if argv and argv[0] not in ("-h", "--help") else 0

@@ -11,6 +11,8 @@ matmul of all gates) and `extras` are any further recurrent parameters the cell 
   only the cheap pointwise part per step and leaves the weight gradient
   `dW_h = sum_t h_{t-1}^T dhp_t` to ONE large matmul after the loop, instead of the
   per-step outer products and accumulations that autodiff of `lax.scan` produces;
+- each step's slices of the scanned arrays arrive through the loop carry, fetched a step
+  ahead (`_contiguous_scan`), so XLA:CPU compiles the gate maths to vector code;
 - `unroll` is passed to both scans; padded steps (mask 0) keep the carry and emit zeros,
   so they change neither the outputs at valid steps nor the final state. Running the scan
   with `reverse=True` and a right-padded mask therefore gives the backward direction of a
@@ -97,59 +99,127 @@ def _masked_step(pointwise, carry, xp, hp, extras, m):
 # ----------------------------------------------------------------------------- the one scan
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def recurrent_scan(pointwise: Callable, unroll: int, reverse: bool, w_h, extras, xp, mask, carry0):
-    """Run `pointwise` over time. xp: [T, B, G*H] time-major; mask: [T, B] float or None.
+def _contiguous_scan(body, carry, xs, *, reverse: bool, unroll: int):
+    """`lax.scan(body, carry, xs, reverse=reverse)`, except that each step's slices of `xs`
+    reach `body` through the loop carry, fetched one step ahead.
 
-    Returns (ys [T, B, H], final carry). Differentiable in w_h, extras, xp and carry0.
+    Why: scanned over directly, XLA:CPU fuses the per-step dynamic-slice of `xs` into the
+    step's pointwise maths and then compiles that fusion to scalar code (it reloads the
+    slice index inside the element loop), which made the LSTM gates 6x slower (9.3 vs
+    1.5 ms for b64 t128 h256, benchmarks/lstm.py). Carried slices are materialised as
+    contiguous buffers by one cheap copy, and the pointwise maths vectorises.
     """
-    ys, carry, _ = _scan_forward(pointwise, unroll, reverse, w_h, extras, xp, mask, carry0, False)
+    length = jax.tree.leaves(xs)[0].shape[0]
+
+    def take(t):
+        return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, t, keepdims=False), xs)
+
+    def step(state, t):
+        inner, current = state
+        upcoming = take(jnp.maximum(t - 1, 0) if reverse else jnp.minimum(t + 1, length - 1))
+        inner, y = body(inner, current)
+        return (inner, upcoming), y
+
+    first = take(length - 1 if reverse else 0)
+    (carry, _), ys = jax.lax.scan(step, (carry, first), jnp.arange(length),
+                                  reverse=reverse, unroll=unroll)
+    return carry, ys
+
+
+@jax.custom_vjp
+def project(x, w):
+    """The hoisted input projection of all timesteps: [T, B, D] x [D, G] -> [T, B, G]."""
+    return jnp.einsum("tbd,dg->tbg", x, w)
+
+
+def _project_fwd(x, w):
+    return project(x, w), (x, w)
+
+
+def _project_bwd(res, dy):
+    # Written out because XLA:CPU's own transpose of the einsum computed dW as a dot with
+    # both operands transposed, outside its fast matmul library: 67 ms of a 190 ms LSTM
+    # step (b64 t128 d256 h256, one thread). Here the narrow input is the one transposed.
+    x, w = res
+    t, b, d = x.shape
+    dy2 = dy.reshape(t * b, -1)
+    dw = x.reshape(t * b, d).T @ dy2
+    dx = (dy2 @ w.T).reshape(t, b, d)
+    return dx, dw
+
+
+project.defvjp(_project_fwd, _project_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def recurrent_scan(pointwise: Callable, unroll: int, reverse: bool, w_h, extras, b, xp, mask, carry0):
+    """Run `pointwise` over time. xp: [T, B, G*H] time-major input projection WITHOUT the
+    bias `b` [G*H] (added inside the step, where it fuses into the gate maths instead of
+    costing a pass over the whole projection); mask: [T, B] float or None.
+
+    Returns (ys [T, B, H], final carry). Differentiable in w_h, extras, b, xp and carry0.
+    """
+    ys, carry, _ = _scan_forward(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0, False)
     return ys, carry
 
 
-def _scan_forward(pointwise, unroll, reverse, w_h, extras, xp, mask, carry0, save):
+def _scan_forward(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0, save):
+    is_additive = getattr(pointwise, "additive", False)
+
     def body(carry, inp):
         xp_t, m_t = inp
-        hp = carry[0] @ w_h
-        new, y = _masked_step(pointwise, carry, xp_t, hp, extras, m_t)
-        # Residuals for the hand-written backward: incoming carry and recurrent projection.
-        return new, (y, (carry, hp) if save else None)
+        xb, hp = xp_t + b, carry[0] @ w_h
+        new, y = _masked_step(pointwise, carry, xb, hp, extras, m_t)
+        # Residuals for the hand-written backward: the incoming carry and, for additive
+        # cells, the gates' pre-activation (all the pointwise maths reads); else hp.
+        res = (carry, xb + hp if is_additive else hp) if save else None
+        return new, (y, res)
 
-    carry, (ys, res) = jax.lax.scan(body, carry0, (xp, mask), unroll=unroll, reverse=reverse)
+    carry, (ys, res) = _contiguous_scan(body, carry0, (xp, mask), reverse=reverse, unroll=unroll)
     return ys, carry, res
 
 
-def _recurrent_scan_fwd(pointwise, unroll, reverse, w_h, extras, xp, mask, carry0):
-    ys, carry, (carries_in, hps) = _scan_forward(
-        pointwise, unroll, reverse, w_h, extras, xp, mask, carry0, True)
-    return (ys, carry), (w_h, extras, xp, mask, carries_in, hps)
+def _recurrent_scan_fwd(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0):
+    ys, carry, (carries_in, pre) = _scan_forward(
+        pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0, True)
+    is_additive = getattr(pointwise, "additive", False)
+    # Additive cells need only the pre-activations; others the projection xp as well.
+    return (ys, carry), (w_h, extras, b, None if is_additive else xp, mask, carries_in, pre)
 
 
 def _recurrent_scan_bwd(pointwise, unroll, reverse, res, cotangents):
-    w_h, extras, xp, mask, carries_in, hps = res
+    w_h, extras, b, xp, mask, carries_in, pre = res
     dys, dcarry_final = cotangents
     w_h_t = w_h.T
     is_additive = getattr(pointwise, "additive", False)
 
     def body(acc, inp):
         dcarry, dextras = acc
-        carry_in, xp_t, hp_t, m_t, dy_t = inp
-        _, step_vjp = jax.vjp(
-            lambda c, x, h, e: _masked_step(pointwise, c, x, h, e, m_t), carry_in, xp_t, hp_t, extras)
-        dc, dxp, dhp, de = step_vjp((dcarry, dy_t))
+        carry_in, xp_t, pre_t, m_t, dy_t = inp
+        if is_additive:   # pre_t = xp_t + b + hp_t: one gradient serves xp, b and hp
+            _, step_vjp = jax.vjp(
+                lambda c, s, e: _masked_step(pointwise, c, s, 0.0, e, m_t), carry_in, pre_t, extras)
+            dc, dhp, de = step_vjp((dcarry, dy_t))
+            dxp = None
+        else:             # pre_t = hp_t
+            _, step_vjp = jax.vjp(
+                lambda c, x, h, e: _masked_step(pointwise, c, x, h, e, m_t),
+                carry_in, xp_t + b, pre_t, extras)
+            dc, dxp, dhp, de = step_vjp((dcarry, dy_t))
         dc = (dc[0] + dhp @ w_h_t,) + tuple(dc[1:])
         dextras = jax.tree.map(jnp.add, dextras, de)
-        return (dc, dextras), (None if is_additive else dxp, dhp)
+        return (dc, dextras), (dxp, dhp)
 
     acc0 = (tuple(dcarry_final), jax.tree.map(jnp.zeros_like, extras))
-    (dcarry0, dextras), (dxp, dhp) = jax.lax.scan(
-        body, acc0, (carries_in, xp, hps, mask, dys), unroll=unroll, reverse=not reverse)
+    (dcarry0, dextras), (dxp, dhp) = _contiguous_scan(
+        body, acc0, (carries_in, xp, pre, mask, dys), reverse=not reverse, unroll=unroll)
     dxp = dhp if is_additive else dxp
     # The weight gradient of the recurrent matmul for all steps at once: one big matmul.
     h_in = carries_in[0]
-    dw_h = jnp.einsum("tbh,tbg->hg", h_in, dhp, preferred_element_type=w_h.dtype).astype(w_h.dtype)
+    dw_h = (h_in.reshape(-1, h_in.shape[-1]).T @ dhp.reshape(-1, dhp.shape[-1])).astype(w_h.dtype)
+    db = jnp.sum(dxp, axis=(0, 1), dtype=b.dtype)
     dmask = None if mask is None else jnp.zeros_like(mask)
-    return dw_h, dextras, dxp, dmask, dcarry0
+    return dw_h, dextras, db, dxp, dmask, dcarry0
 
 
 recurrent_scan.defvjp(_recurrent_scan_fwd, _recurrent_scan_bwd)
@@ -300,12 +370,12 @@ class RNN(nnx.Module):
             x = jnp.swapaxes(x, 0, 1)   # transpose the narrow input, not the 4x wider projection
         num_steps, batch = x.shape[:2]
         w_x, b, w_h, extras = self.cell.scan_params()
-        xp = jnp.einsum("tbd,dg->tbg", self.cell._cast(x), w_x) + b   # hoisted: one matmul
+        xp = project(self.cell._cast(x), w_x)   # hoisted: one matmul for all steps
         m = time_mask(lengths, mask, num_steps, batch)
         carry0 = tuple(initial_state) if initial_state is not None else self.initial_state(batch)
         carry0 = tuple(c.astype(xp.dtype) for c in carry0)
         ys, carry = recurrent_scan(self.cell.pointwise, self.unroll, self.reverse,
-                                   w_h, extras, xp, m, carry0)
+                                   w_h, extras, b, xp, m, carry0)
         if not self.time_major:
             ys = jnp.swapaxes(ys, 0, 1)
         return ys, carry

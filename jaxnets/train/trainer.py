@@ -21,6 +21,7 @@ from jaxnets.data import load_dataset
 from jaxnets.data.pipeline import TrainIterator, eval_batches, prefetch
 from jaxnets.errors import UserError
 from jaxnets.parallel import mesh as meshlib
+from jaxnets.runtime import tune_host_allocator
 from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
 from jaxnets.train.logging import MetricWriter, Progress, log_line
@@ -45,6 +46,7 @@ class Trainer:
     def __init__(self, config, workdir: str):
         self.config, self.workdir = config, workdir
         check_workdir(workdir)
+        tune_host_allocator()   # reuse freed pages instead of faulting in each step's buffers
         meshlib.maybe_initialize_distributed()
         self.is_main = jax.process_index() == 0
         self.mesh = meshlib.make_mesh(dict(config.mesh), config.mesh_devices)
