@@ -22,8 +22,14 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(HERE, "..", "shared", "peers", "torch_resnet20.py")
 
 
-def last_json(cmd: list[str], pin: str | None = None) -> dict:
+# The malloc settings jaxnets.runtime.tune_host_allocator applies, for the peer's process.
+TUNED_ALLOCATOR = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"
+
+
+def last_json(cmd: list[str], pin: str | None = None, tuned_allocator: bool = False) -> dict:
     env = dict(os.environ)
+    if tuned_allocator:
+        env["GLIBC_TUNABLES"] = TUNED_ALLOCATOR
     if pin is not None:   # one core each, one compute thread for torch: per-core efficiency
         cmd = ["taskset", "-c", pin, *cmd]
         env["OMP_NUM_THREADS"] = "1"
@@ -43,15 +49,23 @@ def main(argv=None):
     for i in range(args.rounds):
         load = os.getloadavg()[0]
         torch_run = last_json([args.peer_python, PEER, "--json"], args.pin)
+        # PyTorch again with jaxnets' malloc settings: what the allocator alone is worth.
+        torch_tuned = last_json([args.peer_python, PEER, "--json"], args.pin, tuned_allocator=True)
         jax_run = last_json([sys.executable, "-m", "benchmarks.resnet_step", "--json", *args.jax_args],
                             args.pin)
         by_name = {r["name"]: r for r in torch_run["results"]}
         ratios = {r["name"]: r["ms_per_step"] / by_name[r["name"]]["ms_per_step"]
                   for r in jax_run["results"] if r["name"] in by_name}
-        rounds.append({"load_avg_1min": load, "torch": torch_run, "jaxnets": jax_run, "ratio": ratios})
+        tuned_by_name = {r["name"]: r for r in torch_tuned["results"]}
+        ratios_same_alloc = {r["name"]: r["ms_per_step"] / tuned_by_name[r["name"]]["ms_per_step"]
+                             for r in jax_run["results"] if r["name"] in tuned_by_name}
+        rounds.append({"load_avg_1min": load, "torch": torch_run, "torch_tuned_allocator": torch_tuned,
+                       "jaxnets": jax_run, "ratio": ratios, "ratio_same_allocator": ratios_same_alloc})
         print(f"round {i}: load {load:.1f}; " + ", ".join(
             f"{n}: jaxnets {r['ms_per_step']:.0f} ms vs torch {by_name[n]['ms_per_step']:.0f} ms "
-            f"-> x{ratios[n]:.2f}" for n, r in ((r["name"], r) for r in jax_run["results"])),
+            f"-> x{ratios[n]:.2f} (torch with the same malloc: "
+            f"{tuned_by_name[n]['ms_per_step']:.0f} ms -> x{ratios_same_alloc[n]:.2f})"
+            for n, r in ((r["name"], r) for r in jax_run["results"])),
             flush=True)
     names = list(rounds[0]["ratio"])
     summary = [{"name": n,
@@ -61,7 +75,8 @@ def main(argv=None):
                 "torch_ms_per_step": statistics.median(
                     next(r for r in rd["torch"]["results"] if r["name"] == n)["ms_per_step"]
                     for rd in rounds),
-                "ratio_jaxnets_over_torch": statistics.median(rd["ratio"][n] for rd in rounds)}
+                "ratio_jaxnets_over_torch": statistics.median(rd["ratio"][n] for rd in rounds),
+                "ratio_same_allocator": statistics.median(rd["ratio_same_allocator"][n] for rd in rounds)}
                for n in names]
     for s in summary:
         s["images_per_s"] = 128 / s["ms_per_step"] * 1e3
