@@ -12,43 +12,37 @@ Work timed (same as the PyTorch peer): `y, _ = layer(x)` with x [B, T, D] batch-
 `grad(mean(y**2))` with respect to the parameters (not x, as in the peer). Results are named
 `{lstm,gru}_b{B}_t{T}_d{D}_h{H}` with `fwd_ms` and `fwd_bwd_ms` (medians).
 
-Design (what the layer does to be fast; `jaxnets.nn.recurrent`):
-- Forward: the input projection of all steps is one [B*T, D] x [D, G*H] matmul outside the
-  loop (the narrow input is transposed to time-major first, not the G-times wider
-  projection); the loop does one fused [B, H] x [H, G*H] matmul per step.
-- Backward: a hand-written reverse scan (`jax.custom_vjp` on `recurrent_scan`) that only
-  differentiates the pointwise gate maths per step plus the one [B, G*H] x [G*H, H] matmul
-  carrying dh back; dW_h = H_prev^T dG is ONE [H, T*B] x [T*B, G*H] matmul after the loop
-  (autodiff of `lax.scan` accumulates it per step), and for additive cells (RNN, LSTM) the
-  equal dxp/dhp stacks are emitted once. `--variant autodiff` times plain autodiff of the
-  same scan for comparison.
+With `--peer`, PyTorch runs twice per round: with glibc's default malloc (the issue's
+baseline) and with the malloc settings jaxnets applies to itself
+(`jaxnets.runtime.tune_host_allocator`), giving `*_ratio` and `*_ratio_same_alloc`.
 
-What was measured (benchmarks/results/lstm.json; all on the 2-core machine while 12-16 other
-jobs ran, so only ratios taken in one command mean anything, and even they are noisy):
-- Default threads: jaxnets 4-20x FASTER than PyTorch, because PyTorch's 2 OpenMP threads
-  spin-wait and thrash when the cores are oversubscribed. Not a fair verdict.
-- `--threads 1` (both single-threaded): jaxnets 1.7x (T=128) and 6.9x (T=1024) slower
-  forward, 4.3x / 3.3x slower forward+backward; GRU 2.0x / 3.4x and 2.0x / 1.6x. The
-  per-step cost of XLA's while loop dominates at T=1024 (about 0.4 ms a step under load for
-  a 16x128x512 matmul and its gates). The issue's target is NOT met on this evidence.
-- Single-threaded CPU time (process_time, min of 7; the most load-robust figure), jaxnets /
-  PyTorch: LSTM fwd 103/46 ms (2.2x) and 78/23 (3.3x), fwd+bwd 302/203 (1.49x) and 229/133
-  (1.72x); GRU fwd 91/78 (1.16x) and 69/58 (1.17x), fwd+bwd 240/213 (1.13x) and 184/227
-  (0.81x). The LSTM forward is the widest gap: PyTorch runs it at ~185 GFLOP/s on one core.
-- custom_vjp vs autodiff of scan, CPU time (min of 7, single-threaded XLA, which load
-  disturbs far less than wall time): LSTM fwd+bwd 302 vs 318 ms (T=128) and 229 vs 269 ms
-  (T=1024); GRU 240 vs 222 ms and 184 vs 195 ms. A 5-15% win for the LSTM, mixed for the GRU.
-- unroll 2/4: no change in CPU time; 8/16 make the backward 1.3-2x slower. Default 1.
-- Page faults: XLA CPU allocates each call's big buffers
-  (the 32 MiB projection, residuals, gradient stacks) fresh, and glibc maps buffers over
-  32 MiB with mmap, so every call faults them in. With
-  `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296`
-  a sigmoid over a [128, 64, 1024] array went from 15.9 to 2.8 ms CPU and the hoisted
-  projection from 40 to 23 ms CPU; for the whole layer it gave only 1-4% CPU time (LSTM
-  fwd+bwd 302 -> 291 ms, 229 -> 220 ms). A process setting (like XLA_FLAGS) that helps
-  PyTorch too; not applied by this benchmark.
-- XLA flags tried for matmuls/elementwise (use_xnnpack, use_onednn, thunk runtime off,
-  fast math, 512-bit vectors): no clear change under the load.
+Design (what the layer does to be fast; `jaxnets.nn.recurrent`), in the order it mattered,
+single-threaded, b64 t128 d256 h256 forward+backward, 2026-11-28:
+1. XLA computed the input projection's weight gradient dW_x with both operands transposed,
+   outside its fast matmul library: 67 ms of a 190 ms step. `project` has its own VJP
+   (dW_x = X^T dXP with the narrow X transposed); dW_h likewise: 190 -> 131 ms.
+2. The gate maths compiled to scalar code: XLA fused each step's dynamic-slice of the
+   projection into the pointwise fusion and reloaded the slice index per element (no
+   vector instructions in the object code). `_contiguous_scan` passes each step's slices
+   through the loop carry, fetched ahead: the gate fusion went 9.3 -> 1.5 ms (forward
+   65 -> 50 ms). Fetching 4 steps per iteration trims loop overhead (T=1024: 31.7 -> 28.6).
+3. Page faults: glibc serves >= 32 MiB buffers (and XLA worker-thread arenas) with fresh
+   mmaps, so every call faulted its projection and residual stacks in again (22,000 faults
+   per forward). `tune_host_allocator` (one arena, no mmap, high trim threshold): forward
+   57 -> 37 ms, forward+backward 157 -> 118 ms on 2 threads. PyTorch gains from the same
+   settings too (its forward+backward 118 -> 70 ms), hence the same-malloc column.
+4. The bias is added inside the step (fused into the gates) instead of in a separate pass
+   over the [T, B, 4H] projection; additive cells save one pre-activation stack instead of
+   the projection and the recurrent term.
+Also measured: the hand-written backward (dW_h as one matmul after the loop) vs autodiff of
+`lax.scan` (`--variant autodiff`); unroll 2/4 no change, 8/16 slower backward; XLA flags
+(xnnpack, onednn, fusion emitters off) no clear change.
+
+Results (`benchmarks/results/lstm_1thread.json`: both single-threaded on one core, another
+job on the other core), jaxnets / PyTorch fwd and fwd+bwd: LSTM b64 t128 47.0/41.8 ms
+(1.13x) and 129/185 ms (0.70x); LSTM b16 t1024 27.7/25.4 (1.09x) and 81/142 (0.57x); GRU
+0.45x/0.51x and 0.41x/0.32x. Against PyTorch with the same malloc settings: LSTM 1.23x /
+1.02x and 1.24x / 1.09x. Two-thread figures: `benchmarks/results/lstm_quiet.json`.
 """
 from __future__ import annotations
 
