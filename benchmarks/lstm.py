@@ -121,7 +121,7 @@ PEERS = [os.path.join(HERE, "..", "..", "shared", "peers", "torch_lstm.py"),
 
 
 # The same malloc settings as jaxnets.runtime.tune_host_allocator, for the peer's process.
-TUNED_ALLOCATOR = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"
+TUNED_ALLOCATOR = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615"
 
 
 def run_peers(python, cells, tuned_allocator=False):

@@ -23,7 +23,7 @@ PEER = os.path.join(HERE, "..", "shared", "peers", "torch_resnet20.py")
 
 
 # The malloc settings jaxnets.runtime.tune_host_allocator applies, for the peer's process.
-TUNED_ALLOCATOR = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"
+TUNED_ALLOCATOR = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615"
 
 
 def last_json(cmd: list[str], pin: str | None = None, tuned_allocator: bool = False) -> dict:

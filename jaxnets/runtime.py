@@ -5,7 +5,7 @@ XLA:CPU execution. By default glibc serves allocations of 32 MiB or more (and, f
 worker threads, smaller ones from per-thread arenas that it trims) with new `mmap`s, so each
 call of a compiled step page-faults its large buffers in again: 22,000 minor faults per
 call of an LSTM layer (b64 t128 d256 h256), a third of its time. With mmap disabled, one
-arena and a high trim threshold, freed memory stays in the process and is reused:
+arena and trimming off, freed memory stays in the process and is reused:
 
     LSTM b64 t128 d256 h256 forward        57 -> 37 ms   (2-core CPU, 2026-11-28)
     LSTM b64 t128 d256 h256 forward+backward 157 -> 118 ms
@@ -26,7 +26,7 @@ import os
 
 # glibc <malloc.h> parameter numbers for mallopt().
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-_TRIM_BYTES = 1 << 30
+_TRIM_BYTES = -1   # mallopt(3): -1 disables trimming completely
 _applied: bool | None = None
 
 
