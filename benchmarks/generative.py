@@ -35,7 +35,7 @@ from jaxnets.config import load_config
 MODELS = (("ae", "ae_mnist", "AutoEncoder (Gaussian fit to codes)"),
           ("vae", "vae_mnist", "VAE (prior samples)"),
           ("gan", "gan_mnist", "DCGAN"),
-          ("ddpm", "ddpm_mnist", "DDPM class-conditional (guidance 3)"))
+          ("ddpm", "ddpm_mnist", "DDPM class-conditional"))
 
 
 def trained(name: str, experiment: str, preset: str, runs: str):
@@ -54,7 +54,7 @@ def trained(name: str, experiment: str, preset: str, runs: str):
     return trainer, final
 
 
-def samples_for(name: str, trainer, n: int, guidance: float) -> tuple[np.ndarray, np.ndarray | None]:
+def samples_for(name: str, trainer, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     state, task = trainer.module(), trainer.task
     rng = jax.random.key(123)
     if name == "ae":
@@ -68,7 +68,8 @@ def samples_for(name: str, trainer, n: int, guidance: float) -> tuple[np.ndarray
     if name == "gan":
         return task.sample(state, n), None
     labels = np.repeat(np.arange(10), n // 10)
-    return task.sampler_fn(state.ema, n)(task.conditions_for(state.ema, labels), guidance, rng), labels
+    # the experiment's own sampler settings and guidance scale, as its report uses them
+    return task.sampler_fn(state.ema, n)(task.conditions_for(state.ema, labels), task.guidance, rng), labels
 
 
 def main(argv=None):
@@ -90,7 +91,11 @@ def main(argv=None):
         if name not in wanted:
             continue
         trainer, final = trained(name, experiment, args.preset, args.runs)
-        images, labels = samples_for(name, trainer, args.num_samples, 3.0)
+        images, labels = samples_for(name, trainer, args.num_samples)
+        if name == "ddpm":
+            t = trainer.task
+            title += (f" (guidance {t.guidance:g}, {t.sampler}"
+                      + (f" {t.sample_steps} steps, eta {t.eta:g})" if t.sampler == "ddim" else ")"))
         row = {"name": title, **judge.score(images, labels, reference=heldout)}
         if name == "vae":
             m = final["metrics"]

@@ -113,6 +113,28 @@ def test_prompt_tokenizer_and_text_conditioned_unet():
     assert float(jnp.abs(eps[0] - eps[3]).max()) > 1e-3
 
 
+def test_patch_folding_matches_a_pixel_loop_and_the_unet_keeps_the_image_shape():
+    from jaxnets.models.diffusion import _fold, _unfold
+
+    x = np.random.default_rng(0).normal(size=(2, 6, 4, 3))
+    ref = np.zeros((2, 3, 2, 12))
+    for i in range(6):
+        for j in range(4):      # pixel (i, j) -> patch (i // 2, j // 2), channel block (i % 2, j % 2)
+            ref[:, i // 2, j // 2, ((i % 2) * 2 + j % 2) * 3:((i % 2) * 2 + j % 2 + 1) * 3] = x[:, i, j]
+    np.testing.assert_array_equal(_fold(x, 2), ref)
+    np.testing.assert_array_equal(_unfold(_fold(x, 2), 2), x)
+    # shapes only (abstract evaluation, no compile): the network sees 4x4 pixels of 4 channels
+    unet = nnx.eval_shape(lambda: UNet((8, 8, 1), channels=8, channel_mults=(1, 2), attention=False,
+                                       patch_size=2, rngs=nnx.Rngs(0)))
+    assert unet.conv_in.kernel.shape == (3, 3, 4, 8) and unet.conv_out.kernel.shape == (3, 3, 8, 4)
+    graphdef, params = nnx.split(unet)
+    eps = jax.eval_shape(lambda p, x: nnx.merge(graphdef, p)(x, jnp.ones(2, jnp.int32)), params,
+                         jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32))
+    assert eps.shape == (2, 8, 8, 1)
+    with pytest.raises(ValueError, match="patch size 2"):
+        UNet((6, 6, 1), channels=8, channel_mults=(1, 2), patch_size=2, rngs=nnx.Rngs(0))
+
+
 def test_frechet_distance_matches_a_symmetric_eigenvalue_formula():
     from jaxnets.images import class_coverage, frechet_distance
 
