@@ -32,6 +32,9 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--step", choices=["trainer", "nnx_jit"], default="trainer")
     ap.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for this run")
+    ap.add_argument("--cpu-devices", type=int, default=0,
+                    help="N > 0: N single-threaded CPU devices, batch sharded over them "
+                         "(jaxnets.runtime.one_device_per_core)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     return ap.parse_args(argv)
@@ -111,6 +114,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+    if args.cpu_devices:
+        from jaxnets.runtime import one_device_per_core
+        one_device_per_core(args.cpu_devices)
     import jax
 
     import tempfile
@@ -130,7 +136,7 @@ def main(argv=None):
         if not args.json:
             print(f"resnet{depth}: {ms:.1f} ms/step (min {best:.1f}), "
                   f"{args.batch / ms * 1e3:.0f} img/s, first step {compile_s:.1f} s", file=sys.stderr)
-    device = (f"cpu jax {jax.__version__} {platform.machine()} cores={os.cpu_count()} "
+    device = (f"cpu jax {jax.__version__} {platform.machine()} cores={os.cpu_count()} devices={jax.device_count()} "
               f"step={args.step} shortcut={args.shortcut} dtype={args.dtype} "
               f"XLA_FLAGS='{os.environ.get('XLA_FLAGS', '')}' load={os.getloadavg()[0]:.1f}")
     print(json.dumps({"benchmark": "resnet_step", "device": device, "results": results}))

@@ -16,7 +16,7 @@ import sys
 import textwrap
 
 from jaxnets.errors import UserError
-from jaxnets.runtime import tune_host_allocator
+from jaxnets.runtime import one_device_per_core, tune_host_allocator
 
 EXIT_USAGE = 2
 
@@ -96,6 +96,13 @@ COMMANDS = {"train": cmd_train, "list": cmd_list, "bench": cmd_bench}
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     tune_host_allocator()
+    cpu_devices = os.environ.get("JAXNETS_CPU_DEVICES")
+    if cpu_devices:   # before anything initialises JAX's backends
+        if not (cpu_devices == "cores" or cpu_devices.isdigit() and int(cpu_devices) > 0):
+            print(f"error: JAXNETS_CPU_DEVICES must be a positive number or 'cores', got "
+                  f"{cpu_devices!r}", file=sys.stderr)
+            return EXIT_USAGE
+        one_device_per_core(None if cpu_devices == "cores" else int(cpu_devices))
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip(), file=sys.stderr)
         return EXIT_USAGE if argv and argv[0] not in ("-h", "--help") else 0

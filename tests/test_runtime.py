@@ -40,3 +40,21 @@ def test_tuned_allocator_reuses_freed_pages():
     # only where the kernel backs it with huge pages). Tuned, the same pages come back.
     assert tuned_faults < pages // 100
     assert default_faults > tuned_faults
+
+
+def test_one_device_per_core_splits_the_host_before_backend_init_only():
+    probe = textwrap.dedent("""
+        import jax
+        from jaxnets import runtime
+        n = runtime.one_device_per_core(3)
+        print(n, jax.device_count(), "xla_cpu_multi_thread_eigen=false" in __import__("os").environ["XLA_FLAGS"])
+        try:
+            import os; os.environ["XLA_FLAGS"] = ""   # forget the flag: now the init check must fire
+            runtime.one_device_per_core(2)
+        except RuntimeError as e:
+            print("refused")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()
+    assert out == ["3", "3", "True", "refused"]
