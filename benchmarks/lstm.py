@@ -16,7 +16,7 @@ With `--peer`, PyTorch runs twice per round: with glibc's default malloc (the is
 baseline) and with the malloc settings jaxnets applies to itself
 (`jaxnets.runtime.tune_host_allocator`), giving `*_ratio` and `*_ratio_same_alloc`.
 
-Design (what the layer does to be fast; `jaxnets.nn.recurrent`), in the order it mattered,
+Design (what the layer does to be fast; `jaxnets.nn.recurrent_scan`), in the order it mattered,
 single-threaded, b64 t128 d256 h256 forward+backward, 2026-11-28:
 1. XLA computed the input projection's weight gradient dW_x with both operands transposed,
    outside its fast matmul library: 67 ms of a 190 ms step. `project` has its own VJP
@@ -66,14 +66,14 @@ def setup_threads(threads):
                                    + ("false" if threads == 1 else "true")).strip()
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
-    global jax, jnp, nnx, recurrent, runtime
+    global jax, jnp, nnx, recurrent, recurrent_scan, runtime
     from jaxnets import runtime
     runtime.tune_host_allocator()   # as `jaxnets train` and the Trainer do
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from jaxnets.nn import recurrent
+    from jaxnets.nn import recurrent, recurrent_scan
 
 
 def bench(fn, warm=3, n=15):
@@ -89,7 +89,7 @@ def bench(fn, warm=3, n=15):
 
 def autodiff_scan(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0):
     """The same scan without the hand-written backward (autodiff of lax.scan)."""
-    ys, carry, _ = recurrent._scan_forward(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0, False)
+    ys, carry, _ = recurrent_scan._scan_forward(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0, False)
     return ys, carry
 
 
@@ -120,16 +120,12 @@ PEERS = [os.path.join(HERE, "..", "..", "shared", "peers", "torch_lstm.py"),
          os.path.join(HERE, "results", "lstm_peer_torch_gru.py")]
 
 
-# The same malloc settings as jaxnets.runtime.tune_host_allocator, for the peer's process.
-TUNED_ALLOCATOR = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615"
-
-
 def run_peers(python, cells, tuned_allocator=False):
     """Figures from the PyTorch peers, by result name (default glibc malloc, or the tuned one)."""
     out = {}
     env = dict(os.environ)
     if tuned_allocator:
-        env["GLIBC_TUNABLES"] = TUNED_ALLOCATOR
+        env["GLIBC_TUNABLES"] = runtime.GLIBC_TUNABLES
     for script, kind in zip(PEERS, ["lstm", "gru"]):
         if kind in cells:
             last = subprocess.run([python, script, "--json"], check=True, capture_output=True,

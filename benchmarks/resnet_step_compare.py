@@ -18,18 +18,16 @@ import statistics
 import subprocess
 import sys
 
+from jaxnets.runtime import GLIBC_TUNABLES
+
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(HERE, "..", "shared", "peers", "torch_resnet20.py")
-
-
-# The malloc settings jaxnets.runtime.tune_host_allocator applies, for the peer's process.
-TUNED_ALLOCATOR = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615"
 
 
 def last_json(cmd: list[str], pin: str | None = None, tuned_allocator: bool = False) -> dict:
     env = dict(os.environ)
     if tuned_allocator:
-        env["GLIBC_TUNABLES"] = TUNED_ALLOCATOR
+        env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
     if pin is not None:   # one core each, one compute thread for torch: per-core efficiency
         cmd = ["taskset", "-c", pin, *cmd]
         env["OMP_NUM_THREADS"] = "1"

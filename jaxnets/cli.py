@@ -16,7 +16,7 @@ import sys
 import textwrap
 
 from jaxnets.errors import UserError
-from jaxnets.runtime import one_device_per_core, tune_host_allocator
+from jaxnets.runtime import one_device_per_core
 
 EXIT_USAGE = 2
 
@@ -95,7 +95,6 @@ COMMANDS = {"train": cmd_train, "list": cmd_list, "bench": cmd_bench}
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    tune_host_allocator()
     cpu_devices = os.environ.get("JAXNETS_CPU_DEVICES")
     if cpu_devices:   # before anything initialises JAX's backends
         if not (cpu_devices == "cores" or cpu_devices.isdigit() and int(cpu_devices) > 0):

@@ -27,6 +27,10 @@ import os
 # glibc <malloc.h> parameter numbers for mallopt().
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 _TRIM_BYTES = -1   # mallopt(3): -1 disables trimming completely
+# The same settings as an environment value, for processes jaxnets does not run itself
+# (the benchmarks give it to their PyTorch peers to compare like with like).
+GLIBC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                  "glibc.malloc.trim_threshold=18446744073709551615")
 _applied: bool | None = None
 
 
