@@ -175,20 +175,4 @@ def test_residual_gradient_identity_on_preact_blocks():
     np.testing.assert_allclose(direct, identity, rtol=1e-4, atol=1e-5)
 
 # Lesions of a trained net (residual survives, plain collapses): tests/test_degradation.py.
-
-
-def test_materialize_is_an_exact_identity():
-    """The XLA:CPU fusion barrier changes neither values nor gradients, bit for bit."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from jaxnets.models.resnet import materialize
-
-    for dtype in (jnp.float32, jnp.bfloat16):
-        x = jax.random.normal(jax.random.key(0), (4, 5, 5, 16), dtype) * 1e3
-        np.testing.assert_array_equal(np.asarray(jax.jit(materialize)(x), np.float32),
-                                      np.asarray(x, np.float32))
-    x = jax.random.normal(jax.random.key(1), (2, 3, 3, 8))
-    w = jax.random.normal(jax.random.key(2), x.shape)
-    g = jax.jit(jax.grad(lambda x: jnp.sum(materialize(x) * w)))(x)
-    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+# The fusion barrier and the folded narrow convolutions: tests/test_conv.py.

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxnets.nn.conv import conv_general_dilated, materialize
+
 # He et al. 2015 initialisation (fan_out, as torchvision), used by both papers.
 he_normal = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -42,7 +44,8 @@ def conv(cin, cout, kernel, stride, *, bias, dtype, rngs):
     # asymmetrically, which changes which pixels a downsampling layer sees.
     pad = kernel // 2
     return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-                    use_bias=bias, dtype=dtype, kernel_init=he_normal, rngs=rngs)
+                    use_bias=bias, dtype=dtype, kernel_init=he_normal,
+                    conv_general_dilated=conv_general_dilated, rngs=rngs)
 
 
 def norm(features, *, enabled, dtype, rngs):
@@ -54,26 +57,6 @@ def norm(features, *, enabled, dtype, rngs):
 
 def apply_norm(layer, y, train):
     return y if layer is None else layer(y, use_running_average=not train)
-
-
-def materialize(x):
-    """x itself, computed once: a fusion barrier for XLA:CPU on every convolution input.
-
-    Why: XLA:CPU copies the elementwise chain that produces an activation (BN, ReLU and,
-    across residual blocks, the whole stage: BN, add, ReLU, BN, add, ...) into every fusion
-    that reads it, including the transposed copies its filter-gradient convolutions take,
-    and such a fused transpose runs at a fraction of a plain one's speed. One of them
-    recomputed four blocks of BN in 61 ms of a 465 ms ResNet-20 step (batch 128, one core);
-    in ResNet-56 the transposes took 188 ms with barriers at block outputs only and 59 ms
-    with them on every convolution input. XLA does not fuse through a matmul, and a matmul
-    with the identity is exact (each output is 1 * x_d plus exact zeros) and cheap (~0.4 ms
-    for 128x32x32x16). Measured with `python -m benchmarks.resnet_step`: ResNet-20 465 ->
-    365 ms per step on one core. Other backends get x untouched.
-    """
-    if jax.default_backend() != "cpu":
-        return x
-    eye = jnp.eye(x.shape[-1], dtype=x.dtype)
-    return jnp.einsum("...c,cd->...d", x, eye, precision=jax.lax.Precision.HIGHEST)
 
 
 def option_a_shortcut(x, stride, cout):

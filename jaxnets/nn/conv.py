@@ -1,0 +1,142 @@
+"""Convolution helpers for XLA:CPU: a fusion barrier, and folded narrow 3x3 convolutions.
+
+    nnx.Conv(16, 16, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=conv_general_dilated, ...)
+
+`conv_general_dilated` is a drop-in for `jax.lax.conv_general_dilated` (the hook `nnx.Conv`
+exposes). Every case but one goes straight to lax. The exception: on the CPU backend, a 3x3,
+stride-1, "same"-padded NHWC convolution with at most 16 input channels and an even width.
+XLA:CPU hands those to Eigen at ~100 GFLOP/s on one core, while with 32 channels the same
+convolution runs on YNNPACK at ~240 GFLOP/s (batch 64, 32x32, one core of this project's
+AVX-512 EPYC). So we fold pairs of neighbouring columns into channels and convolve the
+folded image instead:
+
+    xp[b, h, j] = (x[b, h, 2j - 1], x[b, h, 2j])       j = 0 .. W/2   (one zero column each side)
+    y[b, h, 2j + q] = sum over rows h-1..h+1 and folded columns j, j+1 of xp . K'
+
+a 3x2 convolution from 2C to 2O channels, whose kernel K' holds the 3x3 taps (and zeros) at
+fixed places: 4/3 of the multiply-adds at 2.4x the speed. The input gradient is the same kind of
+convolution (of the output gradient, with the flipped kernel), so it is folded too; the filter
+gradient stays on lax (YNNPACK), which beats the folded one. Results are the same sums in
+another order (float32 rounding only). ResNet-20 train step, batch 64, one core: 180 -> 162 ms
+(one process, interleaved rounds; see benchmarks/results/resnet_step.md).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+FOLD_MAX_CHANNELS = 16
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def materialize(x):
+    """x itself, computed once: a fusion barrier for XLA:CPU on every convolution input.
+
+    Why: XLA:CPU copies the elementwise chain that produces an activation (BN, ReLU and,
+    across residual blocks, the whole stage: BN, add, ReLU, BN, add, ...) into every fusion
+    that reads it, including the transposed copies its filter-gradient convolutions take,
+    and such a fused transpose runs at a fraction of a plain one's speed. One of them
+    recomputed four blocks of BN in 61 ms of a 465 ms ResNet-20 step (batch 128, one core);
+    in ResNet-56 the transposes took 188 ms with barriers at block outputs only and 59 ms
+    with them on every convolution input. XLA does not fuse through a matmul, and a matmul
+    with the identity is exact (each output is 1 * x_d plus exact zeros) and cheap (~0.3 ms
+    for 64x32x32x16). Measured with `python -m benchmarks.resnet_step`: ResNet-20 465 ->
+    365 ms per step on one core. Other backends get x untouched.
+    """
+    if jax.default_backend() != "cpu":
+        return x
+    eye = jnp.eye(x.shape[-1], dtype=x.dtype)
+    return jnp.einsum("...c,cd->...d", x, eye, precision=lax.Precision.HIGHEST)
+
+
+def fold_kernel(w):
+    """[3, 3, C, O] 3x3 taps -> [3, 2, 2C, 2O] kernel of the column-pair-folded convolution.
+
+    Output pixel 2j + q reads input pixels 2j + q - 1 .. 2j + q + 1; in folded coordinates
+    (column j holds pixels 2j - 1, 2j as slots p = 0, 1) tap dw of output q sits at folded
+    column (q + dw) // 2, slot (q + dw) % 2.
+    """
+    kh, _, c, o = w.shape
+    zero = jnp.zeros((kh, c, o), w.dtype)
+    taps = [[[zero, zero], [zero, zero]], [[zero, zero], [zero, zero]]]  # [column][p][q]
+    for q in range(2):
+        for dw in range(3):
+            taps[(q + dw) // 2][(q + dw) % 2][q] = w[:, dw]
+    # [kh, column, p, C, q, O] -> [kh, 2, 2C, 2O]
+    k = jnp.stack([jnp.stack([jnp.stack(taps[col][p], axis=2) for p in range(2)], axis=1)
+                   for col in range(2)], axis=1)
+    return k.reshape(kh, 2, 2 * c, 2 * o)
+
+
+def _folded(x, w, precision):
+    b, h, width, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0))).reshape(b, h, width // 2 + 1, 2 * c)
+    y = lax.conv_general_dilated(xp, fold_kernel(w), (1, 1), ((1, 1), (0, 0)),
+                                 dimension_numbers=_NHWC, precision=precision)
+    return y.reshape(b, h, width, w.shape[-1])
+
+
+def _direct(x, w, precision):
+    return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC,
+                                    precision=precision)
+
+
+def _foldable(channels, width):
+    return channels <= FOLD_MAX_CHANNELS and width % 2 == 0
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv3x3_folded(x, w, precision=None):
+    """3x3 stride-1 'same' NHWC convolution computed on column-pair-folded inputs."""
+    return _folded(x, w, precision)
+
+
+def _fwd(x, w, precision):
+    return _folded(x, w, precision), (x, w)
+
+
+def _bwd(precision, res, g):
+    x, w = res
+    # g arrives as batch norm's backward chain; computed once here, not inside both the pad
+    # below and the filter gradient's transpose (a fused pad runs 5x slower than a plain one).
+    g = materialize(g)
+    w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)   # input gradient = convolution with this kernel
+    dx = _folded(g, w_t, precision) if _foldable(w.shape[-1], g.shape[2]) else _direct(g, w_t, precision)
+    dw = jax.vjp(lambda k: _direct(x, k, precision), w)[1](g)[0]
+    return dx, dw
+
+
+conv3x3_folded.defvjp(_fwd, _bwd)
+
+
+def _is_foldable(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                 feature_group_count, kwargs):
+    if jax.default_backend() != "cpu" or lhs.ndim != 4 or rhs.shape[:2] != (3, 3):
+        return False
+    if any(v is not None for v in kwargs.values()):   # out_sharding, preferred_element_type
+        return False
+    if isinstance(padding, str) or [tuple(p) for p in padding] != [(1, 1), (1, 1)]:
+        return False
+    if tuple(strides) != (1, 1) or feature_group_count != 1:
+        return False
+    if any(d is not None and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation)):
+        return False
+    if dimension_numbers is None or (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+                                     != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
+        return False
+    return _foldable(lhs.shape[-1], lhs.shape[2])
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """`lax.conv_general_dilated`, with narrow 3x3 stride-1 CPU convolutions folded (see module)."""
+    if _is_foldable(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                    dimension_numbers, feature_group_count, kwargs):
+        return conv3x3_folded(lhs, rhs, precision)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                    rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                    feature_group_count=feature_group_count, precision=precision,
+                                    **kwargs)

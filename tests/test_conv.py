@@ -1,0 +1,103 @@
+"""jaxnets.nn.conv: the folded narrow convolution and the fusion barrier, against float64 NumPy."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxnets.nn.conv import conv3x3_folded, conv_general_dilated, materialize
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def np_conv_same(x, w):
+    """3x3 'same' cross-correlation in float64 NumPy (NHWC, HWIO)."""
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h, wd = x.shape[1:3]
+    return sum(xp[:, i:i + h, j:j + wd] @ w[i, j] for i in range(3) for j in range(3))
+
+
+def np_conv_grads(x, w, g):
+    """dL/dx and dL/dw of sum(conv(x, w) * g), from the definition, in float64 NumPy."""
+    h, wd = x.shape[1:3]
+    gp = np.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    # y[h, w] gets x[h + i - 1, w + j - 1] w[i, j]  =>  dx[h, w] = sum_ij g[h - i + 1, w - j + 1] w[i, j]^T
+    dx = sum(gp[:, 2 - i:2 - i + h, 2 - j:2 - j + wd] @ w[i, j].T for i in range(3) for j in range(3))
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    dw = np.stack([np.stack([np.einsum("nhwc,nhwo->co", xp[:, i:i + h, j:j + wd], g)
+                             for j in range(3)]) for i in range(3)])
+    return dx, dw
+
+
+@pytest.mark.parametrize("c,o,width", [(16, 16, 8), (3, 16, 6), (16, 32, 4), (5, 7, 10)])
+def test_folded_conv_matches_numpy_float64(c, o, width):
+    rng = np.random.default_rng(c * 100 + o)
+    x, w = rng.normal(size=(2, 5, width, c)), rng.normal(size=(3, 3, c, o))
+    g = rng.normal(size=(2, 5, width, o))
+    y, vjp = jax.vjp(jax.jit(conv3x3_folded), jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+    dx, dw = vjp(jnp.asarray(g, jnp.float32))
+    ref_dx, ref_dw = np_conv_grads(x, w, g)
+    # float32 sums of 9c (forward), 9o (dx) and 2*5*width*... (dw) products of unit normals
+    np.testing.assert_allclose(np.asarray(y), np_conv_same(x, w), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dx), ref_dx, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dw), ref_dw, rtol=1e-5, atol=1e-4)
+
+
+def test_folded_conv_float64_is_exact_to_rounding():
+    """In float64 the fold reorders sums only: agreement with lax to ~1e-13."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        x, w = jnp.asarray(rng.normal(size=(2, 6, 8, 16))), jnp.asarray(rng.normal(size=(3, 3, 16, 16)))
+        g = jnp.asarray(rng.normal(size=(2, 6, 8, 16)))
+        direct = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
+        for a, b in zip(jax.vjp(direct, x, w)[1](g), jax.vjp(conv3x3_folded, x, w)[1](g)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(conv3x3_folded(x, w)), np.asarray(direct(x, w)),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def _uses_fold(fn, *args):
+    return "custom_vjp_call" in str(jax.make_jaxpr(fn)(*args))
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,folds", [
+    ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)), True),
+    ((2, 8, 8, 32), (3, 3, 32, 32), (1, 1), ((1, 1), (1, 1)), False),   # wide: lax is fast
+    ((2, 8, 7, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)), False),   # odd width
+    ((2, 8, 8, 16), (3, 3, 16, 16), (2, 2), ((1, 1), (1, 1)), False),   # strided
+    ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1), "SAME", False),
+    ((2, 8, 8, 16), (1, 1, 16, 16), (1, 1), ((0, 0), (0, 0)), False),
+])
+def test_dispatch_folds_only_narrow_3x3_stride1_same(shape, kernel, stride, padding, folds):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=kernel), jnp.float32)
+    dn = lax.conv_dimension_numbers(shape, kernel, NHWC)
+    ours = lambda x, w: conv_general_dilated(x, w, stride, padding, dimension_numbers=dn)
+    ref = lambda x, w: lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=dn)
+    assert _uses_fold(ours, x, w) == (folds and jax.default_backend() == "cpu")
+    np.testing.assert_allclose(np.asarray(jax.jit(ours)(x, w)), np.asarray(ref(x, w)),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_nnx_conv_hook_keeps_parameters_and_values():
+    """nnx.Conv with our hook has the same parameter tree and output as a plain nnx.Conv."""
+    from flax import nnx
+    kw = dict(padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))
+    ours = nnx.Conv(16, 16, (3, 3), conv_general_dilated=conv_general_dilated, **kw)
+    plain = nnx.Conv(16, 16, (3, 3), padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))
+    assert jax.tree.structure(nnx.state(ours)) == jax.tree.structure(nnx.state(plain))
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 16))
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(plain(x)), rtol=1e-5, atol=1e-4)
+
+
+def test_materialize_is_an_exact_identity():
+    """The XLA:CPU fusion barrier changes neither values nor gradients, bit for bit."""
+    for dtype in (jnp.float32, jnp.bfloat16):
+        x = jax.random.normal(jax.random.key(0), (4, 5, 5, 16), dtype) * 1e3
+        np.testing.assert_array_equal(np.asarray(jax.jit(materialize)(x), np.float32),
+                                      np.asarray(x, np.float32))
+    x = jax.random.normal(jax.random.key(1), (2, 3, 3, 8))
+    w = jax.random.normal(jax.random.key(2), x.shape)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(materialize(x) * w)))(x)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
