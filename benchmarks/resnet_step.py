@@ -32,9 +32,10 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--step", choices=["trainer", "nnx_jit"], default="trainer")
     ap.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for this run")
-    ap.add_argument("--cpu-devices", type=int, default=0,
-                    help="N > 0: N single-threaded CPU devices, batch sharded over them "
-                         "(jaxnets.runtime.one_device_per_core)")
+    ap.add_argument("--cpu-devices", default="auto",
+                    help="'auto' (default, as `jaxnets train`): one single-threaded CPU device "
+                         "per core, batch sharded over them (jaxnets.runtime.auto_cpu_devices); "
+                         "N > 0: N such devices; 0: JAX's default single multi-threaded device")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     return ap.parse_args(argv)
@@ -114,9 +115,11 @@ def main(argv=None):
     args = parse_args(argv)
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
-    if args.cpu_devices:
-        from jaxnets.runtime import one_device_per_core
-        one_device_per_core(args.cpu_devices)
+    from jaxnets.runtime import auto_cpu_devices, one_device_per_core
+    if args.cpu_devices == "auto":
+        auto_cpu_devices([args.batch])
+    elif int(args.cpu_devices) > 0:
+        one_device_per_core(int(args.cpu_devices))
     import jax
 
     import tempfile

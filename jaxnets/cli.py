@@ -16,7 +16,7 @@ import sys
 import textwrap
 
 from jaxnets.errors import UserError
-from jaxnets.runtime import one_device_per_core
+from jaxnets.runtime import auto_cpu_devices, cpu_devices_setting
 
 EXIT_USAGE = 2
 
@@ -48,6 +48,9 @@ def cmd_train(argv: list[str]) -> int:
         return 0
     if not args.workdir:
         raise UserError("--workdir is required: the directory for checkpoints, logs and final.json.")
+    # Before JAX starts: on CPU, one single-threaded device per core, the batch split over them.
+    auto_cpu_devices([config.data.batch_size, config.data.eval_batch_size],
+                     limit=config.get("mesh_devices", 0))
     from jaxnets.train.trainer import train
     final = train(config, args.workdir)
     if final.get("preempted"):
@@ -95,13 +98,11 @@ COMMANDS = {"train": cmd_train, "list": cmd_list, "bench": cmd_bench}
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    cpu_devices = os.environ.get("JAXNETS_CPU_DEVICES")
-    if cpu_devices:   # before anything initialises JAX's backends
-        if not (cpu_devices == "cores" or cpu_devices.isdigit() and int(cpu_devices) > 0):
-            print(f"error: JAXNETS_CPU_DEVICES must be a positive number or 'cores', got "
-                  f"{cpu_devices!r}", file=sys.stderr)
-            return EXIT_USAGE
-        one_device_per_core(None if cpu_devices == "cores" else int(cpu_devices))
+    try:   # a malformed JAXNETS_CPU_DEVICES is refused before any work
+        cpu_devices_setting()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip(), file=sys.stderr)
         return EXIT_USAGE if argv and argv[0] not in ("-h", "--help") else 0

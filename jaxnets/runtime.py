@@ -71,7 +71,7 @@ def one_device_per_core(count: int | None = None) -> int:
     threads vs 507 ms on two single-threaded devices (`python -m benchmarks.resnet_step
     --cpu-devices 2`). Must run before JAX initialises its backends; a no-op (returning
     the current count) if XLA_FLAGS already fixes the device count. `jaxnets train` does
-    it when JAXNETS_CPU_DEVICES is set (a number, or "cores").
+    it by default on CPU-only machines (`auto_cpu_devices`).
     """
     from jax._src import xla_bridge
     flags = os.environ.get("XLA_FLAGS", "")
@@ -80,7 +80,60 @@ def one_device_per_core(count: int | None = None) -> int:
     if xla_bridge.backends_are_initialized():
         raise RuntimeError("one_device_per_core() must run before JAX initialises its backends "
                            "(before the first jax.devices() or computation)")
-    count = count or os.cpu_count() or 1
+    count = count or usable_cores()
     os.environ["XLA_FLAGS"] = (f"{flags} --xla_force_host_platform_device_count={count}"
                                " --xla_cpu_multi_thread_eigen=false").strip()
     return count
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. under taskset or a cgroup)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
+
+
+def accelerator_expected() -> bool:
+    """Whether JAX may pick a GPU/TPU backend (checked without initialising any backend)."""
+    import importlib.metadata
+    import importlib.util
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",")[0] != "cpu"
+    return bool(importlib.metadata.entry_points(group="jax_plugins")
+                or importlib.util.find_spec("libtpu") is not None)
+
+
+def cpu_devices_setting() -> str:
+    """JAXNETS_CPU_DEVICES: 'auto' (unset), 'cores' or a positive number; ValueError otherwise."""
+    setting = os.environ.get("JAXNETS_CPU_DEVICES", "").strip() or "auto"
+    if setting not in ("auto", "cores") and not (setting.isdigit() and int(setting) > 0):
+        raise ValueError(f"JAXNETS_CPU_DEVICES must be 'auto', 'cores' or a positive number, "
+                         f"got {setting!r}")
+    return setting
+
+
+def even_split(batch_sizes, cap: int) -> int:
+    """The largest device count <= cap that divides every batch size (at least 1)."""
+    return max(d for d in range(1, max(cap, 1) + 1) if all(b % d == 0 for b in batch_sizes))
+
+
+def auto_cpu_devices(batch_sizes, limit: int = 0) -> int:
+    """Set up per-core CPU devices for a run whose batches are `batch_sizes`; returns the count.
+
+    Follows JAXNETS_CPU_DEVICES: "auto" (the default), "cores", or a number. "auto" on a
+    CPU-only, single-process run takes the largest count <= the usable cores (and <= `limit`
+    when the config caps its devices) that divides every batch size, so each device gets an
+    equal share; with a GPU/TPU plugin, or in a multi-process job, it leaves JAX alone (1).
+    Raises ValueError on a malformed setting.
+    """
+    setting = cpu_devices_setting()
+    if setting == "auto":
+        if accelerator_expected() or int(os.environ.get("JAXNETS_NUM_PROCESSES", "1")) > 1:
+            return 1
+        count = even_split(batch_sizes, min(usable_cores(), limit or usable_cores()))
+        return one_device_per_core(count) if count > 1 else 1
+    if setting == "1":   # JAX's own single (multi-threaded) CPU device
+        return 1
+    return one_device_per_core(None if setting == "cores" else int(setting))

@@ -58,3 +58,36 @@ def test_one_device_per_core_splits_the_host_before_backend_init_only():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
                          check=True).stdout.split()
     assert out == ["3", "3", "True", "refused"]
+
+
+def test_even_split_takes_the_largest_dividing_count():
+    from jaxnets.runtime import even_split
+    assert even_split([128, 256], 2) == 2
+    assert even_split([128], 16) == 16
+    assert even_split([96, 100], 12) == 4      # 12, 8, 6 do not divide both; 4 does
+    assert even_split([7], 6) == 1
+    assert even_split([64], 0) == 1
+
+
+@pytest.mark.parametrize("setting,batch", [("auto", 128), ("auto", 3), ("1", 128)])
+def test_auto_cpu_devices_follows_the_setting(setting, batch):
+    from jaxnets.runtime import even_split, usable_cores
+    probe = textwrap.dedent(f"""
+        from jaxnets import runtime
+        n = runtime.auto_cpu_devices([{batch}])
+        import jax
+        print(n, jax.device_count())
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAXNETS_CPU_DEVICES=setting, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()
+    expected = even_split([batch], usable_cores()) if setting == "auto" else int(setting)
+    assert out == [str(expected), str(expected)]
+
+
+def test_malformed_cpu_devices_setting_exits_2():
+    env = {**os.environ, "JAXNETS_CPU_DEVICES": "many"}
+    run = subprocess.run([sys.executable, "-m", "jaxnets.cli", "list"], capture_output=True,
+                         text=True, env=env)
+    assert run.returncode == 2 and "JAXNETS_CPU_DEVICES" in run.stderr
