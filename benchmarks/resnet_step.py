@@ -33,7 +33,7 @@ def parse_args(argv=None):
     ap.add_argument("--step", choices=["trainer", "nnx_jit"], default="trainer")
     ap.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for this run")
     ap.add_argument("--cpu-devices", default="auto",
-                    help="'auto' (default, as `jaxnets train`): one single-threaded CPU device "
+                    help="'auto' (default, as experiments/resnet_cifar.py sets it): one single-threaded CPU device "
                          "per core, batch sharded over them (jaxnets.runtime.auto_cpu_devices); "
                          "N > 0: N such devices; 0: JAX's default single multi-threaded device")
     ap.add_argument("--warmup", type=int, default=3)

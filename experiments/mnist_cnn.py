@@ -14,6 +14,9 @@ from jaxnets.train.defaults import base_config
 def get_config(arg=None):
     args = parse_arg(arg)
     c = base_config()
+    # On CPU: one single-threaded device per core, the batch sharded over them (convnets
+    # gain; see jaxnets.runtime.auto_cpu_devices). Ignored where a GPU/TPU is present.
+    c.cpu_devices = "auto"
     c.task = "classification"
     c.model = {"name": "cnn", "features": (32, 64), "hidden": 128, "dropout": 0.5}
     c.data.name = "mnist5k"

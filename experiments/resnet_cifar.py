@@ -28,6 +28,9 @@ def get_config(arg=None):
     args = parse_arg(arg)
     offline = bool(args.get("smoke") or args.get("mnist"))
     c = base_config()
+    # On CPU: one single-threaded device per core, the batch sharded over them (convnets
+    # gain; see jaxnets.runtime.auto_cpu_devices). Ignored where a GPU/TPU is present.
+    c.cpu_devices = "auto"
     c.task = "classification"
     c.model = {"name": "resnet" if args.get("residual", True) else "plainnet",
                "depth": args.get("depth", 20),

@@ -48,9 +48,12 @@ def cmd_train(argv: list[str]) -> int:
         return 0
     if not args.workdir:
         raise UserError("--workdir is required: the directory for checkpoints, logs and final.json.")
-    # Before JAX starts: on CPU, one single-threaded device per core, the batch split over them.
-    auto_cpu_devices([config.data.batch_size, config.data.eval_batch_size],
-                     limit=config.get("mesh_devices", 0))
+    # Before JAX starts: the CPU device layout the experiment asks for (config.cpu_devices).
+    try:
+        auto_cpu_devices([config.data.batch_size, config.data.eval_batch_size],
+                         config.get("cpu_devices"), limit=config.get("mesh_devices", 0))
+    except ValueError as e:
+        raise UserError(str(e)) from None
     from jaxnets.train.trainer import train
     final = train(config, args.workdir)
     if final.get("preempted"):
@@ -99,7 +102,7 @@ COMMANDS = {"train": cmd_train, "list": cmd_list, "bench": cmd_bench}
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:   # a malformed JAXNETS_CPU_DEVICES is refused before any work
-        cpu_devices_setting()
+        cpu_devices_setting("1")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

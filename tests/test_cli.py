@@ -10,6 +10,7 @@ from helpers import run_cli
     (["--config.train.setps=3"], "Did you mean --config.train.steps"),
     (["--config.data.name=mnist5kk"], "Unknown dataset 'mnist5kk'. Did you mean 'mnist5k'"),
     (["--config.model.name=cnnn"], "Unknown model 'cnnn'"),
+    (["--config.cpu_devices=many"], "must be 'auto', 'cores' or a positive number"),
 ])
 def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, args, expected):
     result = run_cli("train", "--config", "experiments/mnist_cnn.py:smoke", "--workdir",

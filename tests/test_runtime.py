@@ -69,17 +69,20 @@ def test_even_split_takes_the_largest_dividing_count():
     assert even_split([64], 0) == 1
 
 
-@pytest.mark.parametrize("setting,batch", [("auto", 128), ("auto", 3), ("1", 128)])
-def test_auto_cpu_devices_follows_the_setting(setting, batch):
+@pytest.mark.parametrize("env_setting,config_setting,batch", [
+    ("", "auto", 128), ("auto", "1", 128), ("", "auto", 3), ("1", "auto", 128), ("", None, 128)])
+def test_auto_cpu_devices_follows_the_setting(env_setting, config_setting, batch):
+    """JAXNETS_CPU_DEVICES wins over the config's cpu_devices; the config default is "1"."""
     from jaxnets.runtime import even_split, usable_cores
     probe = textwrap.dedent(f"""
         from jaxnets import runtime
-        n = runtime.auto_cpu_devices([{batch}])
+        n = runtime.auto_cpu_devices([{batch}], {config_setting!r})
         import jax
         print(n, jax.device_count())
     """)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAXNETS_CPU_DEVICES=setting, JAX_PLATFORMS="cpu")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXNETS_CPU_DEVICES")}
+    env.update(JAXNETS_CPU_DEVICES=env_setting, JAX_PLATFORMS="cpu")
+    setting = env_setting or config_setting or "1"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
                          check=True).stdout.split()
     expected = even_split([batch], usable_cores()) if setting == "auto" else int(setting)

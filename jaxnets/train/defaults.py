@@ -49,5 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict({"data": -1})   # axis name -> size, -1 fills the rest
     c.mesh_devices = 0                             # use the first N devices; 0 = all
+    # CPU only: "1" = JAX's one multi-threaded device; "auto" = one single-threaded device per
+    # core (as many as divide the batch sizes), "cores" or "N". Faster for convnets, slower for
+    # recurrent and small models (jaxnets.runtime.auto_cpu_devices). JAXNETS_CPU_DEVICES overrides.
+    c.cpu_devices = "1"
     c.sharding_rules = ()                          # ((logical_axis, mesh_axis), ...)
     return c
