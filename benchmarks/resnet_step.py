@@ -117,7 +117,7 @@ def main(argv=None):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     from jaxnets.runtime import auto_cpu_devices, one_device_per_core
     if args.cpu_devices == "auto":
-        auto_cpu_devices([args.batch])
+        auto_cpu_devices([args.batch], "auto")
     elif int(args.cpu_devices) > 0:
         one_device_per_core(int(args.cpu_devices))
     import jax
