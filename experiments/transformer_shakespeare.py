@@ -10,7 +10,9 @@ Command (smoke: 3 layers x 128, batch 32 x 128 characters, 1,300 steps; validati
 <= 1.7 nats/char (2.45 bits/char), samples with speaker names and word-like lines.
 Measured 2026-11-28: eval/loss 1.642 (2.37 bits/char) in 1,348 s on the 2-core CPU shared with
 ~6 other jobs (0.6-1.2 steps/s at load 12-17; 2.3 steps/s once the load fell to ~3, i.e.
-about 9-10 minutes for the whole run on a quiet machine)):
+about 9-10 minutes for the whole run on a quiet machine). Re-measured on the quiet 2-core
+machine: 200.9 s on JAX's one CPU device, 144.3 s on two per-core devices (`cpu_devices`
+"auto", set below), eval/loss 1.6422 and 1.6421):
     jaxnets train --config experiments/transformer_shakespeare.py:smoke --workdir runs/transformer_shakespeare
 Full (6 layers x 384, 256-character context, dropout 0.2, 5,000 steps; about 1.1-1.2 nats/char,
 hours on a CPU, minutes on a GPU with --config.train.compute_dtype=bfloat16):
@@ -24,6 +26,7 @@ def get_config(arg=None):
     args = parse_arg(arg)
     smoke = args.get("smoke", False)
     c = base_config()
+    c.cpu_devices = "auto"   # on CPU: one single-threaded device per core (200.9 -> 144.3 s smoke)
     c.task = "language_model"
     c.task_options = {"sample_prompt": "ROMEO:", "sample_length": 300, "sample_temperature": 0.8}
     c.data.name = "shakespeare"

@@ -129,9 +129,10 @@ def auto_cpu_devices(batch_sizes, value: str | None = None, limit: int = 0) -> i
     each device gets an equal share (with a GPU/TPU plugin or in a multi-process job it leaves
     JAX alone); "cores" or "N" force a count. Measured on the 2-core CPU (smoke runs, wall
     time, 1 -> auto): mnist_cnn 19.3 -> 16.9 s, ResNet-56 step 774 -> 507 ms, transformer
-    33 -> 24 s (100 steps); but lstm_shakespeare 48 -> 61 s, gan 20 -> 30 s, vae 13 -> 17 s,
-    ddpm 90 -> 114 s (150 steps): per-core devices pay off for convolutions, not for chains of
-    small sequential ops. Hence a per-experiment setting.
+    200.9 -> 144.3 s; but lstm_shakespeare 48 -> 61 s, gan (200 steps) 20 -> 30 s, vae (300
+    steps) 13 -> 17 s, ddpm (150 steps) 90 -> 114 s: per-core devices pay off for steps made of
+    large convolutions and matmuls, not for chains of small sequential ops. Hence a
+    per-experiment setting.
     """
     setting = cpu_devices_setting(value)
     if setting == "auto":
