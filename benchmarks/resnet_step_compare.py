@@ -35,6 +35,16 @@ def last_json(cmd: list[str], pin: str | None = None, tuned_allocator: bool = Fa
     return json.loads(out.strip().splitlines()[-1])
 
 
+def by_result_name(run: dict) -> dict:
+    return {r["name"]: r for r in run["results"]}
+
+
+def ratios_over(jax_run: dict, peer_by_name: dict) -> dict:
+    """jaxnets ms / peer ms per result name present in both."""
+    return {r["name"]: r["ms_per_step"] / peer_by_name[r["name"]]["ms_per_step"]
+            for r in jax_run["results"] if r["name"] in peer_by_name}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
@@ -51,12 +61,8 @@ def main(argv=None):
         torch_tuned = last_json([args.peer_python, PEER, "--json"], args.pin, tuned_allocator=True)
         jax_run = last_json([sys.executable, "-m", "benchmarks.resnet_step", "--json", *args.jax_args],
                             args.pin)
-        by_name = {r["name"]: r for r in torch_run["results"]}
-        ratios = {r["name"]: r["ms_per_step"] / by_name[r["name"]]["ms_per_step"]
-                  for r in jax_run["results"] if r["name"] in by_name}
-        tuned_by_name = {r["name"]: r for r in torch_tuned["results"]}
-        ratios_same_alloc = {r["name"]: r["ms_per_step"] / tuned_by_name[r["name"]]["ms_per_step"]
-                             for r in jax_run["results"] if r["name"] in tuned_by_name}
+        by_name, tuned_by_name = by_result_name(torch_run), by_result_name(torch_tuned)
+        ratios, ratios_same_alloc = ratios_over(jax_run, by_name), ratios_over(jax_run, tuned_by_name)
         rounds.append({"load_avg_1min": load, "torch": torch_run, "torch_tuned_allocator": torch_tuned,
                        "jaxnets": jax_run, "ratio": ratios, "ratio_same_allocator": ratios_same_alloc})
         print(f"round {i}: load {load:.1f}; " + ", ".join(
@@ -68,11 +74,9 @@ def main(argv=None):
     names = list(rounds[0]["ratio"])
     summary = [{"name": n,
                 "ms_per_step": statistics.median(
-                    next(r for r in rd["jaxnets"]["results"] if r["name"] == n)["ms_per_step"]
-                    for rd in rounds),
+                    by_result_name(rd["jaxnets"])[n]["ms_per_step"] for rd in rounds),
                 "torch_ms_per_step": statistics.median(
-                    next(r for r in rd["torch"]["results"] if r["name"] == n)["ms_per_step"]
-                    for rd in rounds),
+                    by_result_name(rd["torch"])[n]["ms_per_step"] for rd in rounds),
                 "ratio_jaxnets_over_torch": statistics.median(rd["ratio"][n] for rd in rounds),
                 "ratio_same_allocator": statistics.median(rd["ratio_same_allocator"][n] for rd in rounds)}
                for n in names]

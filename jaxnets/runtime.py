@@ -71,7 +71,7 @@ def one_device_per_core(count: int | None = None) -> int:
     threads vs 507 ms on two single-threaded devices (`python -m benchmarks.resnet_step
     --cpu-devices 2`). Must run before JAX initialises its backends; a no-op (returning
     the current count) if XLA_FLAGS already fixes the device count. `jaxnets train` does
-    it by default on CPU-only machines (`auto_cpu_devices`).
+    it when the experiment's `cpu_devices` (or JAXNETS_CPU_DEVICES) asks (`auto_cpu_devices`).
     """
     from jax._src import xla_bridge
     flags = os.environ.get("XLA_FLAGS", "")
@@ -138,7 +138,8 @@ def auto_cpu_devices(batch_sizes, value: str | None = None, limit: int = 0) -> i
     if setting == "auto":
         if accelerator_expected() or int(os.environ.get("JAXNETS_NUM_PROCESSES", "1")) > 1:
             return 1
-        count = even_split(batch_sizes, min(usable_cores(), limit or usable_cores()))
+        cores = usable_cores()
+        count = even_split(batch_sizes, min(cores, limit or cores))
         return one_device_per_core(count) if count > 1 else 1
     if setting == "1":   # JAX's own single (multi-threaded) CPU device
         return 1
