@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxnets.nn.conv import conv3x3_folded, conv_general_dilated, materialize
+from jaxnets.nn.conv import conv3x3, conv_general_dilated, materialize
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -34,7 +34,7 @@ def test_folded_conv_matches_numpy_float64(c, o, width):
     rng = np.random.default_rng(c * 100 + o)
     x, w = rng.normal(size=(2, 5, width, c)), rng.normal(size=(3, 3, c, o))
     g = rng.normal(size=(2, 5, width, o))
-    y, vjp = jax.vjp(jax.jit(conv3x3_folded), jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+    y, vjp = jax.vjp(jax.jit(conv3x3), jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
     dx, dw = vjp(jnp.asarray(g, jnp.float32))
     ref_dx, ref_dw = np_conv_grads(x, w, g)
     # float32 sums of 9c (forward), 9o (dx) and 2*5*width*... (dw) products of unit normals
@@ -50,34 +50,37 @@ def test_folded_conv_float64_is_exact_to_rounding():
         x, w = jnp.asarray(rng.normal(size=(2, 6, 8, 16))), jnp.asarray(rng.normal(size=(3, 3, 16, 16)))
         g = jnp.asarray(rng.normal(size=(2, 6, 8, 16)))
         direct = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
-        for a, b in zip(jax.vjp(direct, x, w)[1](g), jax.vjp(conv3x3_folded, x, w)[1](g)):
+        for a, b in zip(jax.vjp(direct, x, w)[1](g), jax.vjp(conv3x3, x, w)[1](g)):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(np.asarray(conv3x3_folded(x, w)), np.asarray(direct(x, w)),
+        np.testing.assert_allclose(np.asarray(conv3x3(x, w)), np.asarray(direct(x, w)),
                                    rtol=1e-12, atol=1e-12)
 
 
-def _uses_fold(fn, *args):
+def _takes_own_path(fn, *args):
     return "custom_vjp_call" in str(jax.make_jaxpr(fn)(*args))
 
 
-@pytest.mark.parametrize("shape,kernel,stride,padding,folds", [
-    ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)), True),
-    ((2, 8, 8, 32), (3, 3, 32, 32), (1, 1), ((1, 1), (1, 1)), False),   # wide: lax is fast
-    ((2, 8, 7, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)), False),   # odd width
+@pytest.mark.parametrize("shape,kernel,stride,padding,ours", [
+    ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)), True),    # folded
+    ((2, 8, 8, 32), (3, 3, 32, 32), (1, 1), ((1, 1), (1, 1)), True),    # wide: native dW only
+    ((2, 8, 7, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)), True),    # odd width: not folded
     ((2, 8, 8, 16), (3, 3, 16, 16), (2, 2), ((1, 1), (1, 1)), False),   # strided
     ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1), "SAME", False),
     ((2, 8, 8, 16), (1, 1, 16, 16), (1, 1), ((0, 0), (0, 0)), False),
 ])
-def test_dispatch_folds_only_narrow_3x3_stride1_same(shape, kernel, stride, padding, folds):
+def test_dispatch_takes_only_3x3_stride1_same(shape, kernel, stride, padding, ours):
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     w = jnp.asarray(rng.normal(size=kernel), jnp.float32)
     dn = lax.conv_dimension_numbers(shape, kernel, NHWC)
-    ours = lambda x, w: conv_general_dilated(x, w, stride, padding, dimension_numbers=dn)
+    ours_fn = lambda x, w: conv_general_dilated(x, w, stride, padding, dimension_numbers=dn)
     ref = lambda x, w: lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=dn)
-    assert _uses_fold(ours, x, w) == (folds and jax.default_backend() == "cpu")
-    np.testing.assert_allclose(np.asarray(jax.jit(ours)(x, w)), np.asarray(ref(x, w)),
+    assert _takes_own_path(ours_fn, x, w) == (ours and jax.default_backend() == "cpu")
+    np.testing.assert_allclose(np.asarray(jax.jit(ours_fn)(x, w)), np.asarray(ref(x, w)),
                                rtol=1e-5, atol=1e-4)
+    g = jnp.asarray(rng.normal(size=ref(x, w).shape), jnp.float32)
+    for a, b in zip(jax.vjp(ref, x, w)[1](g), jax.vjp(jax.jit(ours_fn), x, w)[1](g)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-3)
 
 
 def test_nnx_conv_hook_keeps_parameters_and_values():

@@ -1,24 +1,31 @@
-"""Convolution helpers for XLA:CPU: a fusion barrier, and folded narrow 3x3 convolutions.
+"""Convolution helpers for XLA:CPU: a fusion barrier, folded narrow 3x3 convolutions, and a
+native filter gradient.
 
     nnx.Conv(16, 16, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=conv_general_dilated, ...)
 
 `conv_general_dilated` is a drop-in for `jax.lax.conv_general_dilated` (the hook `nnx.Conv`
 exposes). Every case but one goes straight to lax. The exception: on the CPU backend, a 3x3,
-stride-1, "same"-padded NHWC convolution with at most 16 input channels and an even width.
-XLA:CPU hands those to Eigen at ~100 GFLOP/s on one core, while with 32 channels the same
-convolution runs on YNNPACK at ~240 GFLOP/s (batch 64, 32x32, one core of this project's
-AVX-512 EPYC). So we fold pairs of neighbouring columns into channels and convolve the
-folded image instead:
+stride-1, "same"-padded NHWC convolution (`conv3x3`, with its own VJP). Two things change there:
 
-    xp[b, h, j] = (x[b, h, 2j - 1], x[b, h, 2j])       j = 0 .. W/2   (one zero column each side)
-    y[b, h, 2j + q] = sum over rows h-1..h+1 and folded columns j, j+1 of xp . K'
+1. Narrow layers (at most 16 input channels, even width) are folded. XLA:CPU hands them to
+   Eigen at ~100 GFLOP/s on one core, while with 32 channels the same convolution runs on
+   YNNPACK at ~240 GFLOP/s (batch 64, 32x32, one core of this project's AVX-512 EPYC). So pairs
+   of neighbouring columns go into channels and the folded image is convolved instead:
 
-a 3x2 convolution from 2C to 2O channels, whose kernel K' holds the 3x3 taps (and zeros) at
-fixed places: 4/3 of the multiply-adds at 2.4x the speed. The input gradient is the same kind of
-convolution (of the output gradient, with the flipped kernel), so it is folded too; the filter
-gradient stays on lax (YNNPACK), which beats the folded one. Results are the same sums in
-another order (float32 rounding only). ResNet-20 train step, batch 64, one core: 180 -> 162 ms
-(one process, interleaved rounds; see benchmarks/results/resnet_step.md).
+       xp[b, h, j] = (x[b, h, 2j - 1], x[b, h, 2j])       j = 0 .. W/2   (one zero column each side)
+       y[b, h, 2j + q] = sum over rows h-1..h+1 and folded columns j, j+1 of xp . K'
+
+   a 3x2 convolution from 2C to 2O channels, whose kernel K' holds the 3x3 taps (and zeros) at
+   fixed places: 4/3 of the multiply-adds at 2.4x the speed. The input gradient is the same kind
+   of convolution (of the output gradient, with the flipped kernel), so it is folded too.
+   ResNet-20 train step, batch 64, one core: 180 -> 162 ms.
+2. The filter gradient runs in a native kernel (`jaxnets.kernels.conv_filter_grad`, C++ through
+   XLA's FFI) where one is built: XLA:CPU computes it as a convolution whose kernel is the whole
+   gradient image, behind two transposes, at about half the speed. Train step, batch 64, one
+   core: ResNet-20 148 -> 125 ms, ResNet-56 458 -> 367 ms. Without a compiler, lax's form runs.
+
+Results are the same sums in another order (float32 rounding only); see
+benchmarks/results/resnet_step.md for how each figure was measured.
 """
 from __future__ import annotations
 
@@ -28,10 +35,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnets.kernels import conv_filter_grad
+
 FOLD_MAX_CHANNELS = 16
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+@jax.custom_vjp
 def materialize(x):
     """x itself, computed once: a fusion barrier for XLA:CPU on every convolution input.
 
@@ -45,11 +55,22 @@ def materialize(x):
     with the identity is exact (each output is 1 * x_d plus exact zeros) and cheap (~0.3 ms
     for 64x32x32x16). Measured with `python -m benchmarks.resnet_step`: ResNet-20 465 ->
     365 ms per step on one core. Other backends get x untouched.
+
+    The cotangent passes straight through, with no barrier of its own: with the native filter
+    gradient, a barrier there too measured slower (ResNet-20 116.5 vs 120.9 ms, ResNet-56 342
+    vs 360 ms per step; batch 64, one core, one process).
     """
+    return _identity_matmul(x)
+
+
+def _identity_matmul(x):
     if jax.default_backend() != "cpu":
         return x
     eye = jnp.eye(x.shape[-1], dtype=x.dtype)
     return jnp.einsum("...c,cd->...d", x, eye, precision=lax.Precision.HIGHEST)
+
+
+materialize.defvjp(lambda x: (_identity_matmul(x), None), lambda _, g: (g,))
 
 
 def fold_kernel(w):
@@ -88,31 +109,42 @@ def _foldable(channels, width):
     return channels <= FOLD_MAX_CHANNELS and width % 2 == 0
 
 
+def _filter_grad(x, w, g, precision):
+    # The native kernel (jaxnets/kernels/conv3x3_filter_grad.cc) where it applies; its register
+    # tiles need 8 input channels at a time, so the 3-channel stem stays on lax (faster there).
+    if x.shape[-1] % 8 == 0 and conv_filter_grad.supported(x, g):
+        return conv_filter_grad.conv3x3_filter_grad(x, g)
+    return jax.vjp(lambda k: _direct(x, k, precision), w)[1](g)[0]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv3x3_folded(x, w, precision=None):
-    """3x3 stride-1 'same' NHWC convolution computed on column-pair-folded inputs."""
-    return _folded(x, w, precision)
+def conv3x3(x, w, precision=None):
+    """3x3 stride-1 'same' NHWC convolution: folded when narrow, native filter gradient (module)."""
+    return _forward(x, w, precision)
+
+
+def _forward(x, w, precision):
+    return _folded(x, w, precision) if _foldable(x.shape[-1], x.shape[2]) else _direct(x, w, precision)
 
 
 def _fwd(x, w, precision):
-    return _folded(x, w, precision), (x, w)
+    return _forward(x, w, precision), (x, w)
 
 
 def _bwd(precision, res, g):
     x, w = res
-    # g arrives as batch norm's backward chain; computed once here, not inside both the pad
-    # below and the filter gradient's transpose (a fused pad runs 5x slower than a plain one).
+    # g arrives as batch norm's backward chain; computed once here, not inside every consumer
+    # (a fused pad runs 5x slower than a plain one).
     g = materialize(g)
     w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)   # input gradient = convolution with this kernel
     dx = _folded(g, w_t, precision) if _foldable(w.shape[-1], g.shape[2]) else _direct(g, w_t, precision)
-    dw = jax.vjp(lambda k: _direct(x, k, precision), w)[1](g)[0]
-    return dx, dw
+    return dx, _filter_grad(x, w, g, precision).astype(w.dtype)
 
 
-conv3x3_folded.defvjp(_fwd, _bwd)
+conv3x3.defvjp(_fwd, _bwd)
 
 
-def _is_foldable(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+def _is_3x3_same(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                  feature_group_count, kwargs):
     if jax.default_backend() != "cpu" or lhs.ndim != 4 or rhs.shape[:2] != (3, 3):
         return False
@@ -124,18 +156,17 @@ def _is_foldable(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimensi
         return False
     if any(d is not None and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation)):
         return False
-    if dimension_numbers is None or (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-                                     != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
-        return False
-    return _foldable(lhs.shape[-1], lhs.shape[2])
+    return dimension_numbers is not None and (
+        lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """`lax.conv_general_dilated`, with narrow 3x3 stride-1 CPU convolutions folded (see module)."""
-    if _is_foldable(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+    """`lax.conv_general_dilated`, with 3x3 stride-1 'same' CPU convolutions sped up (see module)."""
+    if _is_3x3_same(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                     dimension_numbers, feature_group_count, kwargs):
-        return conv3x3_folded(lhs, rhs, precision)
+        return conv3x3(lhs, rhs, precision)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, precision=precision,
