@@ -122,3 +122,63 @@ def test_build_is_cached(tmp_path):
     stamp = built[0].stat().st_mtime_ns
     again = _run(CHECK, {"JAXNETS_CACHE": str(tmp_path)})
     assert "supported True" in again.stdout and built[0].stat().st_mtime_ns == stamp
+
+
+@cpu_only
+def test_threaded_split_on_several_devices_finishes(tmp_path):
+    """Two CPU devices sharing one thread pool, each splitting its batch over the pool: the
+    pattern that livelocked a plain fork-join (each caller waiting on tasks queued behind the
+    other). Checked against lax in a fresh process, with a time limit."""
+    if native._compiler() is None:
+        pytest.skip("no C++ compiler")
+    code = """
+        import jax, jax.numpy as jnp, numpy as np
+        from jax import lax
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from jaxnets.kernels.conv_filter_grad import conv3x3_filter_grad
+        mesh = jax.make_mesh((2,), ("b",))
+        x = jax.random.normal(jax.random.key(0), (8, 8, 8, 16))
+        g = jax.random.normal(jax.random.key(1), (8, 8, 8, 16))
+        put = lambda a: jax.device_put(a, NamedSharding(mesh, P("b")))
+        f = jax.jit(jax.shard_map(lambda x, g: conv3x3_filter_grad(x, g)[None], mesh=mesh,
+                                  in_specs=P("b"), out_specs=P("b")))
+        conv = lambda w: lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        ref = jax.vjp(conv, jnp.zeros((3, 3, 16, 16)))[1](g)[0]
+        for _ in range(50):
+            out = f(put(x), put(g)).sum(0)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-4, atol=1e-3)
+        print("ok")
+    """
+    out = _run(code, {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+@cpu_only
+def test_sharded_batch_runs_per_shard_and_sums():
+    """Under a batch-sharded jit each device runs the kernel on its own shard (no gather of the
+    batch) and one all-reduce adds the shards' gradients; the result equals lax's."""
+    if native._compiler() is None:
+        pytest.skip("no C++ compiler")
+    code = """
+        import jax, jax.numpy as jnp, numpy as np
+        from jax import lax
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from jaxnets.nn.conv import conv_general_dilated
+        mesh = jax.make_mesh((2,), ("data",))
+        x = jax.random.normal(jax.random.key(0), (8, 8, 8, 32))
+        w = jax.random.normal(jax.random.key(1), (3, 3, 32, 32))
+        loss = lambda conv: lambda w, x: jnp.sum(jnp.tanh(conv(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+        grad = jax.jit(jax.grad(loss(conv_general_dilated)))
+        xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+        hlo = grad.lower(w, xs).compile().as_text()
+        calls = [l for l in hlo.splitlines() if "jaxnets_conv3x3_filter_grad" in l]
+        assert calls and all("f32[4,8,8,32]" in l for l in calls), calls
+        assert "all-gather" not in hlo
+        ref = jax.grad(loss(lax.conv_general_dilated))(w, x)
+        np.testing.assert_allclose(np.asarray(grad(w, xs)), np.asarray(ref), rtol=1e-4, atol=1e-4 * float(jnp.abs(ref).max()))
+        print("ok")
+    """
+    out = _run(code, {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

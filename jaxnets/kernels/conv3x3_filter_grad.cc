@@ -18,6 +18,7 @@
 #include <thread>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -119,8 +120,10 @@ void FilterGrad(BlockFn block, const float* x, const float* g, float* dw, int64_
   }
 }
 
+// threads: the most threads of the intra-op pool to use (0: all of them).
 ffi::Error Conv3x3FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                                 ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dw) {
+                                 ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dw,
+                                 int64_t threads) {
   const auto xd = x.dimensions(), gd = g.dimensions(), wd = dw->dimensions();
   if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4)
     return ffi::Error::InvalidArgument("conv3x3_filter_grad: rank-4 NHWC operands expected");
@@ -132,24 +135,39 @@ ffi::Error Conv3x3FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     return ffi::Error::InvalidArgument("conv3x3_filter_grad: output channels must be a multiple of 16");
   float* out = dw->typed_data();
   const int64_t size = 9 * C * O;
-  std::fill(out, out + size, 0.f);
-  // Batch split over the intra-op threads, one partial gradient each; one thread: inline.
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), B));
+  const int64_t pool_threads = pool.num_threads();
+  const int64_t usable = threads > 0 ? std::min(threads, pool_threads) : pool_threads;
+  const int64_t parts = std::max<int64_t>(1, std::min(usable, B));
   if (parts == 1) {
+    std::fill(out, out + size, 0.f);
     FilterGrad(block, x.typed_data(), g.typed_data(), out, 0, B, H, W, C, O);
     return ffi::Error::Success();
   }
-  std::vector<std::vector<float>> partial(parts - 1, std::vector<float>(size, 0.f));
-  std::atomic<int64_t> left(parts - 1);
-  for (int64_t p = 1; p < parts; ++p)
-    pool.Schedule([&, p] {
-      FilterGrad(block, x.typed_data(), g.typed_data(), partial[p - 1].data(), B * p / parts,
-                 B * (p + 1) / parts, H, W, C, O);
-      left.fetch_sub(1, std::memory_order_release);
-    });
-  FilterGrad(block, x.typed_data(), g.typed_data(), out, 0, B / parts, H, W, C, O);
-  while (left.load(std::memory_order_acquire) > 0) std::this_thread::yield();
-  for (const auto& part : partial)
+  // Batch split over the intra-op threads, one partial gradient per part. Parts are claimed
+  // from a counter by the caller and by pool tasks alike, and the caller waits only for parts
+  // that a running task has claimed: it never waits on a task still queued behind work that
+  // may itself be waiting (several CPU devices share one pool; a plain fork-join livelocked).
+  // A task that starts after the call returned finds nothing left and only drops its reference.
+  struct Shared {
+    std::atomic<int64_t> next{0}, done{0};
+    std::vector<std::vector<float>> partial;
+  };
+  auto shared = std::make_shared<Shared>();
+  shared->partial.assign(parts, std::vector<float>(size, 0.f));
+  const float* xs = x.typed_data();
+  const float* gs = g.typed_data();
+  auto work = [=] {
+    for (int64_t p; (p = shared->next.fetch_add(1)) < parts;) {
+      FilterGrad(block, xs, gs, shared->partial[p].data(), B * p / parts, B * (p + 1) / parts,
+                 H, W, C, O);
+      shared->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t p = 1; p < parts; ++p) pool.Schedule([work] { work(); });
+  work();
+  while (shared->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
+  std::fill(out, out + size, 0.f);
+  for (const auto& part : shared->partial)
     for (int64_t i = 0; i < size; ++i) out[i] += part[i];
   return ffi::Error::Success();
 }
@@ -161,4 +179,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv3x3FilterGrad, Conv3x3FilterGradImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()   // x  [B, H, W, C]
                                   .Arg<ffi::Buffer<ffi::F32>>()   // g  [B, H, W, O]
-                                  .Ret<ffi::Buffer<ffi::F32>>()); // dw [3, 3, C, O]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dw [3, 3, C, O]
+                                  .Attr<int64_t>("threads"));

@@ -7,11 +7,22 @@ dimension_numbers=("NHWC", "HWIO", "NHWC")), w)[1](g)[0]`, as float32 sums in an
 The kernel is `conv3x3_filter_grad.cc` (see there for why and how); `supported` says whether a
 call with these operands takes it: CPU backend, float32, output channels a multiple of 16, and a
 built native library (`jaxnets.kernels.native`). Callers use the lax form otherwise.
+
+Threads: the batch is split over XLA's intra-op thread pool, unless XLA_FLAGS holds
+`--xla_cpu_multi_thread_eigen=false` (as with `jaxnets.runtime.one_device_per_core`, where every
+CPU device is one core and shares the pool with the others): then each call runs on its own
+thread, as XLA's own convolutions do.
 """
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxnets.kernels import native
 
@@ -30,5 +41,44 @@ def conv3x3_filter_grad(x, g):
     if not supported(x, g):
         raise ValueError(f"conv3x3_filter_grad: unsupported operands {x.shape} {x.dtype}, "
                          f"{g.shape} {g.dtype} on {jax.default_backend()} (see `supported`)")
+    return _partitioned(x, g)
+
+
+def _ffi(x, g):
     out = jax.ShapeDtypeStruct((3, 3, x.shape[-1], g.shape[-1]), jnp.float32)
-    return jax.ffi.ffi_call(native.ffi_target(NAME, "Conv3x3FilterGrad"), out)(x, g)
+    return jax.ffi.ffi_call(native.ffi_target(NAME, "Conv3x3FilterGrad"), out)(
+        x, g, threads=np.int64(threads()))
+
+
+# Under a sharded jit, XLA cannot split a custom call: it would gather the whole batch onto
+# every device and repeat the work there. So the call carries its own rule: each device takes
+# the filter gradient of its batch shard, and a psum over the batch's mesh axes adds them up
+# (the same all-reduce XLA places after its own filter-gradient convolution).
+@custom_partitioning
+def _partitioned(x, g):
+    return _ffi(x, g)
+
+
+def _partition(mesh, arg_shapes, result_shape):
+    sharding = arg_shapes[0].sharding
+    if not isinstance(sharding, NamedSharding):                 # one device
+        return mesh, _ffi, sharding, (sharding, sharding)
+    axes = sharding.spec[0] if len(sharding.spec) else None
+    def local(x, g):
+        dw = _ffi(x, g)
+        return dw if axes is None else lax.psum(dw, axes)
+    operands = NamedSharding(mesh, P(axes, None, None, None))   # batch-sharded, rest whole
+    return mesh, local, NamedSharding(mesh, P()), (operands, operands)
+
+
+_partitioned.def_partition(
+    partition=_partition,
+    infer_sharding_from_operands=lambda mesh, arg_shapes, result_shape: (
+        NamedSharding(mesh, P()) if isinstance(arg_shapes[0].sharding, NamedSharding)
+        else arg_shapes[0].sharding),
+    sharding_rule="b h w c, b h w o -> i j c o")
+
+
+def threads() -> int:
+    """1 where XLA:CPU runs single-threaded devices, else 0 (the whole intra-op pool)."""
+    return int("--xla_cpu_multi_thread_eigen=false" in os.environ.get("XLA_FLAGS", ""))
