@@ -14,12 +14,16 @@ the comparison fair. Variants (all forward + backward + SGD-momentum update, bat
   no_bn          no batch norm at all (an upper bound on what any BN fusion could save)
   fast_math      XLA compiler option xla_cpu_enable_fast_math=true
   no_ynn         XLA compiler option: YNNPACK fusions off (convolutions on XLA's own emitters)
+  xla_filter_grad  3x3 filter gradients by XLA instead of the native kernel (jaxnets.kernels)
+  no_fold        16-channel 3x3 convolutions unfolded (jaxnets.nn.conv.FOLD_MAX_CHANNELS = 0)
+  no_barrier     no identity-matmul fusion barriers on convolution inputs (materialize)
 XLA flags that only take effect process-wide (XLA_FLAGS) are timed with
 `python -m benchmarks.resnet_step --xla-flags=...`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -32,7 +36,10 @@ import numpy as np
 import optax
 from flax import nnx
 
+import jaxnets.models.resnet as resnet_module
+import jaxnets.nn.conv as conv_module
 from benchmarks.resnet_step import build_step, make_trainer
+from jaxnets.kernels import conv_filter_grad
 from jaxnets.models import ResNet
 
 VARIANTS = {  # name -> (model keywords, step, donate, compiler options)
@@ -45,7 +52,30 @@ VARIANTS = {  # name -> (model keywords, step, donate, compiler options)
     "no_bn": ({"batch_norm": False}, "split", True, None),
     "fast_math": ({}, "split", True, {"xla_cpu_enable_fast_math": True}),
     "no_ynn": ({}, "split", True, {"xla_cpu_experimental_ynn_fusion_type": ""}),
+    "xla_filter_grad": ({}, "split", True, None),
+    "no_fold": ({}, "split", True, None),
+    "no_barrier": ({}, "split", True, None),
 }
+# Variants that switch off one of jaxnets' own CPU paths while their step is traced and compiled.
+PATCHES = {
+    "xla_filter_grad": (conv_filter_grad, "supported", lambda x, g: False),
+    "no_fold": (conv_module, "FOLD_MAX_CHANNELS", 0),
+    "no_barrier": (resnet_module, "materialize", lambda x: x),
+}
+
+
+@contextlib.contextmanager
+def patched(name):
+    if name not in PATCHES:
+        yield
+        return
+    module, attr, value = PATCHES[name]
+    saved = getattr(module, attr)
+    setattr(module, attr, value)
+    try:
+        yield
+    finally:
+        setattr(module, attr, saved)
 
 
 def make_variant(name, depth, batch, workdir):
@@ -95,9 +125,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as workdir:
         steps = {}
         for name in args.variants:
-            steps[name] = make_variant(name, args.depth, args.batch, workdir)
-            for _ in range(2):                       # compile + warm up
-                steps[name]().block_until_ready()
+            with patched(name):
+                steps[name] = make_variant(name, args.depth, args.batch, workdir)
+                for _ in range(2):                       # compile + warm up
+                    steps[name]().block_until_ready()
         times = {name: [] for name in steps}
         for _ in range(args.rounds):
             for name, step in steps.items():

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxnets.nn.conv import conv_general_dilated
+
 
 class MLP(nnx.Module):
     """Flatten -> [Dense -> ReLU -> Dropout] * len(hidden) -> Dense."""
@@ -43,7 +45,8 @@ class CNN(nnx.Module):
         self.convs = nnx.List()
         c, size = in_channels, input_size
         for f in features:
-            self.convs.append(nnx.Conv(c, f, (3, 3), padding="SAME", dtype=dtype, rngs=rngs))
+            self.convs.append(nnx.Conv(c, f, (3, 3), padding="SAME", dtype=dtype,
+                                       conv_general_dilated=conv_general_dilated, rngs=rngs))
             c, size = f, size // 2
         self.fc = nnx.Linear(c * size * size, hidden, dtype=dtype, rngs=rngs)
         self.head = nnx.Linear(hidden, num_classes, dtype=dtype, rngs=rngs)

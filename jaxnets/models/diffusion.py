@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxnets.nn.conv import conv_general_dilated
+
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PROMPT_WORDS = ("a", "an", "the", "of", "handwritten", "digit", "number", "picture", "image",
                 "drawing", "written", "by", "hand", "scan", "photo")
@@ -99,18 +101,24 @@ class TextEncoder(nnx.Module):
         return self.final_norm(h[:, 0])
 
 
+def conv3x3(cin, cout, **kwargs):
+    """3x3 'SAME' convolution; on CPU through jaxnets.nn.conv (folded narrow layers, native filter
+    gradient), elsewhere plain lax."""
+    return nnx.Conv(cin, cout, (3, 3), conv_general_dilated=conv_general_dilated, **kwargs)
+
+
 class ResBlock(nnx.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int = 8, *, dtype=None,
                  rngs: nnx.Rngs):
         self.norm1 = nnx.GroupNorm(in_ch, num_groups=min(groups, in_ch), dtype=dtype, rngs=rngs)
-        self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), dtype=dtype, rngs=rngs)
+        self.conv1 = conv3x3(in_ch, out_ch, dtype=dtype, rngs=rngs)
         # The time/condition embedding sets a per-channel scale and shift of the second norm
         # (ADM's "scale-shift norm"): a multiplicative path lets the class steer every feature.
         self.emb = nnx.Linear(emb_dim, 2 * out_ch, dtype=dtype, rngs=rngs)
         self.norm2 = nnx.GroupNorm(out_ch, num_groups=min(groups, out_ch), dtype=dtype, rngs=rngs)
         # Zero-initialised last conv: each block starts as the identity (skip) map.
-        self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), kernel_init=nnx.initializers.zeros,
-                              dtype=dtype, rngs=rngs)
+        self.conv2 = conv3x3(out_ch, out_ch, kernel_init=nnx.initializers.zeros, dtype=dtype,
+                             rngs=rngs)
         self.skip = nnx.Conv(in_ch, out_ch, (1, 1), dtype=dtype, rngs=rngs) if in_ch != out_ch else None
 
     def __call__(self, x, emb):
@@ -161,10 +169,10 @@ class UNet(nnx.Module):
             self.word_embed = (nnx.Embed(self.tokenizer.vocab_size, emb_dim, dtype=dtype, rngs=rngs)
                                if text_bag_of_words else None)
         chs = [channels * m for m in channel_mults]
-        self.conv_in = nnx.Conv(c, channels, (3, 3), dtype=dtype, rngs=rngs)
+        self.conv_in = conv3x3(c, channels, dtype=dtype, rngs=rngs)
         ins = [channels, *chs[:-1]]
         self.down = nnx.List([ResBlock(a, b, emb_dim, dtype=dtype, rngs=rngs) for a, b in zip(ins, chs)])
-        self.downsample = nnx.List([nnx.Conv(c_, c_, (3, 3), strides=2, dtype=dtype, rngs=rngs)
+        self.downsample = nnx.List([conv3x3(c_, c_, strides=2, dtype=dtype, rngs=rngs)
                                     for c_ in chs[:-1]])
         self.mid1 = ResBlock(chs[-1], chs[-1], emb_dim, dtype=dtype, rngs=rngs)
         self.mid_attn = SelfAttention2D(chs[-1], dtype=dtype, rngs=rngs) if attention else None
@@ -172,9 +180,9 @@ class UNet(nnx.Module):
         ups_in = [chs[-1], *chs[:0:-1]]            # channels arriving at each level, top-down
         self.up = nnx.List([ResBlock(a + b, b, emb_dim, dtype=dtype, rngs=rngs)
                             for a, b in zip(ups_in, chs[::-1])])
-        self.upsample = nnx.List([nnx.Conv(c_, c_, (3, 3), dtype=dtype, rngs=rngs) for c_ in chs[:0:-1]])
+        self.upsample = nnx.List([conv3x3(c_, c_, dtype=dtype, rngs=rngs) for c_ in chs[:0:-1]])
         self.norm_out = nnx.GroupNorm(channels, num_groups=min(8, channels), dtype=dtype, rngs=rngs)
-        self.conv_out = nnx.Conv(channels, c, (3, 3), kernel_init=nnx.initializers.zeros,
+        self.conv_out = conv3x3(channels, c, kernel_init=nnx.initializers.zeros,
                                  dtype=dtype, rngs=rngs)
 
     def null_condition(self) -> jax.Array:

@@ -150,9 +150,12 @@ def _is_3x3_same(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimensi
         return False
     if any(v is not None for v in kwargs.values()):   # out_sharding, preferred_element_type
         return False
-    if isinstance(padding, str) or [tuple(p) for p in padding] != [(1, 1), (1, 1)]:
-        return False
     if tuple(strides) != (1, 1) or feature_group_count != 1:
+        return False
+    # For a 3x3 kernel at stride 1, "SAME" is one pixel on every side (nnx.Conv's default).
+    if isinstance(padding, str) and padding.upper() != "SAME":
+        return False
+    if not isinstance(padding, str) and [tuple(p) for p in padding] != [(1, 1), (1, 1)]:
         return False
     if any(d is not None and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation)):
         return False
