@@ -86,6 +86,12 @@ def one_device_per_core(count: int | None = None) -> int:
     return count
 
 
+def single_threaded_cpu() -> bool:
+    """Whether XLA:CPU runs each device on one thread (XLA_FLAGS as `one_device_per_core` sets
+    them). Some CPU code paths pay only there: see jaxnets.nn.conv and jaxnets.kernels."""
+    return "--xla_cpu_multi_thread_eigen=false" in os.environ.get("XLA_FLAGS", "")
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its affinity mask, e.g. under taskset or a cgroup)."""
     try:

@@ -29,12 +29,14 @@ def np_conv_grads(x, w, g):
     return dx, dw
 
 
+@pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("c,o,width", [(16, 16, 8), (3, 16, 6), (16, 32, 4), (5, 7, 10)])
-def test_folded_conv_matches_numpy_float64(c, o, width):
+def test_conv3x3_matches_numpy_float64(c, o, width, fold):
     rng = np.random.default_rng(c * 100 + o)
     x, w = rng.normal(size=(2, 5, width, c)), rng.normal(size=(3, 3, c, o))
     g = rng.normal(size=(2, 5, width, o))
-    y, vjp = jax.vjp(jax.jit(conv3x3), jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+    f = jax.jit(lambda x, w: conv3x3(x, w, None, fold))
+    y, vjp = jax.vjp(f, jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
     dx, dw = vjp(jnp.asarray(g, jnp.float32))
     ref_dx, ref_dw = np_conv_grads(x, w, g)
     # float32 sums of 9c (forward), 9o (dx) and 2*5*width*... (dw) products of unit normals
@@ -50,10 +52,22 @@ def test_folded_conv_float64_is_exact_to_rounding():
         x, w = jnp.asarray(rng.normal(size=(2, 6, 8, 16))), jnp.asarray(rng.normal(size=(3, 3, 16, 16)))
         g = jnp.asarray(rng.normal(size=(2, 6, 8, 16)))
         direct = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
-        for a, b in zip(jax.vjp(direct, x, w)[1](g), jax.vjp(conv3x3, x, w)[1](g)):
+        folded = lambda x, w: conv3x3(x, w, None, True)
+        assert " pad[" in str(jax.make_jaxpr(folded)(x, w))        # the folded path ran
+        for a, b in zip(jax.vjp(direct, x, w)[1](g), jax.vjp(folded, x, w)[1](g)):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(np.asarray(conv3x3(x, w)), np.asarray(direct(x, w)),
+        np.testing.assert_allclose(np.asarray(folded(x, w)), np.asarray(direct(x, w)),
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_fold_follows_single_threaded_devices(monkeypatch):
+    """Unforced, the fold is taken on single-threaded XLA:CPU devices only (where it pays)."""
+    from jaxnets.nn import conv
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    assert conv._foldable(16, 8, None) and not conv._foldable(16, 7, None)
+    assert not conv._foldable(32, 8, None) and not conv._foldable(16, 8, False)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert not conv._foldable(16, 8, None) and conv._foldable(16, 8, True)
 
 
 def _takes_own_path(fn, *args):

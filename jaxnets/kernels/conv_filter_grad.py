@@ -15,8 +15,6 @@ thread, as XLA's own convolutions do.
 """
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +23,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxnets.kernels import native
+from jaxnets.runtime import single_threaded_cpu
 
 NAME = "conv3x3_filter_grad"
 
@@ -81,4 +80,4 @@ _partitioned.def_partition(
 
 def threads() -> int:
     """1 where XLA:CPU runs single-threaded devices, else 0 (the whole intra-op pool)."""
-    return int("--xla_cpu_multi_thread_eigen=false" in os.environ.get("XLA_FLAGS", ""))
+    return int(single_threaded_cpu())

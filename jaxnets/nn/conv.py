@@ -7,7 +7,8 @@ native filter gradient.
 exposes). Every case but one goes straight to lax. The exception: on the CPU backend, a 3x3,
 stride-1, "same"-padded NHWC convolution (`conv3x3`, with its own VJP). Two things change there:
 
-1. Narrow layers (at most 16 input channels, even width) are folded. XLA:CPU hands them to
+1. Narrow layers (at most 16 input channels, even width) are folded on single-threaded CPU
+   devices (`jaxnets.runtime.one_device_per_core`; see `_foldable`). XLA:CPU hands them to
    Eigen at ~100 GFLOP/s on one core, while with 32 channels the same convolution runs on
    YNNPACK at ~240 GFLOP/s (batch 64, 32x32, one core of this project's AVX-512 EPYC). So pairs
    of neighbouring columns go into channels and the folded image is convolved instead:
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnets.kernels import conv_filter_grad
+from jaxnets.runtime import single_threaded_cpu
 
 FOLD_MAX_CHANNELS = 16
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -105,8 +107,15 @@ def _direct(x, w, precision):
                                     precision=precision)
 
 
-def _foldable(channels, width):
-    return channels <= FOLD_MAX_CHANNELS and width % 2 == 0
+def _foldable(channels, width, fold):
+    """Fold this input? fold: True/False forces it where the shape allows; None decides: only on
+    single-threaded XLA:CPU devices (`jaxnets.runtime.one_device_per_core`, as resnet_cifar runs).
+    With one multi-threaded device Eigen's threading of the narrow layers wins: ResNet-20 step,
+    batch 128, 226 folded vs 219 ms unfolded (one process, interleaved rounds), against 138 vs
+    159 ms on one single-threaded core at batch 64."""
+    if channels > FOLD_MAX_CHANNELS or width % 2:
+        return False
+    return single_threaded_cpu() if fold is None else fold
 
 
 def _filter_grad(x, w, g, precision):
@@ -117,27 +126,30 @@ def _filter_grad(x, w, g, precision):
     return jax.vjp(lambda k: _direct(x, k, precision), w)[1](g)[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv3x3(x, w, precision=None):
-    """3x3 stride-1 'same' NHWC convolution: folded when narrow, native filter gradient (module)."""
-    return _forward(x, w, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv3x3(x, w, precision=None, fold=None):
+    """3x3 stride-1 'same' NHWC convolution: folded when narrow (`fold`: see _foldable), native
+    filter gradient (see module)."""
+    return _forward(x, w, precision, fold)
 
 
-def _forward(x, w, precision):
-    return _folded(x, w, precision) if _foldable(x.shape[-1], x.shape[2]) else _direct(x, w, precision)
+def _forward(x, w, precision, fold):
+    if _foldable(x.shape[-1], x.shape[2], fold):
+        return _folded(x, w, precision)
+    return _direct(x, w, precision)
 
 
-def _fwd(x, w, precision):
-    return _forward(x, w, precision), (x, w)
+def _fwd(x, w, precision, fold):
+    return _forward(x, w, precision, fold), (x, w)
 
 
-def _bwd(precision, res, g):
+def _bwd(precision, fold, res, g):
     x, w = res
     # g arrives as batch norm's backward chain; computed once here, not inside every consumer
     # (a fused pad runs 5x slower than a plain one).
     g = materialize(g)
     w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)   # input gradient = convolution with this kernel
-    dx = _folded(g, w_t, precision) if _foldable(w.shape[-1], g.shape[2]) else _direct(g, w_t, precision)
+    dx = _forward(g, w_t, precision, fold)
     return dx, _filter_grad(x, w, g, precision).astype(w.dtype)
 
 
@@ -169,7 +181,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """`lax.conv_general_dilated`, with 3x3 stride-1 'same' CPU convolutions sped up (see module)."""
     if _is_3x3_same(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                     dimension_numbers, feature_group_count, kwargs):
-        return conv3x3(lhs, rhs, precision)
+        return conv3x3(lhs, rhs, precision, None)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, precision=precision,
