@@ -124,6 +124,15 @@ def test_build_is_cached(tmp_path):
     assert "supported True" in again.stdout and built[0].stat().st_mtime_ns == stamp
 
 
+# Preamble of the two-device checks (run in a fresh process with two forced CPU devices).
+TWO_DEVICES = """
+        import jax, jax.numpy as jnp, numpy as np
+        from jax import lax
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        mesh = jax.make_mesh((2,), ("data",))
+"""
+
+
 @cpu_only
 def test_threaded_split_on_several_devices_finishes(tmp_path):
     """Two CPU devices sharing one thread pool, each splitting its batch over the pool: the
@@ -131,17 +140,13 @@ def test_threaded_split_on_several_devices_finishes(tmp_path):
     other). Checked against lax in a fresh process, with a time limit."""
     if native._compiler() is None:
         pytest.skip("no C++ compiler")
-    code = """
-        import jax, jax.numpy as jnp, numpy as np
-        from jax import lax
-        from jax.sharding import NamedSharding, PartitionSpec as P
+    code = TWO_DEVICES + """
         from jaxnets.kernels.conv_filter_grad import conv3x3_filter_grad
-        mesh = jax.make_mesh((2,), ("b",))
         x = jax.random.normal(jax.random.key(0), (8, 8, 8, 16))
         g = jax.random.normal(jax.random.key(1), (8, 8, 8, 16))
-        put = lambda a: jax.device_put(a, NamedSharding(mesh, P("b")))
+        put = lambda a: jax.device_put(a, NamedSharding(mesh, P("data")))
         f = jax.jit(jax.shard_map(lambda x, g: conv3x3_filter_grad(x, g)[None], mesh=mesh,
-                                  in_specs=P("b"), out_specs=P("b")))
+                                  in_specs=P("data"), out_specs=P("data")))
         conv = lambda w: lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
         ref = jax.vjp(conv, jnp.zeros((3, 3, 16, 16)))[1](g)[0]
@@ -160,12 +165,8 @@ def test_sharded_batch_runs_per_shard_and_sums():
     batch) and one all-reduce adds the shards' gradients; the result equals lax's."""
     if native._compiler() is None:
         pytest.skip("no C++ compiler")
-    code = """
-        import jax, jax.numpy as jnp, numpy as np
-        from jax import lax
-        from jax.sharding import NamedSharding, PartitionSpec as P
+    code = TWO_DEVICES + """
         from jaxnets.nn.conv import conv_general_dilated
-        mesh = jax.make_mesh((2,), ("data",))
         x = jax.random.normal(jax.random.key(0), (8, 8, 8, 32))
         w = jax.random.normal(jax.random.key(1), (3, 3, 32, 32))
         loss = lambda conv: lambda w, x: jnp.sum(jnp.tanh(conv(x, w, (1, 1), ((1, 1), (1, 1)),

@@ -12,7 +12,7 @@
 // a few rows (so the rows stay in L1); each step broadcasts CB input values against OV vectors
 // of the gradient. The image is copied into a zero-bordered buffer a few rows at a time so that
 // every tap reads in bounds. Written with GCC/Clang vector extensions: one source for AVX-512,
-// AVX2 (two halves per vector) and NEON; built with -march=native by jaxnets.nn.cpu_kernels.
+// AVX2 (two halves per vector) and NEON; built with -march=native by jaxnets/kernels/native.py.
 #include <algorithm>
 #include <atomic>
 #include <thread>
