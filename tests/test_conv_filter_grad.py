@@ -81,6 +81,26 @@ def test_per_example_gradients_under_vmap():
 
 
 @cpu_only
+def test_second_order_gradients_match_lax():
+    """grad of grad (a Hessian-vector product) through the native op equals lax's: the op's own
+    derivatives are taken through XLA's form."""
+    from jax import lax
+    from jaxnets.nn.conv import conv_general_dilated
+    dn = ("NHWC", "HWIO", "NHWC")
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 16))
+    w = 0.1 * jax.random.normal(jax.random.key(1), (3, 3, 16, 16))
+    v = jax.random.normal(jax.random.key(2), w.shape)
+
+    def hvp(conv):
+        c = lambda a, w: conv(a, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+        loss = lambda w: jnp.sum(jnp.tanh(c(jnp.tanh(c(x, w)), w)))
+        return jax.jit(jax.grad(lambda w: jnp.vdot(jax.grad(loss)(w), v)))(w)
+    ref = np.asarray(hvp(lax.conv_general_dilated))
+    np.testing.assert_allclose(np.asarray(hvp(conv_general_dilated)), ref, rtol=1e-4,
+                               atol=1e-5 * np.abs(ref).max())
+
+
+@cpu_only
 def test_unsupported_operands_are_refused():
     x = jnp.zeros((2, 4, 4, 8))
     assert not conv_filter_grad.supported(x, jnp.zeros((2, 4, 4, 8)))         # 8 outputs: no tile

@@ -40,7 +40,7 @@ def conv3x3_filter_grad(x, g):
     if not supported(x, g):
         raise ValueError(f"conv3x3_filter_grad: unsupported operands {x.shape} {x.dtype}, "
                          f"{g.shape} {g.dtype} on {jax.default_backend()} (see `supported`)")
-    return _op(x, g)
+    return _differentiable(x, g)
 
 
 def reference(x, g):
@@ -49,6 +49,19 @@ def reference(x, g):
     conv = lambda w: lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return jax.vjp(conv, w)[1](g)[0]
+
+
+# The op is bilinear; its derivatives (second-order gradients of a network, e.g. Hessian-vector
+# products) are taken through XLA's form, which JAX can differentiate and transpose.
+@jax.custom_jvp
+def _differentiable(x, g):
+    return _op(x, g)
+
+
+@_differentiable.defjvp
+def _differentiable_jvp(primals, tangents):
+    (x, g), (tx, tg) = primals, tangents
+    return _op(x, g), reference(tx, g) + reference(x, tg)
 
 
 # A custom call has no batching rule, so under vmap (per-example gradients, say) the batched
