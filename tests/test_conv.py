@@ -23,10 +23,15 @@ def np_conv_grads(x, w, g):
     gp = np.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0)))
     # y[h, w] gets x[h + i - 1, w + j - 1] w[i, j]  =>  dx[h, w] = sum_ij g[h - i + 1, w - j + 1] w[i, j]^T
     dx = sum(gp[:, 2 - i:2 - i + h, 2 - j:2 - j + wd] @ w[i, j].T for i in range(3) for j in range(3))
-    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    dw = np.stack([np.stack([np.einsum("nhwc,nhwo->co", xp[:, i:i + h, j:j + wd], g)
-                             for j in range(3)]) for i in range(3)])
-    return dx, dw
+    return dx, np_filter_grad(x, g)
+
+
+def np_filter_grad(x, g):
+    """dw[i, j, c, o] = sum_{b,h,w} xpad[b, h + i, w + j, c] g[b, h, w, o], in float64."""
+    h, w = x.shape[1:3]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return np.stack([np.stack([np.einsum("bhwc,bhwo->co", xp[:, i:i + h, j:j + w], g.astype(np.float64))
+                               for j in range(3)]) for i in range(3)])
 
 
 @pytest.mark.parametrize("fold", [True, False])

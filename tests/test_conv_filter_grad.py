@@ -10,16 +10,9 @@ import numpy as np
 import pytest
 
 from jaxnets.kernels import conv_filter_grad, native
+from test_conv import np_filter_grad
 
 cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU kernel")
-
-
-def np_filter_grad(x, g):
-    """dw[i, j, c, o] = sum_{b,h,w} xpad[b, h + i, w + j, c] g[b, h, w, o], in float64."""
-    h, w = x.shape[1:3]
-    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return np.stack([np.stack([np.einsum("bhwc,bhwo->co", xp[:, i:i + h, j:j + w], g.astype(np.float64))
-                               for j in range(3)]) for i in range(3)])
 
 
 @cpu_only

@@ -135,11 +135,11 @@ ffi::Error Conv3x3FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     return ffi::Error::InvalidArgument("conv3x3_filter_grad: output channels must be a multiple of 16");
   float* out = dw->typed_data();
   const int64_t size = 9 * C * O;
+  std::fill(out, out + size, 0.f);
   const int64_t pool_threads = pool.num_threads();
   const int64_t usable = threads > 0 ? std::min(threads, pool_threads) : pool_threads;
   const int64_t parts = std::max<int64_t>(1, std::min(usable, B));
   if (parts == 1) {
-    std::fill(out, out + size, 0.f);
     FilterGrad(block, x.typed_data(), g.typed_data(), out, 0, B, H, W, C, O);
     return ffi::Error::Success();
   }
@@ -166,7 +166,6 @@ ffi::Error Conv3x3FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   for (int64_t p = 1; p < parts; ++p) pool.Schedule([work] { work(); });
   work();
   while (shared->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
-  std::fill(out, out + size, 0.f);
   for (const auto& part : shared->partial)
     for (int64_t i = 0; i < size; ++i) out[i] += part[i];
   return ffi::Error::Success();

@@ -43,10 +43,10 @@ def conv3x3_filter_grad(x, g):
     return _differentiable(x, g)
 
 
-def reference(x, g):
+def reference(x, g, precision=None):
     """The same filter gradient computed by XLA (lax's VJP of the convolution)."""
     w = jnp.zeros((3, 3, x.shape[-1], g.shape[-1]), x.dtype)
-    conv = lambda w: lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+    conv = lambda w: lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), precision=precision,
                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return jax.vjp(conv, w)[1](g)[0]
 
@@ -81,7 +81,7 @@ def _op_vmap(axis_size, in_batched, x, g):
 def _ffi(x, g):
     out = jax.ShapeDtypeStruct((3, 3, x.shape[-1], g.shape[-1]), jnp.float32)
     return jax.ffi.ffi_call(native.ffi_target(NAME, "Conv3x3FilterGrad"), out)(
-        x, g, threads=np.int64(threads()))
+        x, g, threads=np.int64(single_threaded_cpu()))   # 1: inline; 0: the whole pool
 
 
 # Under a sharded jit, XLA cannot split a custom call: it would gather the whole batch onto
@@ -111,8 +111,3 @@ _partitioned.def_partition(
         NamedSharding(mesh, P()) if isinstance(arg_shapes[0].sharding, NamedSharding)
         else arg_shapes[0].sharding),
     sharding_rule="b h w c, b h w o -> i j c o")
-
-
-def threads() -> int:
-    """1 where XLA:CPU runs single-threaded devices, else 0 (the whole intra-op pool)."""
-    return int(single_threaded_cpu())

@@ -120,12 +120,12 @@ def _foldable(channels, width, fold):
     return single_threaded_cpu() if fold is None else fold
 
 
-def _filter_grad(x, w, g, precision):
+def _filter_grad(x, g, precision):
     # The native kernel (jaxnets/kernels/conv3x3_filter_grad.cc) where it applies; its register
     # tiles need 8 input channels at a time, so the 3-channel stem stays on lax (faster there).
     if x.shape[-1] % 8 == 0 and conv_filter_grad.supported(x, g):
         return conv_filter_grad.conv3x3_filter_grad(x, g)
-    return jax.vjp(lambda k: _direct(x, k, precision), w)[1](g)[0]
+    return conv_filter_grad.reference(x, g, precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -152,7 +152,7 @@ def _bwd(precision, fold, res, g):
     g = materialize(g)
     w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)   # input gradient = convolution with this kernel
     dx = _forward(g, w_t, precision, fold)
-    return dx, _filter_grad(x, w, g, precision).astype(w.dtype)
+    return dx, _filter_grad(x, g, precision).astype(w.dtype)
 
 
 conv3x3.defvjp(_fwd, _bwd)
