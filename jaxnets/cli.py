@@ -1,6 +1,8 @@
 """`jaxnets train|list|bench`.
 
     jaxnets train --config experiments/mnist_cnn.py:smoke --workdir runs/x [--config.KEY=VALUE ...]
+    jaxnets train --config experiments/mnist_cnn.py:smoke --print_layout   (where every array lives)
+    jaxnets launch --processes 2 --devices-per-process 2 -- train --config ... --workdir runs/x
     jaxnets list
     jaxnets bench train_step --json          (runs `python -m benchmarks.train_step --json`)
 
@@ -33,6 +35,9 @@ def cmd_train(argv: list[str]) -> int:
     parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
     parser.add_argument("--workdir", required=False, help="checkpoints, logs, final.json (resumes if present)")
     parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--print_layout", action="store_true",
+                        help="print the mesh and the sharding of every parameter and optimizer "
+                             "state array, then exit (nothing is trained or allocated)")
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
@@ -45,6 +50,10 @@ def cmd_train(argv: list[str]) -> int:
     config = apply_overrides(load_config(args.config), overrides)
     if args.print_config:
         print(config)
+        return 0
+    if args.print_layout:
+        from jaxnets.train.trainer import Trainer
+        print(Trainer(config, None, layout_only=True).layout_table())
         return 0
     if not args.workdir:
         raise UserError("--workdir is required: the directory for checkpoints, logs and final.json.")
@@ -96,7 +105,12 @@ def cmd_bench(argv: list[str]) -> int:
                            cwd=os.path.dirname(os.path.abspath(bench_dir)))
 
 
-COMMANDS = {"train": cmd_train, "list": cmd_list, "bench": cmd_bench}
+def cmd_launch(argv: list[str]) -> int:
+    from jaxnets.parallel.launch import launch
+    return launch(argv)
+
+
+COMMANDS = {"train": cmd_train, "launch": cmd_launch, "list": cmd_list, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

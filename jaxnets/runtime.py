@@ -142,7 +142,10 @@ def auto_cpu_devices(batch_sizes, value: str | None = None, limit: int = 0) -> i
     """
     setting = cpu_devices_setting(value)
     if setting == "auto":
-        if accelerator_expected() or int(os.environ.get("JAXNETS_NUM_PROCESSES", "1")) > 1:
+        from jaxnets.parallel.distributed import detected_cluster, multi_process_expected
+        # Per-core devices are a single-host trick: every multi-process job (launcher, explicit
+        # variables or a detected cluster) keeps JAX's own devices.
+        if accelerator_expected() or multi_process_expected() or detected_cluster():
             return 1
         cores = usable_cores()
         count = even_split(batch_sizes, min(cores, limit or cores))

@@ -18,13 +18,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxnets.nn.partitioning import Conv, ConvTranspose, Linear, Param
+
 
 class MLPEncoder(nnx.Module):
     def __init__(self, image_shape: Sequence[int], out_dim: int, hidden: Sequence[int] = (512, 256),
                  *, dtype=None, rngs: nnx.Rngs):
         sizes = [math.prod(image_shape), *hidden]
-        self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
-        self.out = nnx.Linear(sizes[-1], out_dim, dtype=dtype, rngs=rngs)
+        self.hidden = nnx.List([Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        self.out = Linear(sizes[-1], out_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         h = x.reshape(x.shape[0], -1)
@@ -38,8 +40,8 @@ class MLPDecoder(nnx.Module):
                  *, dtype=None, rngs: nnx.Rngs):
         self.image_shape = tuple(image_shape)
         sizes = [latent_dim, *hidden]
-        self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
-        self.out = nnx.Linear(sizes[-1], math.prod(image_shape), dtype=dtype, rngs=rngs)
+        self.hidden = nnx.List([Linear(a, b, dtype=dtype, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        self.out = Linear(sizes[-1], math.prod(image_shape), dtype=dtype, rngs=rngs)
 
     def __call__(self, z):
         h = z
@@ -55,10 +57,10 @@ class ConvEncoder(nnx.Module):
                  *, dtype=None, rngs: nnx.Rngs):
         h, w, c = image_shape
         sizes = [c, *channels]
-        self.convs = nnx.List([nnx.Conv(a, b, (4, 4), strides=2, dtype=dtype, rngs=rngs)
+        self.convs = nnx.List([Conv(a, b, (4, 4), strides=2, dtype=dtype, rngs=rngs)
                                for a, b in zip(sizes, sizes[1:])])
         scale = 2 ** len(channels)
-        self.out = nnx.Linear((h // scale) * (w // scale) * channels[-1], out_dim, dtype=dtype, rngs=rngs)
+        self.out = Linear((h // scale) * (w // scale) * channels[-1], out_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         h = x
@@ -77,11 +79,11 @@ class ConvDecoder(nnx.Module):
         if h % scale or w % scale:
             raise ValueError(f"ConvDecoder needs H and W divisible by {scale}, got {image_shape}")
         self.start = (h // scale, w // scale, channels[0])
-        self.inp = nnx.Linear(latent_dim, math.prod(self.start), dtype=dtype, rngs=rngs)
+        self.inp = Linear(latent_dim, math.prod(self.start), dtype=dtype, rngs=rngs)
         sizes = [*channels, channels[-1]]
-        self.deconvs = nnx.List([nnx.ConvTranspose(a, b, (4, 4), strides=2, dtype=dtype, rngs=rngs)
+        self.deconvs = nnx.List([ConvTranspose(a, b, (4, 4), strides=2, dtype=dtype, rngs=rngs)
                                  for a, b in zip(sizes, sizes[1:])])
-        self.out = nnx.Conv(channels[-1], c, (3, 3), dtype=dtype, rngs=rngs)
+        self.out = Conv(channels[-1], c, (3, 3), dtype=dtype, rngs=rngs)
 
     def __call__(self, z):
         h = jax.nn.relu(self.inp(z)).reshape((z.shape[0], *self.start))
@@ -134,7 +136,7 @@ class VAE(nnx.Module):
         self.encoder, self.decoder = _encoder_decoder(arch, image_shape, 2 * latent_dim, latent_dim,
                                                       hidden, dtype, rngs)
         # One shared observation log-std for the Gaussian decoder, learned with the rest.
-        self.log_scale = nnx.Param(jnp.zeros(())) if likelihood == "gaussian" else None
+        self.log_scale = Param(jnp.zeros(()), ()) if likelihood == "gaussian" else None
 
     def encode(self, x):
         mean, logvar = jnp.split(self.encoder(x).astype(jnp.float32), 2, axis=-1)

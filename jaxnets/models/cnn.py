@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnets.nn.conv import conv_general_dilated
+from jaxnets.nn.partitioning import Conv, Linear
 
 
 class MLP(nnx.Module):
@@ -20,9 +21,9 @@ class MLP(nnx.Module):
         width = in_features if isinstance(in_features, int) else math.prod(in_features)
         self.layers = nnx.List()
         for h in hidden:
-            self.layers.append(nnx.Linear(width, h, dtype=dtype, rngs=rngs))
+            self.layers.append(Linear(width, h, axes=("embed", "mlp"), dtype=dtype, rngs=rngs))
             width = h
-        self.head = nnx.Linear(width, num_classes, dtype=dtype, rngs=rngs)
+        self.head = Linear(width, num_classes, axes=("mlp", None), dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x, *, train: bool = False, rngs: nnx.Rngs | None = None):
@@ -45,11 +46,11 @@ class CNN(nnx.Module):
         self.convs = nnx.List()
         c, size = in_channels, input_size
         for f in features:
-            self.convs.append(nnx.Conv(c, f, (3, 3), padding="SAME", dtype=dtype,
-                                       conv_general_dilated=conv_general_dilated, rngs=rngs))
+            self.convs.append(Conv(c, f, (3, 3), padding="SAME", dtype=dtype,
+                                   conv_general_dilated=conv_general_dilated, rngs=rngs))
             c, size = f, size // 2
-        self.fc = nnx.Linear(c * size * size, hidden, dtype=dtype, rngs=rngs)
-        self.head = nnx.Linear(hidden, num_classes, dtype=dtype, rngs=rngs)
+        self.fc = Linear(c * size * size, hidden, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.head = Linear(hidden, num_classes, axes=("mlp", None), dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def features(self, x):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnets.models.resnet import conv, norm
+from jaxnets.nn.partitioning import Linear
 
 
 class DenseLayer(nnx.Module):
@@ -60,7 +61,7 @@ class DenseNet(nnx.Module):
                 channels = reduced
         self.layers = nnx.List(layers)
         self.final_norm = norm(channels, enabled=True, dtype=dtype, rngs=rngs)
-        self.head = nnx.Linear(channels, num_classes, dtype=dtype, rngs=rngs)
+        self.head = Linear(channels, num_classes, axes=("embed", None), dtype=dtype, rngs=rngs)
 
     def __call__(self, x, *, train: bool = False, rngs: nnx.Rngs | None = None):
         del rngs  # no dropout (the paper uses none with data augmentation)

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxnets.nn.partitioning import BatchNorm, Conv, ConvTranspose, Linear
+
 
 class DCGANGenerator(nnx.Module):
     def __init__(self, latent_dim: int = 64, image_shape: Sequence[int] = (28, 28, 1),
@@ -25,12 +27,12 @@ class DCGANGenerator(nnx.Module):
             raise ValueError(f"DCGANGenerator needs H and W divisible by 4, got {image_shape}")
         self.latent_dim = latent_dim
         self.start = (h // 4, w // 4, 2 * channels)
-        self.inp = nnx.Linear(latent_dim, math.prod(self.start), use_bias=False, dtype=dtype, rngs=rngs)
-        self.bn0 = nnx.BatchNorm(math.prod(self.start), momentum=0.9, dtype=dtype, rngs=rngs)
-        self.up1 = nnx.ConvTranspose(2 * channels, channels, (4, 4), strides=2, use_bias=False,
+        self.inp = Linear(latent_dim, math.prod(self.start), use_bias=False, dtype=dtype, rngs=rngs)
+        self.bn0 = BatchNorm(math.prod(self.start), momentum=0.9, dtype=dtype, rngs=rngs)
+        self.up1 = ConvTranspose(2 * channels, channels, (4, 4), strides=2, use_bias=False,
                                      dtype=dtype, rngs=rngs)
-        self.bn1 = nnx.BatchNorm(channels, momentum=0.9, dtype=dtype, rngs=rngs)
-        self.up2 = nnx.ConvTranspose(channels, c, (4, 4), strides=2, dtype=dtype, rngs=rngs)
+        self.bn1 = BatchNorm(channels, momentum=0.9, dtype=dtype, rngs=rngs)
+        self.up2 = ConvTranspose(channels, c, (4, 4), strides=2, dtype=dtype, rngs=rngs)
 
     def __call__(self, z, *, train: bool = False, rngs: nnx.Rngs | None = None):
         h = jax.nn.relu(self.bn0(self.inp(z), use_running_average=not train))
@@ -43,10 +45,10 @@ class DCGANDiscriminator(nnx.Module):
     def __init__(self, image_shape: Sequence[int] = (28, 28, 1), channels: int = 64,
                  dropout: float = 0.3, *, dtype=None, rngs: nnx.Rngs):
         h, w, c = image_shape
-        self.conv1 = nnx.Conv(c, channels, (4, 4), strides=2, dtype=dtype, rngs=rngs)
-        self.conv2 = nnx.Conv(channels, 2 * channels, (4, 4), strides=2, dtype=dtype, rngs=rngs)
+        self.conv1 = Conv(c, channels, (4, 4), strides=2, dtype=dtype, rngs=rngs)
+        self.conv2 = Conv(channels, 2 * channels, (4, 4), strides=2, dtype=dtype, rngs=rngs)
         self.drop = nnx.Dropout(dropout)
-        self.out = nnx.Linear((h // 4) * (w // 4) * 2 * channels, 1, dtype=dtype, rngs=rngs)
+        self.out = Linear((h // 4) * (w // 4) * 2 * channels, 1, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, *, train: bool = False, rngs: nnx.Rngs | None = None):
         """Returns the logit of 'x is real', shape (B,)."""

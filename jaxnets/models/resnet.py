@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from jaxnets.nn.conv import conv_general_dilated, materialize
+from jaxnets.nn.partitioning import BatchNorm, Conv, Linear
 
 # He et al. 2015 initialisation (fan_out, as torchvision), used by both papers.
 he_normal = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -48,16 +49,16 @@ def conv(cin, cout, kernel, stride, *, bias, dtype, rngs):
     # Explicit symmetric padding k//2 (as the papers / PyTorch); 'SAME' pads stride-2 convs
     # asymmetrically, which changes which pixels a downsampling layer sees.
     pad = kernel // 2
-    return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-                    use_bias=bias, dtype=dtype, kernel_init=he_normal,
-                    conv_general_dilated=conv_general_dilated, rngs=rngs)
+    return Conv(cin, cout, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
+                use_bias=bias, dtype=dtype, kernel_init=he_normal,
+                conv_general_dilated=conv_general_dilated, rngs=rngs)
 
 
 def norm(features, *, enabled, dtype, rngs):
     # momentum 0.9 = PyTorch's 0.1: running statistics that follow short training runs.
     if not enabled:
         return None
-    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    return BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
 
 def apply_norm(layer, y, train):
@@ -173,7 +174,7 @@ class ResNet(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.final_norm = nnx.data(norm(cin, enabled=batch_norm, dtype=dtype, rngs=rngs) if preact
                                    else None)
-        self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs)
+        self.head = Linear(cin, num_classes, axes=("embed", None), dtype=dtype, rngs=rngs)
 
     @property
     def num_blocks(self) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxnets.nn.partitioning import Embed, Linear, lookup
 from jaxnets.nn.recurrent import StackedRNN
 
 
@@ -26,7 +27,7 @@ class _Encoder(nnx.Module):
                  pad_id=0, cell_options=None):
         self.pad_id, self.dtype = pad_id, dtype
         if vocab_size is not None:
-            self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)
+            self.embed = Embed(vocab_size, embed_dim, rngs=rngs)
             d = embed_dim
         else:
             self.embed = None
@@ -42,7 +43,7 @@ class _Encoder(nnx.Module):
         if self.embed is not None:
             if self.pad_id is not None:
                 lengths = jnp.sum(x != self.pad_id, axis=1)
-            x = self.embed(x)
+            x = lookup(self.embed, x)
         elif x.ndim == 4:                    # images: rows are time steps
             x = x.reshape(x.shape[0], x.shape[1], -1)
         if self.dtype is not None:
@@ -62,7 +63,7 @@ class RNNLanguageModel(nnx.Module):
         self.encoder = _Encoder(cell=cell, hidden=hidden, num_layers=num_layers, bidirectional=False,
                                 dropout=dropout, rngs=rngs, vocab_size=vocab_size, embed_dim=embed_dim,
                                 dtype=dtype, unroll=unroll, pad_id=None, cell_options=cell_options)
-        self.head = nnx.Linear(hidden, vocab_size, rngs=rngs, dtype=dtype)
+        self.head = Linear(hidden, vocab_size, axes=("embed", "vocab"), rngs=rngs, dtype=dtype)
 
     def __call__(self, tokens, *, train=False, rngs=None):
         y, _, _ = self.encoder(tokens, train=train, rngs=rngs)
@@ -86,7 +87,8 @@ class RNNClassifier(nnx.Module):
                                 bidirectional=bidirectional, dropout=dropout, rngs=rngs,
                                 vocab_size=vocab_size, embed_dim=embed_dim, in_features=in_features,
                                 dtype=dtype, unroll=unroll, cell_options=cell_options)
-        self.head = nnx.Linear(self.encoder.out_features, num_classes, rngs=rngs, dtype=dtype)
+        self.head = Linear(self.encoder.out_features, num_classes, axes=("embed", None), rngs=rngs,
+                           dtype=dtype)
 
     def __call__(self, x, *, train=False, rngs=None):
         y, states, lengths = self.encoder(x, train=train, rngs=rngs)
@@ -113,7 +115,8 @@ class RNNTagger(nnx.Module):
                                 bidirectional=bidirectional, dropout=dropout, rngs=rngs,
                                 vocab_size=vocab_size, embed_dim=embed_dim, dtype=dtype,
                                 unroll=unroll, cell_options=cell_options)
-        self.head = nnx.Linear(self.encoder.out_features, num_classes, rngs=rngs, dtype=dtype)
+        self.head = Linear(self.encoder.out_features, num_classes, axes=("embed", None), rngs=rngs,
+                           dtype=dtype)
 
     def __call__(self, tokens, *, train=False, rngs=None):
         y, _, _ = self.encoder(tokens, train=train, rngs=rngs)

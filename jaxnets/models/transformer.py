@@ -26,6 +26,7 @@ from flax import nnx
 
 from jaxnets.nn.attention import MultiHeadAttention
 from jaxnets.nn.embedding import TokenEmbedding
+from jaxnets.nn.partitioning import LayerNorm, Linear, constrain
 
 
 class TransformerLayer(nnx.Module):
@@ -34,13 +35,13 @@ class TransformerLayer(nnx.Module):
                  attention_impl="auto", dtype=None, rngs: nnx.Rngs):
         mha = lambda: MultiHeadAttention(d_model, num_heads, num_kv_heads=num_kv_heads,
                                          implementation=attention_impl, dtype=dtype, rngs=rngs)
-        norm = lambda: nnx.LayerNorm(d_model, dtype=dtype, rngs=rngs)
+        norm = lambda: LayerNorm(d_model, dtype=dtype, rngs=rngs)
         self.pre_ln, self.activation = pre_ln, getattr(jax.nn, activation)
         self.self_attention, self.self_norm = mha(), norm()
         self.cross_attention = mha() if cross_attention else None
         self.cross_norm = norm() if cross_attention else None
-        self.ff_in = nnx.Linear(d_model, d_ff, dtype=dtype, rngs=rngs)
-        self.ff_out = nnx.Linear(d_ff, d_model, dtype=dtype, rngs=rngs)
+        self.ff_in = Linear(d_model, d_ff, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.ff_out = Linear(d_ff, d_model, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
         self.ff_norm = norm()
         self.dropout = nnx.Dropout(dropout)
 
@@ -48,7 +49,8 @@ class TransformerLayer(nnx.Module):
         """x + Dropout(block(LN(x))) (pre-LN) or LN(x + Dropout(block(x))) (post-LN)."""
         y = block(norm(x) if self.pre_ln else x)
         y = self.dropout(y, deterministic=not train, rngs=key)
-        return x + y if self.pre_ln else norm(x + y)
+        out = x + y if self.pre_ln else norm(x + y)
+        return constrain(out, ("batch", None, "embed_act"))   # the residual stream: batch split
 
     def __call__(self, x, *, causal=False, segment_ids=None, memory=None,
                  memory_segment_ids=None, cache=None, cache_index=None, train=False,
@@ -73,7 +75,7 @@ class TransformerLayer(nnx.Module):
                 segments = (jnp.zeros(x.shape[:2], jnp.int32), memory_segment_ids)
             cross = lambda h: self.cross_attention(h, memory, kv=kv, segment_ids=segments)
             x = self._residual(x, self.cross_norm, cross, train, keys[1])
-        ff = lambda h: self.ff_out(self.activation(self.ff_in(h)))
+        ff = lambda h: self.ff_out(constrain(self.activation(self.ff_in(h)), ("batch", None, "mlp")))
         return self._residual(x, self.ff_norm, ff, train, keys[2]), new_cache
 
 
@@ -83,7 +85,7 @@ def make_layers(n, scan, make_layer, rngs):
         return nnx.List([make_layer(rngs) for _ in range(n)])
 
     @nnx.split_rngs(splits=n)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
     def create(rngs):
         return make_layer(rngs)
 
@@ -138,7 +140,7 @@ class _Stack(nnx.Module):
             pre_ln=pre_ln, num_kv_heads=num_kv_heads, activation=activation,
             attention_impl=attention_impl, dtype=dtype, rngs=r)
         self.layers = make_layers(num_layers, scan_layers, make, rngs)
-        self.final_norm = nnx.LayerNorm(d_model, dtype=dtype, rngs=rngs) if pre_ln else None
+        self.final_norm = LayerNorm(d_model, dtype=dtype, rngs=rngs) if pre_ln else None
         self.num_layers, self.scan_layers, self.remat = num_layers, scan_layers, remat
 
     def __call__(self, tokens, *, positions=None, train=False, rngs=None, cache=None, **kwargs):
@@ -171,8 +173,8 @@ class Transformer(nnx.Module):
                               **common)
         self.decoder = _Stack(tgt_vocab_size, num_layers=num_decoder_layers or num_layers,
                               cross_attention=True, **common)
-        self.output = None if tie_output else nnx.Linear(d_model, tgt_vocab_size, dtype=dtype,
-                                                         rngs=rngs)
+        self.output = None if tie_output else Linear(d_model, tgt_vocab_size, axes=("embed", "vocab"),
+                                                     dtype=dtype, rngs=rngs)
         self.pad_id, self.max_decode_len = pad_id, max_decode_len
 
     def _logits(self, h):
@@ -225,8 +227,8 @@ class TransformerLM(nnx.Module):
             cross_attention=False, dropout=dropout, pre_ln=pre_ln, num_kv_heads=num_kv_heads,
             positions=positions, max_len=max_len, activation=activation, scan_layers=scan_layers,
             remat=remat, attention_impl=attention_impl, dtype=dtype, rngs=rngs))
-        self.output = None if tie_output else nnx.Linear(d_model, vocab_size, dtype=dtype,
-                                                         rngs=rngs)
+        self.output = None if tie_output else Linear(d_model, vocab_size, axes=("embed", "vocab"),
+                                                     dtype=dtype, rngs=rngs)
 
     def _logits(self, h):
         logits = self.decoder.embed.attend(h) if self.output is None else self.output(h)

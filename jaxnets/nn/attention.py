@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxnets.nn.partitioning import Linear, constrain
+
 IMPLEMENTATIONS = ("xla", "blockwise", "pallas", "cudnn", "auto")
 
 # CPU: below this many logits per call the plain formula is faster than the scan over key
@@ -267,15 +269,18 @@ class MultiHeadAttention(nnx.Module):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
         self.head_dim = head_dim or d_model // num_heads
         self.implementation = implementation
-        dense = lambda i, o: nnx.Linear(i, o, use_bias=use_bias, dtype=dtype, rngs=rngs)
+        # Logical axes: projections split by head over "tensor" (Megatron: no communication
+        # inside attention), model width over "fsdp".
+        dense = lambda i, o, axes: Linear(i, o, axes=axes, use_bias=use_bias, dtype=dtype, rngs=rngs)
         kv_in = context_features or d_model
-        self.query = dense(d_model, num_heads * self.head_dim)
-        self.key = dense(kv_in, self.num_kv_heads * self.head_dim)
-        self.value = dense(kv_in, self.num_kv_heads * self.head_dim)
-        self.out = dense(num_heads * self.head_dim, d_model)
+        self.query = dense(d_model, num_heads * self.head_dim, ("embed", "heads"))
+        self.key = dense(kv_in, self.num_kv_heads * self.head_dim, ("embed", "kv_heads"))
+        self.value = dense(kv_in, self.num_kv_heads * self.head_dim, ("embed", "kv_heads"))
+        self.out = dense(num_heads * self.head_dim, d_model, ("heads", "embed"))
 
     def project_kv(self, context):
-        split = lambda y: y.reshape(y.shape[:2] + (self.num_kv_heads, self.head_dim))
+        split = lambda y: constrain(y.reshape(y.shape[:2] + (self.num_kv_heads, self.head_dim)),
+                                    ("batch", None, "kv_heads", None))
         return split(self.key(context)), split(self.value(context))
 
     def init_cache(self, batch: int, max_len: int, dtype=jnp.float32):
@@ -285,7 +290,8 @@ class MultiHeadAttention(nnx.Module):
     def __call__(self, x, context=None, *, causal=False, mask=None, segment_ids=None,
                  kv_lengths=None, kv=None, cache=None, cache_index=None):
         b, t, _ = x.shape
-        q = self.query(x).reshape(b, t, self.num_heads, self.head_dim)
+        q = constrain(self.query(x).reshape(b, t, self.num_heads, self.head_dim),
+                      ("batch", None, "heads", None))
         if kv is None:
             kv = self.project_kv(x if context is None else context)
         k, v = kv

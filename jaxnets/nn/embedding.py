@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxnets.nn.partitioning import Embed, Param, lookup
+
 
 def sinusoidal_positions(positions, d_model: int, *, base: float = 10000.0, dtype=jnp.float32):
     """PE for integer `positions` (any shape, or an int length meaning arange(length)).
@@ -43,18 +45,18 @@ class TokenEmbedding(nnx.Module):
         self.d_model, self.positions, self.max_len = d_model, positions, max_len
         self.scale = d_model ** 0.5 if scale else 1.0
         self.dtype = dtype
-        self.table = nnx.Embed(vocab_size, d_model, embedding_init=nnx.initializers.normal(
+        self.table = Embed(vocab_size, d_model, embedding_init=nnx.initializers.normal(
             d_model ** -0.5), dtype=dtype, rngs=rngs)
         if positions == "learned":  # same scale as the (scaled) token vectors, so neither
             # swamps the other at initialisation and attention can use positions early
-            self.position_table = nnx.Param(nnx.initializers.normal(d_model ** -0.5 * self.scale)(
-                rngs.params(), (max_len, d_model)))
+            self.position_table = Param(nnx.initializers.normal(d_model ** -0.5 * self.scale)(
+                rngs.params(), (max_len, d_model)), (None, "embed"))
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, tokens, *, positions=None, train: bool = False, rngs=None):
         """`positions` [B, T] or [T] (default arange(T)): offsets for cached decoding, or
         per-segment restarts for packed sequences."""
-        x = self.table(tokens) * self.scale
+        x = lookup(self.table, tokens) * self.scale
         if positions is None:
             positions = jnp.arange(tokens.shape[-1])
         if self.positions == "sinusoidal":

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxnets.nn.partitioning import Param, constrain
 from jaxnets.nn.recurrent_scan import DEFAULT_UNROLL, additive, project, recurrent_scan
 
 Carry = tuple
@@ -89,18 +90,26 @@ class RecurrentCell(nnx.Module):
         self.in_features, self.hidden_features = in_features, hidden_features
         self.dtype, self.param_dtype = dtype, param_dtype
         gh = self.num_gates * hidden_features
-        self.input_kernel = nnx.Param(kernel_init(rngs.params(), (in_features, gh), param_dtype))
-        self.recurrent_kernel = nnx.Param(
-            recurrent_gain * recurrent_kernel_init(rngs.params(), (hidden_features, gh), param_dtype))
-        self.bias = nnx.Param(bias_init(rngs.params(), (gh,), param_dtype))
+        # FSDP splits the input and hidden widths; the fused gate axis stays whole, since
+        # splitting it over devices would separate a unit's i/f/g/o gates.
+        self.input_kernel = Param(kernel_init(rngs.params(), (in_features, gh), param_dtype),
+                                  ("embed", None))
+        self.recurrent_kernel = Param(
+            recurrent_gain * recurrent_kernel_init(rngs.params(), (hidden_features, gh), param_dtype),
+            ("embed", None))
+        self.bias = Param(bias_init(rngs.params(), (gh,), param_dtype), (None,))
 
     def _cast(self, a):
         return a if self.dtype is None else a.astype(self.dtype)
 
     def scan_params(self):
-        """(W_x, b, W_h, extras) in the compute dtype, as `recurrent_scan` wants them."""
-        return (self._cast(self.input_kernel[...]), self._cast(self.bias[...]),
-                self._cast(self.recurrent_kernel[...]), ())
+        """(W_x, b, W_h, extras) in the compute dtype, as `recurrent_scan` wants them.
+
+        Gathered whole here (under FSDP), once per call: the scan reads W_h at every time
+        step, and a split W_h would be all-gathered inside the loop."""
+        whole = lambda a: constrain(self._cast(a), (None,) * a.ndim)
+        return (whole(self.input_kernel[...]), whole(self.bias[...]),
+                whole(self.recurrent_kernel[...]), ())
 
     @property
     def pointwise(self) -> Callable:
@@ -161,7 +170,7 @@ class GRUCell(RecurrentCell):
         self.reset_after = reset_after
         super().__init__(in_features, hidden_features, **kw)
         if reset_after:
-            self.recurrent_bias = nnx.Param(jnp.zeros((hidden_features,), self.param_dtype))
+            self.recurrent_bias = Param(jnp.zeros((hidden_features,), self.param_dtype), (None,))
 
     def scan_params(self):
         w_x, b, w_h, _ = super().scan_params()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxnets.nn.partitioning import DEFAULT_RULES
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -47,11 +49,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.report = True                          # call task.report() at the end
     c.train.progress = True                        # progress bar when stderr is a terminal
 
-    c.mesh = ml_collections.ConfigDict({"data": -1})   # axis name -> size, -1 fills the rest
-    c.mesh_devices = 0                             # use the first N devices; 0 = all
+    # Axis name -> size, -1 fills the rest. data: batch split, parameters replicated; fsdp: batch
+    # split and every large parameter (and its optimizer state) sharded along one dimension;
+    # tensor: attention heads, MLP hidden units and the vocabulary split (Megatron style).
+    # e.g. --config.mesh.fsdp=4 --config.mesh.tensor=2 (data = -1 takes the remaining devices).
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh_devices = 0                             # use the first N devices; 0 = all (1: one device)
     # CPU only: "1" = JAX's one multi-threaded device; "auto" = one single-threaded device per
     # core (as many as divide the batch sizes), "cores" or "N". Faster for convnets, slower for
     # recurrent and small models (jaxnets.runtime.auto_cpu_devices). JAXNETS_CPU_DEVICES overrides.
     c.cpu_devices = "1"
-    c.sharding_rules = ()                          # ((logical_axis, mesh_axis), ...)
+    # Logical axis name (on parameters and activations, jaxnets.nn.partitioning) -> mesh axis.
+    c.sharding_rules = DEFAULT_RULES
     return c

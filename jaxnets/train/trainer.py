@@ -20,6 +20,7 @@ from flax import nnx
 from jaxnets.data import load_dataset
 from jaxnets.data.pipeline import TrainIterator, eval_batches, prefetch
 from jaxnets.errors import UserError
+from jaxnets.nn.partitioning import axis_rules
 from jaxnets.parallel import mesh as meshlib
 from jaxnets.runtime import tune_host_allocator
 from jaxnets.tasks import TASKS
@@ -43,13 +44,17 @@ def check_workdir(workdir: str) -> None:
 class Trainer:
     """Builds everything from a config; `run()` trains, evaluates, checkpoints and reports."""
 
-    def __init__(self, config, workdir: str):
+    def __init__(self, config, workdir: str | None, *, layout_only: bool = False):
+        """`layout_only`: stop after the abstract state and its shardings (for `--print_layout`):
+        nothing is allocated, no workdir is needed."""
         self.config, self.workdir = config, workdir
-        check_workdir(workdir)
+        if not layout_only:
+            check_workdir(workdir)
         tune_host_allocator()   # reuse freed pages instead of faulting in each step's buffers
-        meshlib.maybe_initialize_distributed()
+        self.joined = meshlib.maybe_initialize_distributed()
         self.is_main = jax.process_index() == 0
         self.mesh = meshlib.make_mesh(dict(config.mesh), config.mesh_devices)
+        self.rules = tuple(config.sharding_rules)
         dp = meshlib.data_parallel_size(self.mesh)
         for key in ("batch_size", "eval_batch_size"):
             if config.data[key] % dp:
@@ -58,6 +63,10 @@ class Trainer:
                     f"devices of mesh {dict(self.mesh.shape)}: every device must get an equal "
                     f"share. Use a multiple of {dp} (e.g. --config.data.{key}="
                     f"{max(dp, config.data[key] // dp * dp)}) or fewer devices (--config.mesh_devices=N).")
+        if self.is_main and not layout_only:
+            print(f"jaxnets: {jax.process_count()} process(es) ({self.joined}), {jax.device_count()} "
+                  f"{jax.default_backend()} devices ({jax.local_device_count()} local), mesh "
+                  f"{dict(self.mesh.shape)}", flush=True)
 
         self.dataset = load_dataset(config.data.name, **config.data.options)
         for split in (config.data.train_split, config.data.eval_split):
@@ -66,21 +75,30 @@ class Trainer:
                                 f"{sorted(self.dataset.splits)}.")
         self.task = TASKS.get(config.task)(config, self.dataset)
         self.optimizers = OptimizerFactory(config)
-        self._build_state()
-        self._compile_steps()
+        self._build_state(allocate=not layout_only)
+        if not layout_only:
+            self._compile_steps()
 
     # ---------------------------------------------------------------- state and shardings
-    def _build_state(self) -> None:
+    def _build_state(self, allocate: bool = True) -> None:
         build = lambda: self.task.build(nnx.Rngs(self.config.seed), self.optimizers)
-        with jax.set_mesh(self.mesh):
+        # Logical names are resolved by our rules (with divisibility fallbacks, in
+        # meshlib.state_layout), never by flax's eager sharding.
+        with nnx.use_eager_sharding(False):
             abstract = nnx.eval_shape(build)
         self.graphdef, abstract_state = nnx.split(abstract)
-        self.state_sharding = meshlib.state_shardings(self.mesh, abstract_state, self.config.sharding_rules)
-        with jax.set_mesh(self.mesh):
-            # Initialise directly into the target shardings: no host copy of the parameters.
-            self.state = jax.jit(lambda: nnx.split(build())[1], out_shardings=self.state_sharding)()
+        self.layout = meshlib.state_layout(self.mesh, abstract_state, self.rules)
+        self.state_sharding = meshlib.state_shardings(self.mesh, abstract_state, self.rules)
         self.batch_sharding = meshlib.batch_sharding(self.mesh)
         self.replicated = meshlib.replicated(self.mesh)
+        if not allocate:
+            return
+        with nnx.use_eager_sharding(False):
+            # Initialise directly into the target shardings: no host copy of the parameters.
+            self.state = jax.jit(lambda: nnx.split(build())[1], out_shardings=self.state_sharding)()
+
+    def layout_table(self) -> str:
+        return meshlib.format_layout(self.mesh, self.layout)
 
     def module(self) -> nnx.Module:
         """The current state as an NNX object (for reports, research code and tests)."""
@@ -88,15 +106,18 @@ class Trainer:
 
     def _compile_steps(self) -> None:
         graphdef, task, seed = self.graphdef, self.task, self.config.seed
+        mesh, rules = self.mesh, self.rules
 
         def train_step(state, batch, step):
-            module = nnx.merge(graphdef, state)
-            rng = jax.random.fold_in(jax.random.key(seed), step)
-            metrics = task.train_step(module, batch, rng)
-            return nnx.split(module)[1], metrics
+            with axis_rules(mesh, rules):   # activation constraints, kernels under shard_map
+                module = nnx.merge(graphdef, state)
+                rng = jax.random.fold_in(jax.random.key(seed), step)
+                metrics = task.train_step(module, batch, rng)
+                return nnx.split(module)[1], metrics
 
         def eval_step(state, batch):
-            return task.eval_step(nnx.merge(graphdef, state), batch)
+            with axis_rules(mesh, rules):
+                return task.eval_step(nnx.merge(graphdef, state), batch)
 
         self.jit_train_step = jax.jit(
             train_step, in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
@@ -160,8 +181,8 @@ class Trainer:
                              process_index=jax.process_index(), process_count=jax.process_count(),
                              start_step=start)
         batches = prefetch(data, c.data.prefetch)
-        stop = {"signal": None}
-        previous = signal.signal(signal.SIGTERM, lambda sig, frame: stop.update(signal=sig))
+        preempted = PreemptionWatch()
+        delay = float(os.environ.get("JAXNETS_FAULT_STEP_DELAY_S", "0"))   # fault tests: a slow host
         progress = Progress(total, start, enabled=c.train.progress and self.is_main)
         per_batch = self.task.throughput(self.module())
         peak = peak_flops_per_device()
@@ -170,13 +191,16 @@ class Trainer:
         logged: dict[str, float] = {}   # last train log; eval may come before the first one
         try:
             while step < total:
-                if stop["signal"] is not None:
+                if preempted(step):
                     if checkpointer.latest_step() != step:
                         checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=True)
                     checkpointer.wait()
-                    print(f"SIGTERM: saved checkpoint at step {step} in {checkpointer.directory}; "
+                    print(f"SIGTERM: saved checkpoint at step {step} in {checkpointer.directory}"
+                          f"{' (all processes agreed on this step)' if preempted.distributed else ''}; "
                           "run the same command again to resume.", flush=True)
                     return {"step": step, "preempted": True}
+                if delay:
+                    time.sleep(delay)
                 pending.append(self.step(next(batches), step))
                 step += 1
                 progress.update(step)
@@ -211,25 +235,87 @@ class Trainer:
             checkpointer.wait()
             if not eval_metrics and c.data.eval_split:
                 eval_metrics = {f"eval/{k}": v for k, v in self.evaluate().items()}
-            if c.train.report and self.is_main:
-                report = self.task.report(self.module(), self.workdir) or {}
+            if c.train.report:
+                report = self.report()
                 eval_metrics.update(report)
                 writer.write(step, {k: v for k, v in report.items()
                                     if np.ndim(v) == 0 and not isinstance(v, str)})
-            final = {"step": step, "metrics": _jsonable(eval_metrics), "param_digest": self.param_digest()}
+            final = {"step": step, "metrics": _jsonable(eval_metrics), "param_digest": self.param_digest(),
+                     "parallel": self.parallel_summary()}
             if self.is_main:
                 ckpt.write_json(os.path.join(self.workdir, "final.json"), final)
             return final
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            preempted.close()
             progress.close()
             writer.close()
             checkpointer.close()
+
+    def report(self) -> dict[str, Any]:
+        """`task.report` (sampling, decoding, judges, plots) on process 0, on a host copy.
+
+        With several processes the state is a global array that no single process may compute
+        on alone; every process joins one all-gather, process 0 runs the report on its first
+        local device (files are written once), and the others wait at a barrier.
+        """
+        if jax.process_count() == 1:
+            return self.task.report(self.module(), self.workdir) or {}
+        from jax.experimental import multihost_utils
+        saveable = ckpt.to_saveable(self.state.to_pure_dict())
+        host = multihost_utils.process_allgather(saveable, tiled=True)
+        report = {}
+        if self.is_main:
+            local = jax.device_put(host, jax.local_devices()[0])
+            state = jax.tree.map(lambda x: x, self.state)   # same structure, values replaced below
+            nnx.replace_by_pure_dict(state, ckpt.from_saveable(local, self.state.to_pure_dict()))
+            report = self.task.report(nnx.merge(self.graphdef, state), self.workdir) or {}
+        multihost_utils.sync_global_devices("jaxnets report")
+        return report   # empty on the other processes: logs and final.json come from process 0
+
+    def parallel_summary(self) -> dict[str, Any]:
+        """final.json's "parallel": the mesh and where the state's bytes live (from the arrays)."""
+        total, per_device = meshlib.state_bytes(self.state)
+        return {"mesh": {k: int(v) for k, v in self.mesh.shape.items()},
+                "processes": jax.process_count(), "devices": int(self.mesh.size),
+                "state_bytes": total, "state_bytes_per_device": per_device}
 
     @staticmethod
     def _mean(pending: list[dict]) -> dict[str, float]:
         values = jax.device_get(pending)
         return {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
+
+
+class PreemptionWatch:
+    """`watch(step)` -> True when the run should save and stop at `step`.
+
+    Multi-process: JAX's preemption sync point. JAX's own SIGTERM notifier tells the
+    coordination service, and every process then returns True at the same step, so all of them
+    save one checkpoint together (an orbax save is a collective: a lone saver would deadlock).
+    A Python SIGTERM handler would silently replace that notifier, so none is installed there.
+    Single process: a Python handler that only sets a flag (read between steps).
+    """
+
+    def __init__(self):
+        from jax._src import distributed
+        self.distributed = distributed.global_state.preemption_sync_manager is not None
+        self.flag = False
+        self.previous = None
+        if not self.distributed:
+            self.previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, sig, frame):
+        self.flag = True
+
+    def __call__(self, step: int) -> bool:
+        if self.distributed:
+            from jax.experimental import multihost_utils
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.flag
+
+    def close(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
 
 
 # Dense bf16 peak FLOP/s per chip, for model FLOP utilisation (train/mfu).
