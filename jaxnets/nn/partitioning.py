@@ -47,7 +47,9 @@ DEFAULT_RULES = (
 
 def meta(axes: Axes) -> dict:
     """`kernel_metadata=` / `embedding_metadata=` value storing logical names."""
-    return {"out_sharding": tuple(axes)}
+    # eager_sharding off: the names are resolved by the trainer's rules (jaxnets.parallel.mesh),
+    # so a model builds anywhere, with or without a mesh (research code, tests, notebooks).
+    return {"out_sharding": tuple(axes), "eager_sharding": False}
 
 
 def Linear(in_features: int, out_features: int, *, axes: Axes = ("embed", "mlp"), **kw) -> nnx.Linear:
@@ -96,7 +98,7 @@ def Param(value, axes: Axes) -> nnx.Param:
     """A raw parameter with logical names (one per dimension)."""
     if len(axes) != value.ndim:
         raise ValueError(f"{len(axes)} logical names {tuple(axes)} for a {value.ndim}-d parameter")
-    return nnx.Param(value, out_sharding=tuple(axes))
+    return nnx.Param(value, **meta(axes))
 
 
 # ------------------------------------------------------------------ rules -> mesh axes
