@@ -20,8 +20,13 @@ Implementations (`implementation=`):
                (jaxnets/kernels/blockwise_attention.py): O(T) memory, every backend.
   "pallas"     the fused flash-attention kernel (jaxnets/kernels/flash_attention.py); Triton on
                GPU, interpret mode elsewhere (slow: for tests). No dense `mask`.
+  "pallas_tpu" the Pallas TPU flash-attention kernel that ships with jax
+               (jaxnets/kernels/tpu_attention.py); TPU, or its interpret mode elsewhere (tests).
   "cudnn"      jax.nn.dot_product_attention(implementation="cudnn"); GPU only, fp16/bf16.
-  "auto"       the fastest valid one for the backend, dtype and shapes (see `choose_implementation`).
+  "auto"       the fastest valid one for the backend, dtype and shapes (see `choose_implementation`):
+               TPU: pallas_tpu; GPU: cudnn (half precision) or pallas; CPU: xla or blockwise.
+Under the trainer's mesh the kernels run per shard (`per_shard`: batch over the data axes,
+heads over "tensor"), so no device gathers another's q, k or v.
 A combination an implementation cannot honour raises ValueError: a mask is never dropped.
 """
 from __future__ import annotations
@@ -33,9 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax.sharding import PartitionSpec as P
+
+from jaxnets.nn import partitioning
 from jaxnets.nn.partitioning import Linear, constrain
 
-IMPLEMENTATIONS = ("xla", "blockwise", "pallas", "cudnn", "auto")
+IMPLEMENTATIONS = ("xla", "blockwise", "pallas", "pallas_tpu", "cudnn", "auto")
 
 # CPU: below this many logits per call the plain formula is faster than the scan over key
 # blocks and its memory is harmless (benchmarks/results/attention_cpu.json measures both).
@@ -58,17 +66,26 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, segment_i
                              kv_segment_ids=kv_seg, kv_lengths=kv_lengths, scale=scale)
     if implementation == "blockwise":
         from jaxnets.kernels.blockwise_attention import blockwise_attention
-        return blockwise_attention(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg,
-                                   kv_segment_ids=kv_seg, kv_lengths=kv_lengths, scale=scale)
-    if implementation == "pallas":
+        if mask is not None:   # a dense mask has its own layout: left to XLA's partitioner
+            return blockwise_attention(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg,
+                                       kv_segment_ids=kv_seg, kv_lengths=kv_lengths, scale=scale)
+        kernel = lambda q, k, v, qs, ks, lens: blockwise_attention(
+            q, k, v, causal=causal, q_segment_ids=qs, kv_segment_ids=ks, kv_lengths=lens,
+            scale=scale)
+        return per_shard(kernel, q, k, v, q_seg, kv_seg, kv_lengths)
+    if implementation in ("pallas", "pallas_tpu"):
         if mask is not None:
             raise ValueError(
-                "implementation='pallas' does not take a dense `mask`: express it as causal, "
-                "segment_ids or kv_lengths, or use implementation='blockwise' or 'xla'.")
-        from jaxnets.kernels.flash_attention import flash_attention
+                f"implementation={implementation!r} does not take a dense `mask`: express it as "
+                "causal, segment_ids or kv_lengths, or use implementation='blockwise' or 'xla'.")
         q_seg, kv_seg = _fold_lengths_into_segments(q, k, q_seg, kv_seg, kv_lengths)
-        return flash_attention(q, k, v, causal=causal, q_segment_ids=q_seg,
-                               kv_segment_ids=kv_seg, scale=scale)
+        if implementation == "pallas":
+            from jaxnets.kernels.flash_attention import flash_attention as kernel_fn
+        else:
+            from jaxnets.kernels.tpu_attention import tpu_flash_attention as kernel_fn
+        kernel = lambda q, k, v, qs, ks, lens: kernel_fn(
+            q, k, v, causal=causal, q_segment_ids=qs, kv_segment_ids=ks, scale=scale)
+        return per_shard(kernel, q, k, v, q_seg, kv_seg, None)
     if implementation == "cudnn":
         return _cudnn_attention(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg,
                                 kv_segment_ids=kv_seg, kv_lengths=kv_lengths, scale=scale)
@@ -76,9 +93,50 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, segment_i
                      f"choose one of {', '.join(IMPLEMENTATIONS)}.")
 
 
+def per_shard(kernel, q, k, v, q_seg, kv_seg, kv_lengths):
+    """`kernel(q, k, v, q_seg, kv_seg, kv_lengths)` on each device's shard, inside shard_map.
+
+    Under the trainer's mesh (`jaxnets.nn.partitioning.axis_rules`) the batch is split over the
+    data axes and heads over "tensor". Attention is independent per example and per head, so
+    every device runs the kernel on its own block: no communication. A custom kernel is opaque
+    to XLA's partitioner, which would otherwise all-gather q, k and v onto every device (Auto
+    mesh) or refuse (Explicit mesh). An axis that does not divide its dimension stays whole.
+    Outside a mesh context, or on one device, the kernel is called directly.
+    """
+    mesh, _ = partitioning.current()
+    if mesh is None or mesh.size == 1:
+        return kernel(q, k, v, q_seg, kv_seg, kv_lengths)
+    size = lambda axes: math.prod(mesh.shape[a] for a in axes)
+    batch, heads = partitioning.mesh_axes_of("batch"), partitioning.mesh_axes_of("heads")
+    if q.shape[0] % size(batch):
+        batch = ()
+    if q.shape[2] % size(heads) or k.shape[2] % size(heads):
+        heads = ()
+    b = batch if len(batch) > 1 else (batch[0] if batch else None)
+    h = heads if len(heads) > 1 else (heads[0] if heads else None)
+    qkv = P(b, None, h, None)
+    args, specs = [q, k, v], [qkv, qkv, qkv]
+    for extra, spec in ((q_seg, P(b, None)), (kv_seg, P(b, None)), (kv_lengths, P(b))):
+        if extra is not None:
+            args.append(extra)
+            specs.append(spec)
+    present = [x is not None for x in (q_seg, kv_seg, kv_lengths)]
+
+    def body(q, k, v, *rest):
+        rest = iter(rest)
+        q_seg, kv_seg, lengths = (next(rest) if p else None for p in present)
+        return kernel(q, k, v, q_seg, kv_seg, lengths)
+
+    return jax.shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=qkv,
+                         check_vma=False)(*args)
+
+
 def choose_implementation(q, k, v, *, mask=None, segment_ids=None) -> str:
     """The fastest implementation that honours these inputs on the default backend."""
     backend = jax.default_backend()
+    if backend == "tpu":
+        from jaxnets.kernels.tpu_attention import supports
+        return "pallas_tpu" if mask is None and supports(q, k) else "xla"
     if backend == "gpu":
         half = q.dtype in (jnp.bfloat16, jnp.float16)
         if half and mask is None and segment_ids is None and q.shape[-1] <= 128 \
