@@ -23,9 +23,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxnets.models import build_model
 from jaxnets.models.transformer_decoding import generate
 from jaxnets.tasks.base import State, Task
+from jaxnets.tasks.common import build_task_model
 
 LN2 = math.log(2.0)
 
@@ -43,10 +43,7 @@ class LanguageModelTask(Task):
         self.sample_context = int(opts.get("sample_context", dataset.info.get("seq_len", 128)))
 
     def build(self, rngs, make_optimizer):
-        defaults = {"vocab_size": self.vocab_size}
-        if self.config.train.compute_dtype != "float32":
-            defaults["dtype"] = jnp.dtype(self.config.train.compute_dtype)
-        model = build_model(self.config.model, rngs, **defaults)
+        model = build_task_model(self.config.model, self.config, rngs, vocab_size=self.vocab_size)
         return State(model=model, opt=make_optimizer(model))
 
     def _nll(self, model, tokens, *, train=False, rngs=None):

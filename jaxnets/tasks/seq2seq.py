@@ -30,9 +30,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxnets.models import build_model
 from jaxnets.models.transformer_decoding import beam_search, generate
 from jaxnets.tasks.base import State, Task
+from jaxnets.tasks.common import build_task_model
 
 
 class Seq2SeqTask(Task):
@@ -46,10 +46,8 @@ class Seq2SeqTask(Task):
         self.vocab = info.get("vocab")
 
     def build(self, rngs, make_optimizer):
-        defaults = {"vocab_size": self.dataset.info["vocab_size"], "pad_id": self.pad_id}
-        if self.config.train.compute_dtype != "float32":
-            defaults["dtype"] = jnp.dtype(self.config.train.compute_dtype)
-        model = build_model(self.config.model, rngs, **defaults)
+        model = build_task_model(self.config.model, self.config, rngs,
+                                 vocab_size=self.dataset.info["vocab_size"], pad_id=self.pad_id)
         return State(model=model, opt=make_optimizer(model))
 
     def _teacher_forced(self, model, batch, *, train=False, rngs=None):
