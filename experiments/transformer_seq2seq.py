@@ -59,9 +59,7 @@ def plot_attention_maps(workdir, arg="smoke", examples=3):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from flax import nnx
 
-    from jaxnets.nn.attention import MultiHeadAttention
     from jaxnets.train import checkpoint as ckpt
     from jaxnets.train.trainer import Trainer
 

@@ -1,6 +1,7 @@
 """One attention and one decoder: seq2seq's Luong attention through jaxnets.nn.attention, the
 shared greedy/beam routine for the LSTM seq2seq model, KV-cached LM sampling, and the
 diffusion prompt encoder's padding mask."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,6 +52,8 @@ def test_lstm_seq2seq_greedy_and_beam_through_the_shared_decoder():
     run = nnx.jit(lambda m, s: (decode(m, s, steps, bos_id=bos),
                                 decode(m, s, steps, bos_id=bos, beam_size=1)))
     greedy, _ = run(model, jnp.asarray(source))
+    chex.assert_shape(greedy, (2, steps))
+    chex.assert_type(greedy, jnp.int32)
     # Reference: full teacher-forced recomputation, appending the argmax at every step.
     full = nnx.jit(lambda m, s, t: m(s, t))
     seq = np.full((2, 1), bos, np.int32)

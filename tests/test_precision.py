@@ -1,5 +1,6 @@
 """The mixed-precision policy: train.compute_dtype reaches the layers, train.param_dtype the
 stored parameters, through the one helper every task builds its models with."""
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,7 +26,7 @@ def test_compute_and_param_dtype_policy():
     # bfloat16 compute, float32 storage: the same initial parameters as the float32 model.
     assert _float_param_dtypes(mixed) == {jnp.dtype("float32")}
     h = mixed.decoder.layers[0].self_attention.query(jnp.ones((1, 2, 16)))
-    assert h.dtype == jnp.bfloat16
+    chex.assert_type(h, jnp.bfloat16)
     c.train.param_dtype = "bfloat16"
     low = build_task_model(spec, c, nnx.Rngs(0), vocab_size=11)
     assert _float_param_dtypes(low) == {jnp.dtype("bfloat16")}
