@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 
+from jaxnets.commands import COMMANDS as WORKDIR_COMMANDS
 from jaxnets.errors import UserError
 from jaxnets.runtime import auto_cpu_devices, cpu_devices_setting
 
@@ -97,6 +98,7 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "list": cmd_list, "bench": cmd_bench}
+COMMANDS.update(WORKDIR_COMMANDS)   # eval, sample, generate, translate, export: jaxnets/commands.py
 
 
 def main(argv: list[str] | None = None) -> int:
