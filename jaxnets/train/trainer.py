@@ -26,6 +26,7 @@ from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
 from jaxnets.train.logging import MetricWriter, Progress, log_line
 from jaxnets.train.optim import OptimizerFactory
+from jaxnets.train.profiling import StepProfiler
 
 
 def check_workdir(workdir: str) -> None:
@@ -163,6 +164,7 @@ class Trainer:
         stop = {"signal": None}
         previous = signal.signal(signal.SIGTERM, lambda sig, frame: stop.update(signal=sig))
         progress = Progress(total, start, enabled=c.train.progress and self.is_main)
+        profiler = StepProfiler(c.train.get("profile_steps", ()), self.workdir, self.is_main)
         per_batch = self.task.throughput(self.module())
         peak = peak_flops_per_device()
         pending, t0, t_start, step = [], time.time(), time.time(), start
@@ -177,6 +179,7 @@ class Trainer:
                     print(f"SIGTERM: saved checkpoint at step {step} in {checkpointer.directory}; "
                           "run the same command again to resume.", flush=True)
                     return {"step": step, "preempted": True}
+                profiler.at(step, self.state)
                 pending.append(self.step(next(batches), step))
                 step += 1
                 progress.update(step)
@@ -222,6 +225,7 @@ class Trainer:
             return final
         finally:
             signal.signal(signal.SIGTERM, previous)
+            profiler.close()
             progress.close()
             writer.close()
             checkpointer.close()
