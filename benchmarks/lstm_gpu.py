@@ -185,7 +185,7 @@ def torch_rows(cases, dtypes, warmup, runs, device, deadline, report):
                            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
     sync = (lambda _: torch.cuda.synchronize()) if device == "cuda" else (lambda _: None)
     for case in cases:
-        kind, (B, T, D, H) = case["kind"], case["shape"]
+        kind, (_, _, D, H) = case["kind"], case["shape"]
         name = name_of(kind, *case["shape"])
         weights = [torch.from_numpy(np.array(a)) for a in case["torch_weights"]]
         x32 = torch.from_numpy(case["x"]).to(device)

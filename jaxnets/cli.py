@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 
+from jaxnets.commands import COMMANDS as WORKDIR_COMMANDS
 from jaxnets.errors import UserError
 from jaxnets.runtime import auto_cpu_devices, cpu_devices_setting
 
@@ -111,6 +112,7 @@ def cmd_launch(argv: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "launch": cmd_launch, "list": cmd_list, "bench": cmd_bench}
+COMMANDS.update(WORKDIR_COMMANDS)   # eval, sample, generate, translate, export: jaxnets/commands.py
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@
 - `save_figure(panels, path)`: several titled grids side by side (e.g. AE vs VAE latent maps).
 - `frechet_distance(feats_a, feats_b)`: ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) of
   Gaussian fits, in float64 (FID's formula; here in the judge's feature space).
-- `ImageJudge`: the classifier of `experiments/mnist_cnn.py` (smoke), trained by the jaxnets
+- `ImageJudge`: the classifier of `experiments/mnist_cnn.py` (smoke; `jaxnets.configs`), trained by the jaxnets
   trainer on first use into `judge_dir` and restored from its checkpoint afterwards. `score`
   gives class accuracy against requested labels, mean confidence, class coverage
   (1 - total variation between the predicted-class histogram and uniform: 1 for balanced
@@ -80,11 +80,11 @@ def class_coverage(predicted: np.ndarray, num_classes: int = 10) -> float:
 
 
 def judge_config():
-    """The classifier config: experiments/mnist_cnn.py's smoke preset."""
-    from jaxnets.cli import repo_dir
-    from jaxnets.config import load_config
+    """The classifier config: experiments/mnist_cnn.py's smoke preset, shipped in the package
+    (jaxnets/configs/mnist_cnn.py) so that an installed wheel can train the judge."""
+    from jaxnets.configs.mnist_cnn import get_config
 
-    return load_config(os.path.join(repo_dir("experiments"), "mnist_cnn.py") + ":smoke")
+    return get_config("smoke")
 
 
 class ImageJudge:

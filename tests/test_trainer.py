@@ -4,7 +4,6 @@ import os
 
 import jax
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -68,8 +67,10 @@ def test_gradient_accumulation_equals_big_batch(tmp_path):
     acc = tiny_config(steps=6, model="mlp")
     acc.optim.name, acc.optim.lr, acc.optim.accumulate_steps = "sgd", 0.5, 2
     acc.data.batch_size = 16
-    a = Trainer(big, str(tmp_path / "big")); a.run()
-    b = Trainer(acc, str(tmp_path / "acc")); b.run()
+    a = Trainer(big, str(tmp_path / "big"))
+    a.run()
+    b = Trainer(acc, str(tmp_path / "acc"))
+    b.run()
     pa = nnx.state(a.module().model, nnx.Param).to_pure_dict()
     pb = nnx.state(b.module().model, nnx.Param).to_pure_dict()
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), pa, pb)

@@ -3,7 +3,11 @@
 Runs in the separate peers venv, never imported by jaxnets:
     /tmp/peers/bin/python benchmarks/results/lstm_peer_torch_gru.py --json
 """
-import argparse, json, platform, statistics, time
+import argparse
+import json
+import platform
+import statistics
+import time
 
 import torch
 
@@ -22,7 +26,7 @@ def bench(fn, warm=3, n=15):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    ap.parse_args()
     torch.manual_seed(0)
     results = []
     for B, T, D, H in [(64, 128, 256, 256), (16, 1024, 128, 128)]:

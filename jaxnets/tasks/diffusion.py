@@ -30,10 +30,10 @@ from flax import nnx
 
 from jaxnets import diffusion as dm
 from jaxnets import images as imlib
-from jaxnets.models import build_model
 from jaxnets.models.diffusion import NUMBER_WORDS
-from jaxnets.tasks.autoencoder import heldout_images, model_defaults, to_unit_range, write_report
 from jaxnets.tasks.base import State, Task
+from jaxnets.tasks.common import (build_task_model, heldout_images, image_model_defaults,
+                                  to_unit_range, write_report)
 
 TRAIN_TEMPLATES = ("a handwritten {word}", "the digit {digit}", "the number {word}", "{word}",
                    "a picture of a {word}", "handwritten {digit}", "an image of the digit {word}")
@@ -67,9 +67,9 @@ class DiffusionTask(Task):
             self.prompt_table = np.stack([self.tokenizer.encode(prompts_for(t)) for t in templates], 1)
 
     def build(self, rngs, make_optimizer):
-        defaults = model_defaults(self.config, self.dataset)
+        defaults = image_model_defaults(self.config, self.dataset)
         defaults["num_classes"] = self.num_classes
-        model = build_model(self.config.model, rngs, **defaults)
+        model = build_task_model(self.config.model, self.config, rngs, **defaults)
         return State(model=model, opt=make_optimizer(model), ema=nnx.clone(model))
 
     # ------------------------------------------------------------------ conditions

@@ -27,6 +27,7 @@ from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
 from jaxnets.train.logging import MetricWriter, Progress, log_line
 from jaxnets.train.optim import OptimizerFactory
+from jaxnets.train.profiling import StepProfiler
 
 
 def check_workdir(workdir: str) -> None:
@@ -184,6 +185,7 @@ class Trainer:
         preempted = PreemptionWatch()
         delay = float(os.environ.get("JAXNETS_FAULT_STEP_DELAY_S", "0"))   # fault tests: a slow host
         progress = Progress(total, start, enabled=c.train.progress and self.is_main)
+        profiler = StepProfiler(c.train.get("profile_steps", ()), self.workdir, self.is_main)
         per_batch = self.task.throughput(self.module())
         peak = peak_flops_per_device()
         pending, t0, t_start, step = [], time.time(), time.time(), start
@@ -201,6 +203,7 @@ class Trainer:
                     return {"step": step, "preempted": True}
                 if delay:
                     time.sleep(delay)
+                profiler.at(step, self.state)
                 pending.append(self.step(next(batches), step))
                 step += 1
                 progress.update(step)
@@ -247,6 +250,7 @@ class Trainer:
             return final
         finally:
             preempted.close()
+            profiler.close()
             progress.close()
             writer.close()
             checkpointer.close()
