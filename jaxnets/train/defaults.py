@@ -46,6 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.compute_dtype = "float32"              # "bfloat16" for mixed precision
     c.train.report = True                          # call task.report() at the end
     c.train.progress = True                        # progress bar when stderr is a terminal
+    c.train.max_nonfinite_steps = 5                # stop (exit 3) after this many skipped steps in a row
+    c.train.restart_data = False                   # resume despite changed data settings: new data order
 
     c.mesh = ml_collections.ConfigDict({"data": -1})   # axis name -> size, -1 fills the rest
     c.mesh_devices = 0                             # use the first N devices; 0 = all
