@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv and argv[:1] != ["bench"]   # bench passes its flags on
     argv = argv if not debug else [a for a in argv if a != "--debug"]
+    if debug:
+        os.environ["JAXNETS_DEBUG"] = "1"   # read where third-party tracebacks are trimmed
     try:   # a malformed JAXNETS_CPU_DEVICES is refused before any work
         cpu_devices_setting("1")
     except ValueError as e:

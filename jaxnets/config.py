@@ -71,7 +71,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     except UserError:
         raise
     except Exception as e:   # noqa: BLE001
-        raise UserError(f"get_config({arg!r}) in {path!r} failed: {_where(e, path)}.") from e
+        call = f"get_config({arg!r})" if arg else "get_config()"
+        raise UserError(f"{call} in {path!r} failed: {_where(e, path)}.") from e
 
 
 def _where(error: BaseException, path: str) -> str:
@@ -129,7 +130,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
         if leaf not in node:
             _unknown_key(config, key)
         old = node[leaf]
-        value = _coerce(_parse_value(text), old, key)
+        parsed = _parse_value(text)
+        if isinstance(old, str) and isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+            parsed = text   # a string setting that looks like a number, e.g. cpu_devices=2
+        value = _coerce(parsed, old, key)
         with node.unlocked():
             node[leaf] = value
     return config

@@ -10,7 +10,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
+import re
+import sys
 
 import jax
 import numpy as np
@@ -49,6 +52,7 @@ def describe(pure: dict) -> list[str]:
 class Checkpointer:
     def __init__(self, workdir: str, keep: int):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        _quiet_orbax_thread_tracebacks()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
@@ -135,12 +139,52 @@ class _storage_errors:
         if not any((isinstance(x, OSError) and x.errno in _STORAGE_ERRNOS)
                    or any(t in str(x) for t in _STORAGE_TEXTS) for x in chain):
             return False
-        which = f"checkpoint {self.step}" if self.step is not None else "a checkpoint"
+        text = " ".join(str(x) for x in chain)
+        step = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)
+        step = step.group(1) if step else self.step
+        cause = next((t for t in _STORAGE_TEXTS if t in text), None) or \
+            next(os.strerror(x.errno) for x in chain if isinstance(x, OSError) and x.errno in _STORAGE_ERRNOS)
+        which = f"checkpoint {step}" if step is not None else "a checkpoint"
         raise UserError(
             f"Saving {which} in {self.directory} failed: the disk is full or a file-size limit "
-            f"was hit ({type(error).__name__}: {str(error).strip().splitlines()[0][:300]}). The "
-            "checkpoints saved before are intact; free space (or point --workdir at a larger "
-            "disk) and run the same command again to resume from the newest one.") from error
+            f"was hit ({cause}). The checkpoints saved before are intact (the partial save is "
+            "left in a *.orbax-checkpoint-tmp folder, which resuming ignores); free space (or "
+            "point --workdir at a larger disk) and run the same command again to resume from "
+            "the newest one.") from error
+
+
+class _DropOrbaxTraceback(logging.Filter):
+    """orbax logs a failed background save with its traceback before the error reaches the
+    trainer, which reports it as one paragraph; keep orbax's one-line log, drop the traceback
+    (`jaxnets --debug` keeps it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "orbax" in record.pathname and not os.environ.get("JAXNETS_DEBUG"):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_orbax_thread_tracebacks() -> None:
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _DropOrbaxTraceback) for f in logger.filters):
+        logger.addFilter(_DropOrbaxTraceback())
+    if not getattr(sys.unraisablehook, "jaxnets_quiet", False):
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+
+
+def _quiet_unraisable(previous):
+    """After a save fails, TensorStore's pending callbacks still try to reach orbax's closed
+    event loop and each print an 'Event loop is closed' traceback as an unraisable exception:
+    noise after the real error (reported as one paragraph), dropped unless debugging."""
+
+    def hook(unraisable):
+        if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+                and not os.environ.get("JAXNETS_DEBUG")):
+            return
+        previous(unraisable)
+
+    hook.jaxnets_quiet = True
+    return hook
 
 
 def param_digest(params_pure: dict) -> str:
