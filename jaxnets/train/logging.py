@@ -65,7 +65,9 @@ class MetricWriter:
         tb_dir = os.path.join(workdir, "tensorboard")
         # TensorBoard hides events with step >= purge_step from older event files.
         purge = resume_step + 1 if resume_step is not None and os.path.isdir(tb_dir) else None
-        self._tb = SummaryWriter(tb_dir, purge_step=purge)
+        # A resumed run's event file gets its own name even within the same second.
+        self._tb = SummaryWriter(tb_dir, purge_step=purge,
+                                 filename_suffix=f".resumed{resume_step}" if purge else "")
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled or not metrics:
