@@ -38,7 +38,7 @@ def restore_newest_good(checkpointer, abstract_pure: dict, expected_signature: s
         except UserError:
             raise
         except Exception as e:   # noqa: BLE001 - any read failure means this checkpoint is unusable
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            reason = _reason(e)
             failures.append((step, reason))
             moved = _move_aside(checkpointer, step)
             log(f"Checkpoint {checkpointer.directory}/{step} cannot be restored ({reason}); moved "
@@ -53,6 +53,11 @@ def restore_newest_good(checkpointer, abstract_pure: dict, expected_signature: s
         f"None of the checkpoints in {checkpointer.directory} can be restored ({listed}). They "
         "were moved aside as corrupt-STEP folders, not deleted. Refusing to start over silently: "
         "to train from scratch use a fresh --workdir (or move the checkpoints folder away).")
+
+
+def _reason(error: Exception) -> str:
+    text = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0]
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 def _check_meta(meta) -> None:

@@ -99,6 +99,7 @@ class Trainer:
             return nnx.split(module)[1], metrics
 
         train_step = guard.guarded(train_step)   # a non-finite step leaves the state as it was
+
         def eval_step(state, batch):
             return task.eval_step(nnx.merge(graphdef, state), batch)
 
