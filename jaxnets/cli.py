@@ -7,7 +7,8 @@
     jaxnets bench train_step --json          (runs `python -m benchmarks.train_step --json`)
 
 Bad input (unknown key, dataset, model or experiment, unwritable workdir, ...) prints one
-paragraph and exits with status 2; anything else is a bug and keeps its traceback.
+paragraph and exits with status 2 (`--debug` adds the traceback); a run stopped by too many
+non-finite steps exits with status 3; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -117,6 +118,10 @@ COMMANDS.update(WORKDIR_COMMANDS)   # eval, sample, generate, translate, export:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv and argv[:1] != ["bench"]   # bench passes its flags on
+    argv = argv if not debug else [a for a in argv if a != "--debug"]
+    if debug:
+        os.environ["JAXNETS_DEBUG"] = "1"   # read where third-party tracebacks are trimmed
     try:   # a malformed JAXNETS_CPU_DEVICES is refused before any work
         cpu_devices_setting("1")
     except ValueError as e:
@@ -128,8 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as e:
+        if debug:
+            import traceback
+            traceback.print_exc()
         print("error: " + textwrap.fill(str(e), width=100, subsequent_indent="  "), file=sys.stderr)
-        return EXIT_USAGE
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -49,13 +49,55 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UserError(f"Config file {path!r} does not exist.{hint} "
                         "Run `jaxnets list` to see the experiments.")
+    # An experiment file is Python: it runs with the user's rights, like any script they run.
+    # Its own errors are the user's to fix, so they become one-paragraph UserErrors naming the
+    # file and line (`jaxnets --debug train ...` shows the traceback).
     module_spec = importlib.util.spec_from_file_location(f"jaxnets_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError(f"Config file {path!r} is not valid Python: {e.msg} at line {e.lineno}"
+                        f"{': ' + e.text.strip() if e.text else ''}.") from e
+    except OSError as e:
+        raise UserError(f"Cannot read config file {path!r} ({e.strerror or e}).") from e
+    except Exception as e:   # noqa: BLE001 - the file's own code failed while being imported
+        raise UserError(f"Config file {path!r} failed while loading: {_where(e, path)}.") from e
+    if not callable(getattr(module, "get_config", None)):
         raise UserError(f"Config file {path!r} defines no get_config(arg) function.")
-    config = module.get_config(arg or None) if _takes_arg(module.get_config) else module.get_config()
-    return ml_collections.ConfigDict(config)
+    try:
+        config = module.get_config(arg or None) if _takes_arg(module.get_config) else module.get_config()
+        return ml_collections.ConfigDict(config)
+    except UserError:
+        raise
+    except Exception as e:   # noqa: BLE001
+        call = f"get_config({arg!r})" if arg else "get_config()"
+        raise UserError(f"{call} in {path!r} failed: {_where(e, path)}.") from e
+
+
+def _where(error: BaseException, path: str) -> str:
+    """'ValueError: message (line N)' with the deepest line inside the config file."""
+    import traceback
+
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+             if os.path.abspath(f.filename) == os.path.abspath(path)]
+    where = f" (line {lines[-1]})" if lines else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Settings that would otherwise fail late or strangely: counts must be positive integers."""
+    positive = ["train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                "train.keep_checkpoints", "train.max_nonfinite_steps", "data.batch_size",
+                "data.eval_batch_size"]
+    for key in positive:
+        section, leaf = key.split(".")
+        if leaf not in config.get(section, {}):
+            continue
+        value = config[section][leaf]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UserError(f"config.{key} must be a positive integer, got {value!r} "
+                            f"(e.g. --config.{key}=100).")
 
 
 def _takes_arg(fn) -> bool:
@@ -88,7 +130,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
         if leaf not in node:
             _unknown_key(config, key)
         old = node[leaf]
-        value = _coerce(_parse_value(text), old, key)
+        parsed = _parse_value(text)
+        if isinstance(old, str) and isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+            parsed = text   # a string setting that looks like a number, e.g. cpu_devices=2
+        value = _coerce(parsed, old, key)
         with node.unlocked():
             node[leaf] = value
     return config

@@ -7,9 +7,13 @@ instead of a shape error deep inside orbax.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import re
+import sys
 
 import jax
 import numpy as np
@@ -48,6 +52,7 @@ def describe(pure: dict) -> list[str]:
 class Checkpointer:
     def __init__(self, workdir: str, keep: int):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        _quiet_orbax_thread_tracebacks()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
@@ -58,10 +63,28 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def move_aside(self, step: int) -> str:
+        """Rename checkpoint `step` to `corrupt-STEP` (nothing is deleted). The dash matters:
+        orbax reads digit-only names and `PREFIX_STEP` names as steps, so `corrupt-150` stays
+        invisible to the manager, its step listing and its max_to_keep clean-up."""
+        source = os.path.join(self.directory, str(step))
+        target = os.path.join(self.directory, f"corrupt-{step}")
+        n = 1
+        while os.path.exists(target):
+            n += 1
+            target = os.path.join(self.directory, f"corrupt-{step}-{n}")
+        os.rename(source, target)
+        self.manager.reload()
+        return target
+
     def save(self, step: int, pure_state: dict, meta: dict, force: bool = False) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(to_saveable(pure_state)),
-            meta=ocp.args.JsonSave(meta)), force=force)
+        with _storage_errors(self.directory, step):
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(to_saveable(pure_state)),
+                meta=ocp.args.JsonSave(meta)), force=force)
 
     def restore(self, step: int, abstract_pure: dict, expected_signature: str) -> tuple[dict, dict]:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -81,11 +104,87 @@ class Checkpointer:
         return from_saveable(restored, abstract_pure), meta
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        # Errors of the asynchronous save thread (a full disk) surface here.
+        with _storage_errors(self.directory, None):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        with _storage_errors(self.directory, None):
+            self.manager.wait_until_finished()
+            self.manager.close()
+
+
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+_STORAGE_TEXTS = ("No space left", "File too large", "Disk quota", "Read-only file system")
+
+
+class _storage_errors:
+    """Turns a full disk (or file-size limit, quota, read-only mount) during a checkpoint save,
+    raised by orbax in the caller or later from its save thread, into a UserError: the fix is on
+    the user's side, and the checkpoints already written are untouched."""
+
+    def __init__(self, directory: str, step: int | None):
+        self.directory, self.step = directory, step
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if error is None or isinstance(error, UserError) or not isinstance(error, Exception):
+            return False
+        chain, e = [], error
+        while e is not None and len(chain) < 10:   # orbax wraps the OSError in its own errors
+            chain.append(e)
+            e = e.__cause__ or e.__context__
+        if not any((isinstance(x, OSError) and x.errno in _STORAGE_ERRNOS)
+                   or any(t in str(x) for t in _STORAGE_TEXTS) for x in chain):
+            return False
+        text = " ".join(str(x) for x in chain)
+        step = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)
+        step = step.group(1) if step else self.step
+        cause = next((t for t in _STORAGE_TEXTS if t in text), None) or \
+            next(os.strerror(x.errno) for x in chain if isinstance(x, OSError) and x.errno in _STORAGE_ERRNOS)
+        which = f"checkpoint {step}" if step is not None else "a checkpoint"
+        raise UserError(
+            f"Saving {which} in {self.directory} failed: the disk is full or a file-size limit "
+            f"was hit ({cause}). The checkpoints saved before are intact (the partial save is "
+            "left in a *.orbax-checkpoint-tmp folder, which resuming ignores); free space (or "
+            "point --workdir at a larger disk) and run the same command again to resume from "
+            "the newest one.") from error
+
+
+class _DropOrbaxTraceback(logging.Filter):
+    """orbax logs a failed background save with its traceback before the error reaches the
+    trainer, which reports it as one paragraph; keep orbax's one-line log, drop the traceback
+    (`jaxnets --debug` keeps it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "orbax" in record.pathname and not os.environ.get("JAXNETS_DEBUG"):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_orbax_thread_tracebacks() -> None:
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _DropOrbaxTraceback) for f in logger.filters):
+        logger.addFilter(_DropOrbaxTraceback())
+    if not getattr(sys.unraisablehook, "jaxnets_quiet", False):
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+
+
+def _quiet_unraisable(previous):
+    """After a save fails, TensorStore's pending callbacks still try to reach orbax's closed
+    event loop and each print an 'Event loop is closed' traceback as an unraisable exception:
+    noise after the real error (reported as one paragraph), dropped unless debugging."""
+
+    def hook(unraisable):
+        if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+                and not os.environ.get("JAXNETS_DEBUG")):
+            return
+        previous(unraisable)
+
+    hook.jaxnets_quiet = True
+    return hook
 
 
 def param_digest(params_pure: dict) -> str:
@@ -99,7 +198,14 @@ def param_digest(params_pure: dict) -> str:
 
 
 def write_json(path: str, obj) -> None:
+    """Atomic, strict JSON: NaN/Infinity become null and a dict gets their names in "nonfinite"."""
+    from jaxnets.train.logging import strict_json
+
+    bad: list[str] = []
+    clean = strict_json(json.loads(json.dumps(obj, default=float)), bad=bad)
+    if bad and isinstance(clean, dict):
+        clean["nonfinite"] = bad
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=float)
+        json.dump(clean, f, indent=2, allow_nan=False)
     os.replace(tmp, path)

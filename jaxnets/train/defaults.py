@@ -50,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.profile_steps = ()                     # (start, stop): jax.profiler trace in WORKDIR/profile
     c.train.report = True                          # call task.report() at the end
     c.train.progress = True                        # progress bar when stderr is a terminal
+    c.train.max_nonfinite_steps = 5                # stop (exit 3) after this many skipped steps in a row
+    c.train.restart_data = False                   # resume despite changed data settings: new data order
 
     # Axis name -> size, -1 fills the rest. data: batch split, parameters replicated; fsdp: batch
     # split and every large parameter (and its optimizer state) sharded along one dimension;

@@ -15,32 +15,85 @@ def _scalar(v):
     return float(v) if v.ndim == 0 else v.tolist()
 
 
-class MetricWriter:
-    """Append-only JSON lines (`{"step": ..., "train/loss": ...}`) plus TensorBoard scalars."""
+def strict_json(value, name: str = "", bad: list | None = None):
+    """`value` with every NaN/Infinity replaced by None; the names of the replaced values are
+    appended to `bad`. The result passes `json.dumps(..., allow_nan=False)`, so every reader
+    (jq, JavaScript, `json.loads(s, parse_constant=raise)`) accepts it."""
+    bad = [] if bad is None else bad
+    if isinstance(value, dict):
+        return {k: strict_json(v, f"{name}.{k}" if name else str(k), bad) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        before = len(bad)
+        out = [strict_json(v, name, bad) for v in value]
+        del bad[before + 1:]   # name a list once, however many of its entries were non-finite
+        return out
+    if isinstance(value, float) and not math.isfinite(value):
+        bad.append(name)
+        return None
+    return value
 
-    def __init__(self, workdir: str, enabled: bool = True):
+
+def read_rows(path: str) -> list[dict]:
+    """The rows of a metrics.jsonl; a torn last line (a kill mid-write) is skipped."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+class MetricWriter:
+    """Append-only JSON lines (`{"step": ..., "train/loss": ...}`) plus TensorBoard scalars.
+
+    `resume_step`: the step the run starts from. Rows past it (written by an earlier run that was
+    killed after its last checkpoint) are dropped, atomically, so that metrics.jsonl never holds a
+    step twice; TensorBoard gets the same cut through a purge step.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         if not enabled:
             return
         self.path = os.path.join(workdir, "metrics.jsonl")
+        if resume_step is not None and os.path.exists(self.path):
+            _truncate_rows(self.path, resume_step)
         self._file = open(self.path, "a")
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        tb_dir = os.path.join(workdir, "tensorboard")
+        # TensorBoard hides events with step >= purge_step from older event files.
+        purge = resume_step + 1 if resume_step is not None and os.path.isdir(tb_dir) else None
+        # A resumed run's event file gets its own name even within the same second.
+        self._tb = SummaryWriter(tb_dir, purge_step=purge,
+                                 filename_suffix=f".resumed{resume_step}" if purge else "")
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled or not metrics:
             return
-        row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(row) + "\n")
+        bad: list[str] = []
+        row = {"step": int(step), **strict_json({k: _scalar(v) for k, v in metrics.items()}, bad=bad)}
+        if bad:
+            row["nonfinite"] = bad
+        self._file.write(json.dumps(row, allow_nan=False) + "\n")
         self._file.flush()
         for k, v in row.items():
-            if k != "step" and isinstance(v, float) and math.isfinite(v):
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                 self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
         if self.enabled:
             self._file.close()
             self._tb.close()
+
+
+def _truncate_rows(path: str, resume_step: int) -> None:
+    rows = [r for r in read_rows(path) if isinstance(r, dict) and r.get("step", 0) <= resume_step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(strict_json(r), allow_nan=False) + "\n" for r in rows)
+    os.replace(tmp, path)
 
 
 class Progress:

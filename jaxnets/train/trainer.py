@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxnets.config import validate_config
 from jaxnets.data import load_dataset
 from jaxnets.data.pipeline import TrainIterator, eval_batches, prefetch
 from jaxnets.errors import UserError
@@ -25,6 +26,7 @@ from jaxnets.parallel import mesh as meshlib
 from jaxnets.runtime import tune_host_allocator
 from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
+from jaxnets.train import guard, resume
 from jaxnets.train.logging import MetricWriter, Progress, log_line
 from jaxnets.train.optim import OptimizerFactory
 from jaxnets.train.profiling import StepProfiler
@@ -49,6 +51,7 @@ class Trainer:
         """`layout_only`: stop after the abstract state and its shardings (for `--print_layout`):
         nothing is allocated, no workdir is needed."""
         self.config, self.workdir = config, workdir
+        validate_config(config)
         if not layout_only:
             check_workdir(workdir)
         tune_host_allocator()   # reuse freed pages instead of faulting in each step's buffers
@@ -116,6 +119,8 @@ class Trainer:
                 metrics = task.train_step(module, batch, rng)
                 return nnx.split(module)[1], metrics
 
+        train_step = guard.guarded(train_step)   # a non-finite step leaves the state as it was
+
         def eval_step(state, batch):
             with axis_rules(mesh, rules):
                 return task.eval_step(nnx.merge(graphdef, state), batch)
@@ -156,17 +161,22 @@ class Trainer:
         pure = self.state.to_pure_dict()
         return {"step": step, "seed": self.config.seed, "signature": ckpt.signature(pure),
                 "layout": ckpt.describe(pure),
-                "data": {"step": step, "seed": self.config.seed,
-                         "batch_size": self.config.data.batch_size,
-                         "size": self.dataset.size(self.config.data.train_split)},
+                "data": {"step": step, **resume.data_description(
+                    self.config, self.dataset.size(self.config.data.train_split),
+                    getattr(self, "data_restarts", []))},
                 "config": self.config.to_json_best_effort()}
 
     def restore_latest(self, checkpointer: ckpt.Checkpointer) -> int:
-        step = checkpointer.latest_step()
-        if step is None:
-            return 0
+        """Restore the newest readable checkpoint (older ones if newer are corrupt); 0 if none."""
         pure = self.state.to_pure_dict()
-        restored, meta = checkpointer.restore(step, pure, ckpt.signature(pure))
+        found = resume.restore_newest_good(checkpointer, pure, ckpt.signature(pure),
+                                           log=lambda m: print(m, flush=True))
+        if found is None:
+            return 0
+        step, restored, meta = found
+        current = resume.data_description(self.config, self.dataset.size(self.config.data.train_split))
+        self.data_restarts = resume.check_data(meta["data"], current, int(meta["data"]["step"]),
+                                               self.config.train.get("restart_data", False))
         nnx.replace_by_pure_dict(self.state, restored)
         print(f"Resumed from {checkpointer.directory}/{step}", flush=True)
         return int(meta["data"]["step"])
@@ -177,7 +187,8 @@ class Trainer:
         total = c.train.steps
         checkpointer = ckpt.Checkpointer(self.workdir, c.train.keep_checkpoints)
         start = self.restore_latest(checkpointer)
-        writer = MetricWriter(self.workdir, enabled=self.is_main)
+        writer = MetricWriter(self.workdir, enabled=self.is_main, resume_step=start)
+        monitor = guard.NonFiniteMonitor(c.train.get("max_nonfinite_steps", 5))
         data = TrainIterator(self.dataset.splits[c.data.train_split], c.data.batch_size, c.seed,
                              process_index=jax.process_index(), process_count=jax.process_count(),
                              start_step=start)
@@ -209,6 +220,8 @@ class Trainer:
                 progress.update(step)
                 if step % c.train.log_every == 0 or step == total:
                     logged = self._mean(pending)
+                    monitor.observe(step - len(pending) + 1, jax.device_get(pending))
+                    monitor.summarize(logged)
                     dt = time.time() - t0
                     logged["train/steps_per_sec"] = len(pending) / dt
                     logged["train/examples_per_sec"] = len(pending) * c.data.batch_size / dt
@@ -223,6 +236,10 @@ class Trainer:
                         logged[f"train/lr_{section}" if section != "optim" else "train/lr"] = float(
                             schedule(step // max(1, c[section].accumulate_steps)))
                     writer.write(step, logged)
+                    if monitor.diverged and checkpointer.latest_step() != step:
+                        # The skipped updates changed nothing: this is the last finite state.
+                        checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=True)
+                    monitor.raise_if_diverged()   # exit 3
                     progress.update(step, {k.split("/")[-1]: v for k, v in logged.items()
                                            if k in ("train/loss", "train/steps_per_sec")})
                     pending, t0 = [], time.time()
