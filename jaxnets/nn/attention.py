@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 # Mask rules live below nn (kernels build the same masks and must not import jaxnets.nn).
-from jaxnets.kernels.masks import split_heads_of_mask, structured_mask  # noqa: F401
+from jaxnets.kernels.masks import split_heads_of_mask, structured_mask
 
 IMPLEMENTATIONS = ("xla", "blockwise", "pallas", "cudnn", "auto")
 
