@@ -135,7 +135,8 @@ def test_sample_writes_a_png(kind, tmp_path_factory, capsys):
     c.data.eval_split = ""            # sampling needs no held-out data: skip the eval compile
     if kind == "ddpm":
         c.task = "diffusion"
-        c.model = {"name": "unet", "channels": 8, "channel_mults": (1, 2), "conditioning": "class"}
+        c.model = {"name": "unet", "channels": 8, "channel_mults": (1, 2), "attention": False,
+                   "conditioning": "class"}
         c.task_options = {"num_steps": 20, "sample_steps": 4}
         extra = ["--steps", "2", "--label", "3", "--guidance", "2"]
     else:

@@ -41,7 +41,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 # Mask rules live below nn (kernels build the same masks and must not import jaxnets.nn).
-from jaxnets.kernels.masks import split_heads_of_mask, structured_mask  # noqa: F401
+from jaxnets.kernels.masks import split_heads_of_mask, structured_mask
 from jaxnets.nn import partitioning
 from jaxnets.nn.partitioning import Linear, constrain
 

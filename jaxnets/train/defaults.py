@@ -8,43 +8,43 @@ from jaxnets.nn.partitioning import DEFAULT_RULES
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.task = "classification"
+    c.seed = 0                                     # every random bit derives from (seed, step)
+    c.task = "classification"                      # objective: jaxnets.tasks (`jaxnets list`)
     c.task_options = ml_collections.ConfigDict()   # free-form, read by the task
     c.model = ml_collections.ConfigDict({"name": "cnn"})  # name + constructor keywords
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "mnist5k"
+    c.data.name = "mnist5k"                        # dataset: jaxnets.data (`jaxnets list`)
     c.data.options = ml_collections.ConfigDict()   # keywords for the dataset loader
-    c.data.train_split = "train"
-    c.data.eval_split = "test"
+    c.data.train_split = "train"                   # split trained on
+    c.data.eval_split = "test"                     # split evaluated ("" = no evaluation)
     c.data.batch_size = 128                        # global batch, over all devices and hosts
-    c.data.eval_batch_size = 512
+    c.data.eval_batch_size = 512                   # global eval batch (the last one is padded and masked)
     c.data.augment = ()                            # e.g. ("crop:4", "flip"), applied by the task
     c.data.prefetch = 2                            # batches prepared ahead on a host thread
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"                         # sgd | momentum | adam | adamw
-    c.optim.lr = 1e-3
+    c.optim.lr = 1e-3                              # peak learning rate
     c.optim.schedule = "constant"                  # constant | cosine | warmup_cosine | piecewise
-    c.optim.warmup_steps = 0
+    c.optim.warmup_steps = 0                       # linear warm-up (warmup_cosine)
     c.optim.boundaries = ()                        # piecewise: steps where lr is multiplied...
     c.optim.decay_factor = 0.1                     # ...by this factor
-    c.optim.momentum = 0.9
-    c.optim.nesterov = False
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.weight_decay = 0.0
+    c.optim.momentum = 0.9                         # heavy-ball momentum (name "momentum")
+    c.optim.nesterov = False                       # Nesterov momentum
+    c.optim.b1 = 0.9                               # Adam beta1
+    c.optim.b2 = 0.999                             # Adam beta2
+    c.optim.weight_decay = 0.0                     # decoupled (adamw) or L2 (others)
     c.optim.decay_all = False                      # False: decay only weights with ndim > 1
     c.optim.clip_norm = 0.0                        # global-norm clipping; 0 disables
     c.optim.accumulate_steps = 1                   # gradient accumulation (optax.MultiSteps)
 
     c.train = ml_collections.ConfigDict()
-    c.train.steps = 1000
-    c.train.log_every = 50
-    c.train.eval_every = 500
-    c.train.checkpoint_every = 500
-    c.train.keep_checkpoints = 3
+    c.train.steps = 1000                           # optimizer steps in all
+    c.train.log_every = 50                         # train metrics to metrics.jsonl / TensorBoard
+    c.train.eval_every = 500                       # evaluate on data.eval_split
+    c.train.checkpoint_every = 500                 # orbax checkpoint (async)
+    c.train.keep_checkpoints = 3                   # newest N kept
     c.train.compute_dtype = "float32"              # "bfloat16" for mixed precision
     c.train.param_dtype = "float32"                # parameter storage (jaxnets/tasks/common.py)
     c.train.profile_steps = ()                     # (start, stop): jax.profiler trace in WORKDIR/profile
