@@ -7,6 +7,8 @@ import os
 import random
 import shutil
 import struct
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -194,3 +196,12 @@ def test_sigkill_during_async_save_resumes_bit_identical(tmp_path):
 def test_bad_input_exits_2_with_one_paragraph(tmp_path, name):
     result = faults.bad_input(str(tmp_path), name, *faults.bad_inputs(str(tmp_path))[name])
     assert result["ok"], result
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    extra, expected, _ = faults.bad_inputs(str(tmp_path))["get_config_raises"]
+    result = subprocess.run([sys.executable, "-m", "jaxnets.cli", "--debug", "train", *extra,
+                             "--workdir", str(tmp_path / "w")], cwd=faults.REPO, env=faults._env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and expected in " ".join(result.stderr.split())
+    assert "Traceback" in result.stderr and "KeyError" in result.stderr
