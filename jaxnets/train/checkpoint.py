@@ -49,6 +49,9 @@ def describe(pure: dict) -> list[str]:
     return [f"{path} {tuple(x.shape)} {x.dtype}" for path, x in _leaf_items(pure)]
 
 
+SEAL = "jaxnets_files.json"   # per-checkpoint file sizes, written once its save has finished
+
+
 class Checkpointer:
     def __init__(self, workdir: str, keep: int):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
@@ -59,6 +62,7 @@ class Checkpointer:
                                                  create=True),
             item_names=("state", "meta"),
         )
+        self._unsealed: set[int] = set()   # saved by this run, file sizes not yet recorded
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -82,11 +86,49 @@ class Checkpointer:
 
     def save(self, step: int, pure_state: dict, meta: dict, force: bool = False) -> None:
         with _storage_errors(self.directory, step):
+            if self.manager.should_save(step) or force:
+                self._unsealed.add(step)
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(to_saveable(pure_state)),
                 meta=ocp.args.JsonSave(meta)), force=force)
+            # manager.save first waited for the previous save to finish; this one may still run.
+            self._seal_finished(exclude=step)
+
+    def _seal_finished(self, exclude: int | None = None) -> None:
+        """Record the size of every file of each finished save in `STEP/jaxnets_files.json`.
+        orbax reads only the files its index references, so a truncated file it happens not to
+        need (orbax leaves some after merging per-process indexes) would pass unnoticed;
+        `verify_files` refuses any size change. A save killed before sealing has no record and is
+        trusted to orbax alone, as are checkpoints of older jaxnets versions."""
+        if jax.process_index() != 0:
+            return
+        for step in sorted(self._unsealed - {exclude}):
+            part = os.path.join(self.directory, str(step))
+            try:
+                files = {os.path.relpath(os.path.join(root, f), part): os.path.getsize(os.path.join(root, f))
+                         for root, _, names in os.walk(part) for f in names if f != SEAL}
+            except FileNotFoundError:   # removed by max_to_keep meanwhile
+                files = {}
+            if files:
+                write_json(os.path.join(part, SEAL), {"files": files})
+            self._unsealed.discard(step)
+
+    def verify_files(self, step: int) -> None:
+        """Raise (ValueError) if a file recorded at save time is missing or changed size."""
+        part = os.path.join(self.directory, str(step))
+        if not os.path.exists(os.path.join(part, SEAL)):
+            return
+        with open(os.path.join(part, SEAL)) as f:
+            files = json.load(f)["files"]
+        for rel, size in sorted(files.items()):
+            path = os.path.join(part, rel)
+            if not os.path.exists(path):
+                raise ValueError(f"file {rel} is missing")
+            if os.path.getsize(path) != size:
+                raise ValueError(f"file {rel} is {os.path.getsize(path)} bytes, {size} when saved")
 
     def restore(self, step: int, abstract_pure: dict, expected_signature: str) -> tuple[dict, dict]:
+        self.verify_files(step)
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if meta.get("signature") != expected_signature:
             saved = set(meta.get("layout", []))
@@ -107,10 +149,12 @@ class Checkpointer:
         # Errors of the asynchronous save thread (a full disk) surface here.
         with _storage_errors(self.directory, None):
             self.manager.wait_until_finished()
+        self._seal_finished()
 
     def close(self) -> None:
         with _storage_errors(self.directory, None):
             self.manager.wait_until_finished()
+            self._seal_finished()
             self.manager.close()
 
 
