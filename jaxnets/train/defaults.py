@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.compute_dtype = "float32"              # "bfloat16" for mixed precision
     c.train.report = True                          # call task.report() at the end
     c.train.progress = True                        # progress bar when stderr is a terminal
+    c.train.best_metric = ""                       # e.g. "eval/loss": keep the best state in WORKDIR/best/
+    c.train.best_mode = "min"                      # min | max: which way best_metric improves
+    c.train.early_stopping_patience = 0            # evaluations without improvement before stopping; 0 = never
 
     c.mesh = ml_collections.ConfigDict({"data": -1})   # axis name -> size, -1 fills the rest
     c.mesh_devices = 0                             # use the first N devices; 0 = all
