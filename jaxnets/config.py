@@ -55,7 +55,29 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise UserError(f"Config file {path!r} defines no get_config(arg) function.")
     config = module.get_config(arg or None) if _takes_arg(module.get_config) else module.get_config()
-    return ml_collections.ConfigDict(config)
+    return with_task_options(ml_collections.ConfigDict(config))
+
+
+def with_task_options(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fill `task_options` with the task class's declared `options` (name -> default), so that
+    every option can be overridden (`--config.task_options.kl_weight=0`) and printed, and an
+    option the task does not declare is an error instead of a silently ignored setting."""
+    if not config.get("task"):
+        return config
+    from jaxnets.tasks import TASKS
+    declared = getattr(TASKS.get(config.task), "options", None)
+    if declared is None:   # a task that declares nothing keeps its free-form options
+        return config
+    given = dict(config.get("task_options") or {})
+    for key in given:
+        if key not in declared:
+            close = difflib.get_close_matches(key, list(declared), n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise UserError(f"Task {config.task!r} has no option {key!r}.{hint} Its options: "
+                            f"{', '.join(sorted(declared)) or '(none)'}.")
+    with config.unlocked():
+        config.task_options = ml_collections.ConfigDict({**declared, **given})
+    return config
 
 
 def _takes_arg(fn) -> bool:

@@ -53,6 +53,8 @@ def latent_map(decode, lo: np.ndarray, hi: np.ndarray, n: int = 15) -> tuple[np.
 
 
 class AutoEncoderTask(Task):
+    options = {}
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.image_shape = tuple(dataset.info["image_shape"])

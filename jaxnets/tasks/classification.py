@@ -25,6 +25,8 @@ def compute_dtype(config):
 
 
 class ClassificationTask(Task):
+    options = {"input_key": "image", "label_smoothing": 0.0}
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         opts = config.task_options

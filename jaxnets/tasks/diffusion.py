@@ -45,6 +45,11 @@ def prompts_for(template: str) -> list[str]:
 
 
 class DiffusionTask(Task):
+    options = {"schedule": "cosine", "num_steps": 1000, "p_uncond": 0.1, "ema_decay": 0.999,
+               "sampler": "ddim", "sample_steps": 50, "eta": 0.0, "clip_x0": 1.0, "guidance": 3.0,
+               "guidance_scales": (0.0, 1.0, 3.0, 5.0), "judge_dir": None, "num_samples": 200,
+               "prompt_templates": TRAIN_TEMPLATES}
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         o = config.task_options

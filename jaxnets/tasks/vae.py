@@ -33,11 +33,15 @@ from jaxnets.tasks.base import State, Task
 
 
 class VAETask(Task):
+    options = {"binarize": None, "kl_weight": 1.0, "compare_autoencoder": False,   # binarize None:
+               "judge_dir": None}                                                  # Bernoulli only
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         opts = config.task_options
         self.likelihood = config.model.get("likelihood", "bernoulli")
-        self.binarize = opts.get("binarize", self.likelihood == "bernoulli")
+        self.binarize = opts.get("binarize")
+        self.binarize = self.likelihood == "bernoulli" if self.binarize is None else self.binarize
         self.kl_weight = opts.get("kl_weight", 1.0)
         self.compare_ae = opts.get("compare_autoencoder", False)
         self.judge_dir = opts.get("judge_dir", None)
