@@ -100,11 +100,23 @@ def attention_map(trainer: Trainer, index: int = 0) -> tuple[np.ndarray, str, st
     return weights, text(split["source"][index]), text(split["target"][index])
 
 
+def _finished(workdir: str, config) -> bool:
+    path = os.path.join(workdir, "final.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        final = json.load(f)
+    saved = os.path.join(workdir, "checkpoints")
+    return final.get("step") == config.train.steps and os.path.isdir(saved)
+
+
 def run_one(preset, name, length, workroot):
     workdir = os.path.join(workroot, f"{name}_L{length}")
-    shutil.rmtree(workdir, ignore_errors=True)
+    config = make_config(preset, name, length)
+    if not _finished(workdir, config):   # a finished run of this config is restored, not retrained
+        shutil.rmtree(workdir, ignore_errors=True)
     t0 = time.time()
-    trainer = Trainer(make_config(preset, name, length), workdir)
+    trainer = Trainer(config, workdir)
     final = trainer.run()
     acc = greedy_accuracy(trainer)
     row = {"name": name, "length": length, **acc,
@@ -165,16 +177,18 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     rows, amap = [], None
-    for length in lengths:
+    # Longest first: the acceptance numbers exist early; results.json is rewritten after each run.
+    for length in sorted(lengths, reverse=True):
         for name in args.models.split(","):
             row, trainer = run_one(preset, name, length, args.workdir)
             rows.append(row)
             if name == "lstm_attention" and length == max(lengths):
                 amap = attention_map(trainer)
-    plot(args.out, rows, amap)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"benchmark": "long_range", "preset": args.preset, "device": device_name(),
-                   "seconds": time.time() - t0, "results": rows}, f, indent=1)
+            with open(os.path.join(args.out, "results.json"), "w") as f:
+                json.dump({"benchmark": "long_range", "preset": args.preset, "device": device_name(),
+                           "seconds": time.time() - t0, "complete": len(rows) == len(lengths) * len(
+                               args.models.split(",")), "results": rows}, f, indent=1)
+            plot(args.out, rows, amap)
     print(f"total {time.time() - t0:.0f}s", flush=True)
     report("long_range", rows)
 

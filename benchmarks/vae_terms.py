@@ -32,7 +32,7 @@ from benchmarks.common import device_name, report
 from jaxnets import images as imlib
 from jaxnets.cli import repo_dir
 from jaxnets.config import apply_overrides, load_config
-from jaxnets.tasks.autoencoder import heldout_images, one_of_each_digit
+from jaxnets.tasks.common import heldout_images, one_of_each_digit
 from jaxnets.train.trainer import Trainer
 
 SETTINGS = {"recon_only": {"kl_weight": 0.0, "recon_weight": 1.0},

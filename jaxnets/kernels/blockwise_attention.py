@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxnets.nn.attention import split_heads_of_mask, structured_mask
+from jaxnets.kernels.masks import split_heads_of_mask, structured_mask
 
 # The [B, H, Tq, block_k] float32 temporaries of one step hold about this many elements.
 _TARGET_BLOCK_ELEMENTS = 1 << 23

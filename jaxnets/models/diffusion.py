@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxnets.nn.attention import MultiHeadAttention
 from jaxnets.nn.conv import conv_general_dilated
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -82,7 +83,7 @@ class TextEncoder(nnx.Module):
         self.tokens = nnx.Embed(vocab_size, dim, dtype=dtype, rngs=rngs)
         self.positions = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_len, dim)))
         self.attn_norms = nnx.List([nnx.LayerNorm(dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
-        self.attns = nnx.List([nnx.MultiHeadAttention(num_heads, dim, decode=False, dtype=dtype, rngs=rngs)
+        self.attns = nnx.List([MultiHeadAttention(dim, num_heads, dtype=dtype, rngs=rngs)
                                for _ in range(num_layers)])
         self.mlp_norms = nnx.List([nnx.LayerNorm(dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
         self.mlps_in = nnx.List([nnx.Linear(dim, 4 * dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
@@ -90,13 +91,13 @@ class TextEncoder(nnx.Module):
         self.final_norm = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, token_ids: jax.Array) -> jax.Array:
-        keep = token_ids != 0                                   # [PAD] keys are masked out
-        mask = keep[:, None, None, :] & keep[:, None, :, None]
-        mask = mask | jnp.eye(token_ids.shape[1], dtype=bool)   # pads attend to themselves: no NaN
+        # Prompts are right-padded ([CLS] words... [PAD]...): [PAD] keys are masked out by length.
+        # Pad queries still see the real keys (finite rows); only the [CLS] row is read.
+        lengths = jnp.sum(token_ids != 0, axis=1)
         h = self.tokens(token_ids) + self.positions[...][: token_ids.shape[1]]
         for ln1, attn, ln2, fc1, fc2 in zip(self.attn_norms, self.attns, self.mlp_norms,
                                             self.mlps_in, self.mlps_out):
-            h = h + attn(ln1(h), mask=mask, deterministic=True)
+            h = h + attn(ln1(h), kv_lengths=lengths)
             h = h + fc2(jax.nn.gelu(fc1(ln2(h))))
         return self.final_norm(h[:, 0])
 
@@ -131,12 +132,12 @@ class ResBlock(nnx.Module):
 class SelfAttention2D(nnx.Module):
     def __init__(self, ch: int, num_heads: int = 4, groups: int = 8, *, dtype=None, rngs: nnx.Rngs):
         self.norm = nnx.GroupNorm(ch, num_groups=min(groups, ch), dtype=dtype, rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(num_heads, ch, decode=False, dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(ch, num_heads, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         b, h, w, c = x.shape
         seq = self.norm(x).reshape(b, h * w, c)
-        return x + self.attn(seq, deterministic=True).reshape(b, h, w, c)
+        return x + self.attn(seq).reshape(b, h, w, c)
 
 
 class UNet(nnx.Module):

@@ -1,11 +1,14 @@
-"""Autoregressive decoding for any model with a KV cache: greedy, temperature/top-k, beam search.
+"""Autoregressive decoding for every decoder in jaxnets: greedy, temperature/top-k, beam search.
 
-The model contract (Transformer and TransformerLM follow it):
+One routine serves the decoder-only TransformerLM, the encoder-decoder Transformer and the
+LSTM seq2seq model. The model contract:
     logits, cache = model.decode_step(cache, tokens)   # tokens [B] -> [B, V]; [B, t] -> [B, t, V]
-    cache = {"index": int32 scalar, "layers": leaves [num_layers, B, ...], "batch": leaves [B, ...]}
-Each step feeds only the newest token; keys and values of earlier steps come from the cache
-(and, for the encoder-decoder, the encoder output is projected once in `start_decode`).
-Everything runs inside one lax.scan, so a whole decode compiles once under jit.
+    cache = {"layers": leaves [num_layers, B, ...], "batch": leaves [B, ...], ...}
+where "layers" (stacked per-layer KV caches) and "batch" (per-example state: encoder memory,
+recurrent carry) are optional; other entries (the Transformer's "index") are shared by all
+rows. A Transformer feeds only the newest token and reads earlier keys/values from its
+cache; an encoder-decoder encodes once in `start_decode`. Everything runs inside one
+lax.scan, so a whole decode compiles once under jit.
 """
 from __future__ import annotations
 
@@ -25,35 +28,49 @@ def pick_tokens(logits, key=None, *, temperature=0.0, top_k=None):
 
 
 def generate(model, cache, prompt, steps: int, *, rng=None, temperature=0.0, top_k=None,
-             eos_id=None):
-    """Continue `prompt` [B, t0] (t0 >= 1, e.g. just BOS) by `steps` tokens -> [B, steps].
+             eos_id=None, keys=None):
+    """Continue `prompt` by `steps` tokens -> [B, steps].
 
-    The cache must hold t0 + steps positions. After `eos_id` a sequence keeps emitting eos_id.
+    `prompt` is one token per row [B] (e.g. BOS, fed as `decode_step(cache, [B])`) or a
+    chunk [B, t0] fed at once. The cache must hold t0 + steps - 1 positions (the last token
+    is never fed back). After `eos_id` a sequence keeps emitting eos_id. Sampling draws
+    token i with `keys[i]` (default: `jax.random.split(rng, steps)`).
     """
-    if temperature != 0.0 and rng is None:
+    if temperature != 0.0 and rng is None and keys is None:
         raise ValueError("Sampling (temperature > 0) needs an `rng` key.")
     logits, cache = model.decode_step(cache, prompt)
-    keys = jax.random.split(rng, steps) if rng is not None else jnp.zeros((steps, 2), jnp.uint32)
-    done = jnp.zeros(prompt.shape[0], bool)
+    if prompt.ndim == 2:
+        logits = logits[:, -1]
+    if keys is None:
+        keys = jax.random.split(rng, steps) if rng is not None else jnp.zeros((steps, 2), jnp.uint32)
+
+    def pick(logits, key, done):
+        token = pick_tokens(logits, key, temperature=temperature, top_k=top_k).astype(jnp.int32)
+        if eos_id is None:
+            return token, done
+        token = jnp.where(done, eos_id, token)
+        return token, done | (token == eos_id)
 
     def step(carry, key):
         last_logits, cache, done = carry
-        token = pick_tokens(last_logits, key, temperature=temperature, top_k=top_k)
-        if eos_id is not None:
-            token = jnp.where(done, eos_id, token)
-            done = done | (token == eos_id)
+        token, done = pick(last_logits, key, done)
         logits, cache = model.decode_step(cache, token)
         return (logits, cache, done), token
 
-    _, tokens = jax.lax.scan(step, (logits[:, -1], cache, done), keys)
-    return tokens.T
+    done = jnp.zeros(prompt.shape[0], bool)
+    (logits, _, done), tokens = jax.lax.scan(step, (logits, cache, done), keys[:-1])
+    last, _ = pick(logits, keys[-1], done)
+    return jnp.concatenate([tokens.T, last[:, None]], axis=1)
 
 
 def reorder_cache(cache, rows):
     """Select batch rows of a cache (beam search keeps the caches of the surviving beams)."""
-    return {"index": cache["index"],
-            "layers": jax.tree.map(lambda a: jnp.take(a, rows, axis=1), cache["layers"]),
-            "batch": jax.tree.map(lambda a: jnp.take(a, rows, axis=0), cache["batch"])}
+    out = dict(cache)
+    if "layers" in cache:
+        out["layers"] = jax.tree.map(lambda a: jnp.take(a, rows, axis=1), cache["layers"])
+    if "batch" in cache:
+        out["batch"] = jax.tree.map(lambda a: jnp.take(a, rows, axis=0), cache["batch"])
+    return out
 
 
 def beam_search(model, cache, bos, steps: int, beam_size: int, *, eos_id=None,

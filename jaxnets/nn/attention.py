@@ -33,6 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+# Mask rules live below nn (kernels build the same masks and must not import jaxnets.nn).
+from jaxnets.kernels.masks import split_heads_of_mask, structured_mask  # noqa: F401
+
 IMPLEMENTATIONS = ("xla", "blockwise", "pallas", "cudnn", "auto")
 
 # CPU: below this many logits per call the plain formula is faster than the scan over key
@@ -122,23 +125,6 @@ def _check_inputs(q, k, v, mask, segment_ids, kv_lengths):
     return jnp.asarray(q_seg, jnp.int32), jnp.asarray(kv_seg, jnp.int32)
 
 
-def structured_mask(q_pos, k_pos, *, causal, q_segment_ids=None, kv_segment_ids=None,
-                    kv_lengths=None):
-    """Boolean [B|1, Tq, Tk] mask from causal / segment / length rules at these positions.
-
-    `kv_segment_ids` and `k_pos` may cover one key block (the blockwise scan), so the rule
-    is written once for every implementation that builds masks in JAX.
-    """
-    allowed = jnp.ones((1, q_pos.shape[0], k_pos.shape[0]), bool)
-    if causal:
-        allowed = allowed & (q_pos[:, None] >= k_pos[None, :])[None]
-    if q_segment_ids is not None:
-        allowed = allowed & (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])
-    if kv_lengths is not None:
-        allowed = allowed & (k_pos[None, None, :] < jnp.asarray(kv_lengths)[:, None, None])
-    return allowed
-
-
 def xla_attention(q, k, v, *, causal=False, mask=None, q_segment_ids=None,
                   kv_segment_ids=None, kv_lengths=None, scale):
     """The textbook formula in float32, logits materialised; gradients by autodiff."""
@@ -175,14 +161,6 @@ def masked_softmax(logits, allowed):
     weights = jnp.where(allowed, jnp.exp(logits - row_max), 0.0)
     total = jnp.sum(weights, axis=-1, keepdims=True)
     return weights / jnp.where(total == 0, 1.0, total)
-
-
-def split_heads_of_mask(mask, kv_heads, groups):
-    """[B|1, Hq|1, Tq|1, Tk|1] -> [B|1, Hkv|1, G|1, Tq|1, Tk|1] to match grouped logits."""
-    b, h, tq, tk = mask.shape
-    if h == 1:
-        return mask[:, :, None]
-    return mask.reshape(b, kv_heads, groups, tq, tk)
 
 
 def _fold_lengths_into_segments(q, k, q_seg, kv_seg, kv_lengths):

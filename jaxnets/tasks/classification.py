@@ -16,12 +16,8 @@ from flax import nnx
 
 from jaxnets import metrics as M
 from jaxnets.data.augment import augment, parse_ops
-from jaxnets.models import build_model
 from jaxnets.tasks.base import State, Task
-
-
-def compute_dtype(config):
-    return jnp.dtype(config.train.compute_dtype)
+from jaxnets.tasks.common import build_task_model
 
 
 class ClassificationTask(Task):
@@ -44,12 +40,10 @@ class ClassificationTask(Task):
         for key in ("vocab_size", "in_features"):
             if key in info:
                 defaults[key] = info[key]
-        if self.config.train.compute_dtype != "float32":
-            defaults["dtype"] = compute_dtype(self.config)
         return defaults
 
     def build(self, rngs, make_optimizer):
-        model = build_model(self.config.model, rngs, **self.model_defaults())
+        model = build_task_model(self.config.model, self.config, rngs, **self.model_defaults())
         return State(model=model, opt=make_optimizer(model))
 
     def inputs(self, batch, rng=None):

@@ -23,9 +23,9 @@ import optax
 from flax import nnx
 
 from jaxnets import images as imlib
-from jaxnets.models import build_model
-from jaxnets.tasks.autoencoder import heldout_images, model_defaults, to_unit_range, write_report
 from jaxnets.tasks.base import State, Task
+from jaxnets.tasks.common import (build_task_model, heldout_images, image_model_defaults,
+                                  to_unit_range, write_report)
 
 
 def discriminator_loss(logits_real, logits_fake):
@@ -51,9 +51,9 @@ class GANTask(Task):
         self.judge_dir = config.task_options.get("judge_dir", None)
 
     def build(self, rngs, make_optimizer):
-        defaults = model_defaults(self.config, self.dataset)
-        g = build_model(self.config.model, rngs, **defaults)
-        d = build_model(self.config.model_d, rngs, **defaults)
+        defaults = image_model_defaults(self.config, self.dataset)
+        g = build_task_model(self.config.model, self.config, rngs, **defaults)
+        d = build_task_model(self.config.model_d, self.config, rngs, **defaults)
         return State(generator=g, discriminator=d, opt_g=make_optimizer(g, "optim"),
                      opt_d=make_optimizer(d, "optim_d"))
 

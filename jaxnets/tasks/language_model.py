@@ -13,6 +13,7 @@ default the dataset's seq_len).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -22,8 +23,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxnets.models import build_model
+from jaxnets.models.transformer_decoding import generate
 from jaxnets.tasks.base import State, Task
+from jaxnets.tasks.common import build_task_model
 
 LN2 = math.log(2.0)
 
@@ -44,10 +46,7 @@ class LanguageModelTask(Task):
         self.sample_context = int(opts.get("sample_context") or dataset.info.get("seq_len", 128))
 
     def build(self, rngs, make_optimizer):
-        defaults = {"vocab_size": self.vocab_size}
-        if self.config.train.compute_dtype != "float32":
-            defaults["dtype"] = jnp.dtype(self.config.train.compute_dtype)
-        model = build_model(self.config.model, rngs, **defaults)
+        model = build_task_model(self.config.model, self.config, rngs, vocab_size=self.vocab_size)
         return State(model=model, opt=make_optimizer(model))
 
     def _nll(self, model, tokens, *, train=False, rngs=None):
@@ -68,7 +67,7 @@ class LanguageModelTask(Task):
         seq_len = self.dataset.splits[self.config.data.train_split][self.tokens_key].shape[1] - 1
         tokens = self.config.data.batch_size * seq_len
         out = {"tokens": float(tokens)}
-        if hasattr(state.model, "decoder") and type(state.model).__name__ == "TransformerLM":
+        if hasattr(state.model, "init_cache"):    # a Transformer LM (KV cache): count its FLOPs
             from jaxnets.models.transformer import training_flops_per_token
             out["flops"] = tokens * training_flops_per_token(state.model, seq_len)
         return out
@@ -85,32 +84,14 @@ class LanguageModelTask(Task):
 
     # ------------------------------------------------------------------ sampling
     def sample(self, model, prompt_ids, length: int, temperature: float, seed: int = 0) -> np.ndarray:
-        """Autoregressive sampling with a fixed window of `sample_context` tokens, compiled
-        once: each step runs the model on the window and samples the next token. Works for
-        any causal model (the window is right-aligned, so no future token is ever read)."""
-        ctx = self.sample_context
-        prompt = np.asarray(prompt_ids, np.int32)[-ctx:]
-        graphdef, params = nnx.split(model)
-
-        @jax.jit
-        def run(params, window, key):
-            model = nnx.merge(graphdef, params)
-
-            def step(carry, key):
-                window, n = carry   # n valid tokens at the start of `window` (grows, then slides)
-                logits = model(window[None], train=False)[0]
-                last = jnp.take(logits, jnp.maximum(n - 1, 0), axis=0)
-                tok = jax.random.categorical(key, last / temperature).astype(jnp.int32)
-                full = n >= ctx
-                window = jnp.where(full, jnp.roll(window, -1).at[-1].set(tok), window.at[jnp.minimum(n, ctx - 1)].set(tok))
-                return (window, jnp.minimum(n + 1, ctx)), tok
-
-            _, toks = jax.lax.scan(step, (window, jnp.int32(len(prompt))), jax.random.split(key, length))
-            return toks
-
-        window = np.zeros(ctx, np.int32)
-        window[:len(prompt)] = prompt
-        return np.asarray(run(params, jnp.asarray(window), jax.random.key(seed)))
+        """`length` tokens sampled after `prompt_ids`, the model seeing at most `sample_context`
+        tokens. A model with a KV cache (`init_cache` + `decode_step`) feeds one token per
+        step; any other causal model reruns a sliding window (`sample_window`). Both draw
+        token i with the i-th of `jax.random.split(key(seed), length)`, so while the text fits
+        the context they sample the same tokens."""
+        if hasattr(model, "init_cache") and hasattr(model, "decode_step"):
+            return sample_cached(model, prompt_ids, length, temperature, self.sample_context, seed)
+        return sample_window(model, prompt_ids, length, temperature, self.sample_context, seed)
 
     def report(self, state, workdir):
         if not self.vocab or self.sample_length <= 0:
@@ -124,3 +105,58 @@ class LanguageModelTask(Task):
             f.write(text + "\n")
         # The text itself goes to samples.txt: the trainer's metric log takes numbers only.
         return {"sample_chars": float(len(toks))}
+
+
+def sample_window(model, prompt_ids, length, temperature, context, seed=0) -> np.ndarray:
+    """Sampling with a window of `context` tokens: each step runs the model on the window
+    (right-aligned once full, so no future token is ever read) and samples the next token."""
+    prompt = np.asarray(prompt_ids, np.int32)[-context:]
+    window = np.zeros(context, np.int32)
+    window[:len(prompt)] = prompt
+    graphdef, params = nnx.split(model)
+    return np.asarray(_window_loop(graphdef, params, jnp.asarray(window), jnp.int32(len(prompt)),
+                                   jax.random.split(jax.random.key(seed), length), temperature))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _window_loop(graphdef, params, window, n, keys, temperature):
+    model = nnx.merge(graphdef, params)
+    ctx = window.shape[0]
+
+    def step(carry, key):
+        window, n = carry   # n valid tokens at the start of `window` (grows, then slides)
+        logits = model(window[None], train=False)[0]
+        last = jnp.take(logits, jnp.maximum(n - 1, 0), axis=0)
+        tok = jax.random.categorical(key, last / temperature).astype(jnp.int32)
+        window = jnp.where(n >= ctx, jnp.roll(window, -1).at[-1].set(tok),
+                           window.at[jnp.minimum(n, ctx - 1)].set(tok))
+        return (window, jnp.minimum(n + 1, ctx)), tok
+
+    return jax.lax.scan(step, (window, n), keys)[1]
+
+
+def sample_cached(model, prompt_ids, length, temperature, context, seed=0) -> np.ndarray:
+    """KV-cached sampling: one token per step into a cache of `context` positions. A full
+    cache restarts from the newest context // 2 tokens (positions are baked into the cached
+    keys, so the window cannot slide by one); until then the model sees exactly what
+    `sample_window` shows it."""
+    graphdef, params = nnx.split(model)
+    keys = jax.random.split(jax.random.key(seed), length)
+    history = list(np.asarray(prompt_ids, np.int32)[-context:])
+    out = []
+    while len(out) < length:
+        prompt = np.asarray(history[-(context // 2):] if out else history, np.int32)
+        steps = min(context - len(prompt) + 1, length - len(out))
+        toks = _cached_segment(graphdef, params, jnp.asarray(prompt),
+                               keys[len(out):len(out) + steps], steps, context, temperature)
+        out.extend(np.asarray(toks).tolist())
+        history.extend(np.asarray(toks).tolist())
+    return np.asarray(out, np.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+def _cached_segment(graphdef, params, prompt, keys, steps, context, temperature):
+    """`steps` tokens after `prompt` from a fresh cache; compiled once per shape and model."""
+    model = nnx.merge(graphdef, params)
+    return generate(model, model.init_cache(1, context), prompt[None], steps,
+                    temperature=temperature, keys=keys)[0]

@@ -30,8 +30,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxnets.models import build_model
+from jaxnets.models.transformer_decoding import beam_search, generate
 from jaxnets.tasks.base import State, Task
+from jaxnets.tasks.common import build_task_model
 
 
 class Seq2SeqTask(Task):
@@ -47,10 +48,8 @@ class Seq2SeqTask(Task):
         self.vocab = info.get("vocab")
 
     def build(self, rngs, make_optimizer):
-        defaults = {"vocab_size": self.dataset.info["vocab_size"], "pad_id": self.pad_id}
-        if self.config.train.compute_dtype != "float32":
-            defaults["dtype"] = jnp.dtype(self.config.train.compute_dtype)
-        model = build_model(self.config.model, rngs, **defaults)
+        model = build_task_model(self.config.model, self.config, rngs,
+                                 vocab_size=self.dataset.info["vocab_size"], pad_id=self.pad_id)
         return State(model=model, opt=make_optimizer(model))
 
     def _teacher_forced(self, model, batch, *, train=False, rngs=None):
@@ -61,19 +60,10 @@ class Seq2SeqTask(Task):
         weights = (target_out != self.pad_id).astype(jnp.float32)
         return logits, nll, weights, target_out
 
-    def greedy_decode(self, model, source, length: int):
-        """int [B, length]: argmax decoding from BOS, one `decode_step` per position."""
-        state = model.start_decode(source)
-        first = jnp.full((source.shape[0],), self.bos_id, jnp.int32)
-
-        def step(carry, _):
-            tokens, state = carry
-            logits, state = model.decode_step(state, tokens)
-            nxt = jnp.argmax(logits, -1).astype(jnp.int32)
-            return (nxt, state), nxt
-
-        _, out = jax.lax.scan(step, (first, state), None, length=length)
-        return out.T
+    def greedy_decode(self, model, source, length: int, beam_size: int = 1):
+        """int [B, length]: greedy (or beam) decoding from BOS through the shared decoders."""
+        return decode(model, source, length, bos_id=self.bos_id, eos_id=self.eos_id,
+                      beam_size=beam_size)
 
     def train_step(self, state, batch, rng):
         def loss_fn(model):
@@ -129,3 +119,14 @@ class Seq2SeqTask(Task):
         with open(os.path.join(workdir, "decoded.txt"), "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
         return {}
+
+
+def decode(model, source, length: int, *, bos_id: int, eos_id: int | None = None,
+           beam_size: int = 1):
+    """int [B, length] from BOS: greedy (`beam_size` 1) or beam search, for any model with
+    `start_decode(source)` and `decode_step(state, tokens)`."""
+    state = model.start_decode(source)
+    bos = jnp.full((source.shape[0],), bos_id, jnp.int32)
+    if beam_size == 1:
+        return generate(model, state, bos, length)
+    return beam_search(model, state, bos, length, beam_size, eos_id=eos_id)[0]

@@ -16,8 +16,8 @@ import optax
 from flax import nnx
 
 from jaxnets import metrics as M
-from jaxnets.models import build_model
 from jaxnets.tasks.base import State, Task
+from jaxnets.tasks.common import build_task_model
 
 
 class SequenceLabelingTask(Task):
@@ -32,10 +32,8 @@ class SequenceLabelingTask(Task):
         self.num_classes = dataset.info["num_classes"]
 
     def build(self, rngs, make_optimizer):
-        defaults = {"num_classes": self.num_classes, "vocab_size": self.dataset.info["vocab_size"]}
-        if self.config.train.compute_dtype != "float32":
-            defaults["dtype"] = jnp.dtype(self.config.train.compute_dtype)
-        model = build_model(self.config.model, rngs, **defaults)
+        model = build_task_model(self.config.model, self.config, rngs, num_classes=self.num_classes,
+                                 vocab_size=self.dataset.info["vocab_size"])
         return State(model=model, opt=make_optimizer(model))
 
     def _weights(self, batch):

@@ -26,12 +26,11 @@ from flax import nnx
 from scipy import stats
 
 from jaxnets import images as imlib
-from jaxnets.models import build_model
 from jaxnets.models.autoencoder import AutoEncoder
-from jaxnets.tasks.autoencoder import (AutoEncoderTask, _different_digit_pairs, heldout_images,
-                                       interpolation_codes, latent_map, model_defaults, one_of_each_digit,
-                                       to_unit_range, write_report)
 from jaxnets.tasks.base import State, Task
+from jaxnets.tasks.common import (build_task_model, different_digit_pairs, heldout_images,
+                                  image_model_defaults, interpolation_codes, latent_map,
+                                  one_of_each_digit, store_params, sum_squared_error, to_unit_range, write_report)
 
 
 class VAETask(Task):
@@ -50,13 +49,14 @@ class VAETask(Task):
         self.judge_dir = opts.get("judge_dir", None)
 
     def build(self, rngs, make_optimizer):
-        defaults = model_defaults(self.config, self.dataset)
-        vae = build_model(self.config.model, rngs, **defaults)
+        defaults = image_model_defaults(self.config, self.dataset)
+        vae = build_task_model(self.config.model, self.config, rngs, **defaults)
         parts = {"model": vae, "opt": make_optimizer(vae)}
         if self.compare_ae:
             m = self.config.model
-            ae = AutoEncoder(defaults["image_shape"], m.get("latent_dim", 16), m.get("arch", "mlp"),
-                             m.get("hidden", None), dtype=defaults.get("dtype"), rngs=rngs)
+            ae = store_params(AutoEncoder(
+                defaults["image_shape"], m.get("latent_dim", 16), m.get("arch", "mlp"),
+                m.get("hidden", None), dtype=defaults.get("dtype"), rngs=rngs), self.config)
             parts.update(ae=ae, ae_opt=make_optimizer(ae))
         return State(**parts)
 
@@ -79,7 +79,7 @@ class VAETask(Task):
         if self.compare_ae:
             images = to_unit_range(batch["image"])
             ae_loss, ae_grads = nnx.value_and_grad(
-                lambda ae: AutoEncoderTask.sse(ae(images, train=True), images).mean())(state.ae)
+                lambda ae: sum_squared_error(ae(images, train=True), images).mean())(state.ae)
             state.ae_opt.update(state.ae, ae_grads)
             metrics["ae_loss"] = ae_loss
         return metrics
@@ -115,7 +115,7 @@ class VAETask(Task):
         pairs = np.stack([x_in[pick].reshape(5, 10, *x.shape[1:]), recon.reshape(5, 10, *x.shape[1:])], 1)
         files.append(_save(pairs.reshape(100, *x.shape[1:]), workdir, "reconstructions.png",
                            "held-out digits (odd rows) and VAE reconstructions (posterior means)"))
-        a, b = _different_digit_pairs(labels, 8)
+        a, b = different_digit_pairs(labels, 8)
         panels = [("VAE", np.asarray(dec(interpolation_codes(codes[a], codes[b], 10))), 10)]
         if ae is not None:
             ae_codes = np.asarray(jax.jit(lambda x: ae.encode(x))(x))

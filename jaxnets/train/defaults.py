@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 3
     c.train.compute_dtype = "float32"              # "bfloat16" for mixed precision
+    c.train.param_dtype = "float32"                # parameter storage (jaxnets/tasks/common.py)
     c.train.report = True                          # call task.report() at the end
     c.train.progress = True                        # progress bar when stderr is a terminal
     c.train.best_metric = ""                       # e.g. "eval/loss": keep the best state in WORKDIR/best/
