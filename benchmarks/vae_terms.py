@@ -16,6 +16,11 @@ eval), neg ELBO (their sum), and the Frechet distance of 1,000 prior samples to 
 in the judge classifier's feature space (jaxnets.images.ImageJudge; lower is better).
 Writes DIR (default benchmarks/results/vae_terms/): results.json and vae_terms.png (rows:
 settings; columns: reconstructions, prior samples, latent codes of held-out digits).
+
+Measured (smoke, 1,500 steps each, 2026-12-02, ~12 min on the loaded 2-core CPU), recon NLL /
+KL / prior-sample Frechet: recon_only 146.6 / 30.7 / 212.6 (codes spread to |z| ~ 15, the
+prior misses them); kl_only 570.6 / 0.00 / 471.4 (every code at 0, grey reconstructions);
+both 143.3 / 6.4 / 152.8 (codes inside the prior's disc, prior samples read as digits).
 """
 from __future__ import annotations
 
