@@ -5,6 +5,9 @@ Three conditionings, one config (arg `class` is the default):
     jaxnets train --config experiments/ddpm_mnist.py:smoke --workdir runs/ddpm_class
     jaxnets train --config experiments/ddpm_mnist.py:smoke,text --workdir runs/ddpm_text
     jaxnets train --config experiments/ddpm_mnist.py:smoke,uncond --workdir runs/ddpm_uncond
+Text through cross-attention on the prompt's token states instead of the pooled vector (not yet
+measured at smoke scale):
+    jaxnets train --config experiments/ddpm_mnist.py:smoke,text,cross --workdir runs/ddpm_text_cross
 The first run also trains the judge classifier of experiments/mnist_cnn.py:smoke into
 runs/mnist_judge (about 1 minute; `judge_dir=DIR` puts it elsewhere).
 Smoke recipe: 3,200 steps of batch 64, Adam 2e-3 warmup-cosine, EMA 0.997, p_uncond 0.1, cosine
@@ -46,7 +49,8 @@ def get_config(arg=None):
     patch = args.get("patch", 2 if smoke else 1)
     c.model = {"name": "unet", "channels": args.get("channels", 32),
                "channel_mults": (1, 2) if patch > 1 else (1, 2, 2), "patch_size": patch,
-               "attention": True, "conditioning": conditioning}
+               "attention": True, "conditioning": conditioning,
+               "text_conditioning": "cross_attention" if args.get("cross") else "pooled"}
     c.task_options = {
         "schedule": args.get("schedule", "cosine"), "num_steps": 400,
         "p_uncond": args.get("p_uncond", 0.1),
