@@ -8,6 +8,8 @@ to classify about 0.9 of the guided samples as the requested digit (eval/class_a
 Options: `sampler=ddpm`, `schedule=linear`, `guidance=W`, `eta=E`, `steps=N`, `channels=C`,
 `patch=1`, `lr`, `ema_decay`, `p_uncond`, `judge_dir=DIR`; full: drop `smoke`.
 Measured figures: benchmarks/results/experiment_notes.md.
+Text through cross-attention on the prompt's token states instead of the pooled vector:
+    jaxnets train --config experiments/ddpm_mnist.py:smoke,text,cross --workdir runs/ddpm_text_cross
 """
 from jaxnets.config import parse_arg
 from jaxnets.train.defaults import base_config
@@ -24,7 +26,8 @@ def get_config(arg=None):
     patch = args.get("patch", 2 if smoke else 1)
     c.model = {"name": "unet", "channels": args.get("channels", 32),
                "channel_mults": (1, 2) if patch > 1 else (1, 2, 2), "patch_size": patch,
-               "attention": True, "conditioning": conditioning}
+               "attention": True, "conditioning": conditioning,
+               "text_conditioning": "cross_attention" if args.get("cross") else "pooled"}
     c.task_options = {
         "schedule": args.get("schedule", "cosine"), "num_steps": 400,
         "p_uncond": args.get("p_uncond", 0.1),

@@ -67,12 +67,13 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         raise UserError(f"Config file {path!r} defines no get_config(arg) function.")
     try:
         config = module.get_config(arg or None) if _takes_arg(module.get_config) else module.get_config()
-        return ml_collections.ConfigDict(config)
+        config = ml_collections.ConfigDict(config)
     except UserError:
         raise
     except Exception as e:   # noqa: BLE001
         call = f"get_config({arg!r})" if arg else "get_config()"
         raise UserError(f"{call} in {path!r} failed: {_where(e, path)}.") from e
+    return with_task_options(config)
 
 
 def _where(error: BaseException, path: str) -> str:
@@ -98,6 +99,28 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise UserError(f"config.{key} must be a positive integer, got {value!r} "
                             f"(e.g. --config.{key}=100).")
+
+
+def with_task_options(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fill `task_options` with the task class's declared `options` (name -> default), so that
+    every option can be overridden (`--config.task_options.kl_weight=0`) and printed, and an
+    option the task does not declare is an error instead of a silently ignored setting."""
+    if not config.get("task"):
+        return config
+    from jaxnets.tasks import TASKS
+    declared = getattr(TASKS.get(config.task), "options", None)
+    if declared is None:   # a task that declares nothing keeps its free-form options
+        return config
+    given = dict(config.get("task_options") or {})
+    for key in given:
+        if key not in declared:
+            close = difflib.get_close_matches(key, list(declared), n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise UserError(f"Task {config.task!r} has no option {key!r}.{hint} Its options: "
+                            f"{', '.join(sorted(declared)) or '(none)'}.")
+    with config.unlocked():
+        config.task_options = ml_collections.ConfigDict({**declared, **given})
+    return config
 
 
 def _takes_arg(fn) -> bool:

@@ -12,6 +12,9 @@ indexed by i = t - 1 in 0..T-1, and that index is what the noise predictor recei
   deterministic, eta=1 with every step is exactly DDPM with sigma_t^2 = beta~_t.
 - `guided_eps`: classifier-free guidance eps_u + s (eps_c - eps_u), one batched forward pass.
 - `ema_update`: exponential moving average of a module's parameters, for sampling.
+- Trajectories, for pictures and research: `forward_trajectory` (x_t of one x_0 at evenly
+  spaced t = 0..T) and `trajectory=True` on both samplers (x_t and the predicted x_0 at every
+  sampler step, from the same scan).
 
 An `eps_fn(x_t, t_index) -> eps` is any callable; the samplers never see a model directly,
 so tests can hand them the oracle noise and tasks hand them a guided, EMA network.
@@ -86,6 +89,19 @@ def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) 
     return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * noise
 
 
+def forward_trajectory(schedule: Schedule, x0: jax.Array, rng: jax.Array,
+                       num_frames: int = 11) -> tuple[np.ndarray, jax.Array]:
+    """The forward process as frames: t = 0, T/(F-1), ..., T (paper timesteps, rounded) and
+    x_t [F, *x0.shape], t = 0 being x_0 itself. One noise draw eps serves every frame, so the
+    strip shows the same image fading into the same noise; each frame is still an exact
+    sample of q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)."""
+    ts = np.round(np.linspace(0, schedule.num_steps, num_frames)).astype(np.int32)
+    noise = jax.random.normal(rng, x0.shape, x0.dtype)
+    abar = jnp.concatenate([jnp.ones((1,)), schedule.alpha_bars])[ts]   # abar at t = 0 is 1
+    abar = abar.reshape((-1,) + (1,) * x0.ndim)
+    return ts, jnp.sqrt(abar) * x0[None] + jnp.sqrt(1.0 - abar) * noise[None]
+
+
 def x0_from_eps(schedule: Schedule, x_t: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
     abar = _per_example(schedule.alpha_bars, t, x_t)
     return (x_t - jnp.sqrt(1.0 - abar) * eps) / jnp.sqrt(abar)
@@ -121,10 +137,11 @@ def _clip_eps(schedule, x, t, eps, clip_x0):
 
 
 def ddpm_sample(schedule: Schedule, eps_fn: EpsFn, x_T: jax.Array, rng: jax.Array, *,
-                variance: str = "beta", clip_x0: float | None = None) -> jax.Array:
+                variance: str = "beta", clip_x0: float | None = None, trajectory: bool = False):
     """Algorithm 2: for t = T..1, x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)
     + sigma_t z, with z = 0 at t = 1 and sigma_t^2 = beta_t ("beta") or beta~_t ("posterior").
-    One `lax.scan` over timesteps; call it inside `jax.jit`."""
+    One `lax.scan` over timesteps; call it inside `jax.jit`. With `trajectory=True` returns
+    (x_0, {"t": index i per step, "x_t": the input of each step, "x0": its predicted x_0})."""
     if variance not in ("beta", "posterior"):
         raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
     sigmas = jnp.sqrt(schedule.betas if variance == "beta" else schedule.posterior_variance)
@@ -136,10 +153,12 @@ def ddpm_sample(schedule: Schedule, eps_fn: EpsFn, x_T: jax.Array, rng: jax.Arra
         mean = (x - schedule.betas[i] / jnp.sqrt(1.0 - schedule.alpha_bars[i]) * eps) / jnp.sqrt(
             schedule.alphas[i])
         z = jnp.where(i > 0, 1.0, 0.0) * _step_noise(rng, i, x.shape)
-        return (mean + sigmas[i] * z).astype(x_T.dtype), None
+        seen = (x, x0_from_eps(schedule, x, t, eps)) if trajectory else None
+        return (mean + sigmas[i] * z).astype(x_T.dtype), seen
 
-    x0, _ = jax.lax.scan(step, x_T, jnp.arange(schedule.num_steps - 1, -1, -1))
-    return x0
+    steps = jnp.arange(schedule.num_steps - 1, -1, -1)
+    x0, seen = jax.lax.scan(step, x_T, steps)
+    return (x0, {"t": steps, "x_t": seen[0], "x0": seen[1]}) if trajectory else x0
 
 
 def ddim_timesteps(num_steps: int, num_sample_steps: int) -> np.ndarray:
@@ -151,9 +170,10 @@ def ddim_timesteps(num_steps: int, num_sample_steps: int) -> np.ndarray:
 
 def ddim_sample(schedule: Schedule, eps_fn: EpsFn, x_T: jax.Array, rng: jax.Array, *,
                 num_sample_steps: int = 50, eta: float = 0.0,
-                clip_x0: float | None = None) -> jax.Array:
+                clip_x0: float | None = None, trajectory: bool = False):
     """DDIM: x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z with
-    sigma = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev). One `lax.scan`."""
+    sigma = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev). One `lax.scan`.
+    `trajectory=True`: (x_0, {"t", "x_t", "x0"}) as for `ddpm_sample`, one entry per step."""
     steps = ddim_timesteps(schedule.num_steps, num_sample_steps)
     prev = np.concatenate([steps[1:], [-1]]).astype(np.int32)   # -1 marks "x_0": abar = 1
     batch = x_T.shape[0]
@@ -168,10 +188,11 @@ def ddim_sample(schedule: Schedule, eps_fn: EpsFn, x_T: jax.Array, rng: jax.Arra
         sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))
         direction = jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma**2, 0.0)) * eps
         z = _step_noise(rng, i, x.shape)
-        return (jnp.sqrt(abar_prev) * x0 + direction + sigma * z).astype(x_T.dtype), None
+        seen = (x, x0) if trajectory else None
+        return (jnp.sqrt(abar_prev) * x0 + direction + sigma * z).astype(x_T.dtype), seen
 
-    x0, _ = jax.lax.scan(step, x_T, (jnp.asarray(steps), jnp.asarray(prev)))
-    return x0
+    x0, seen = jax.lax.scan(step, x_T, (jnp.asarray(steps), jnp.asarray(prev)))
+    return (x0, {"t": jnp.asarray(steps), "x_t": seen[0], "x0": seen[1]}) if trajectory else x0
 
 
 def guided_eps(eps_fn_cond: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],

@@ -15,13 +15,25 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 
-def confusion_matrix(labels, preds, num_classes: int, weights=None):
-    """float32 [C, C] counts: rows are true classes, columns predicted classes.
+ORIENTATIONS = ("true", "predicted")
+
+
+def _check_rows(rows: str) -> None:
+    if rows not in ORIENTATIONS:
+        raise ValueError(f"rows must be 'true' or 'predicted', got {rows!r}.")
+
+
+def confusion_matrix(labels, preds, num_classes: int, weights=None, rows: str = "true"):
+    """float32 [C, C] counts. Default (rows="true", sklearn's convention): cm[t, p] counts
+    examples of true class t predicted as p. rows="predicted" gives the transpose, cm[p, t],
+    the orientation of the course's tables (a row per prediction: TP FP / FN TN for a binary
+    task whose class 0 is "positive"). Pass the same `rows` to `classification_report`.
 
     `weights` (e.g. the eval padding mask) weight each example; padded rows with weight 0
     contribute nothing. Implemented as a one-hot matmul contracting the batch axis, which XLA
     shards over the batch with one all-reduce (and which needs only N*C memory, not N*C*C).
     """
+    _check_rows(rows)
     labels = jnp.asarray(labels).reshape(-1)
     preds = jnp.asarray(preds).reshape(-1)
     # one_hot maps out-of-range ids (e.g. a -1 padding label) to all-zero rows: they count nowhere.
@@ -33,7 +45,8 @@ def confusion_matrix(labels, preds, num_classes: int, weights=None):
     # on the inputs' own mesh, which explicit-sharding meshes require for a sharded contraction
     # and which is a no-op without a mesh. HIGHEST precision keeps weighted counts out of bf16.
     replicated = NamedSharding(jax.typeof(true_1h).sharding.mesh, PartitionSpec())
-    return jnp.einsum("nt,np->tp", true_1h, pred_1h, precision="highest", out_sharding=replicated)
+    spec = "nt,np->tp" if rows == "true" else "nt,np->pt"
+    return jnp.einsum(spec, true_1h, pred_1h, precision="highest", out_sharding=replicated)
 
 
 def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -43,9 +56,13 @@ def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
 
 
-def classification_report(cm) -> dict:
-    """Accuracy, per-class/macro/micro precision, recall and F1 from summed confusion counts."""
+def classification_report(cm, rows: str = "true") -> dict:
+    """Accuracy, per-class/macro/micro precision, recall and F1 from summed confusion counts
+    (`rows`: the orientation `cm` was made with, as in `confusion_matrix`)."""
+    _check_rows(rows)
     cm = np.asarray(cm, np.float64)
+    if rows == "predicted":
+        cm = cm.T   # from here on rows are true classes
     true_pos = np.diag(cm)
     predicted = cm.sum(axis=0)         # column sums: how often each class was predicted
     actual = cm.sum(axis=1)            # row sums: how often each class occurs

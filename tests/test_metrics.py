@@ -133,3 +133,22 @@ def test_sharded_equals_unsharded(explicit_axes):
     np.testing.assert_allclose(
         ref["mse"], skm.mean_squared_error(targets[keep].astype(np.float64),
                                            outputs[keep].astype(np.float64)), rtol=1e-5)
+
+
+def test_confusion_matrix_course_orientation_worked_example():
+    """A 2x2 table as the course draws it: rows = predicted, columns = actual, class 0 =
+    positive. 40 TP, 10 FP, 5 FN, 45 TN -> precision 40/50, recall 40/45, F1 = 2PR/(P+R)."""
+    tp, fp, fn, tn = 40, 10, 5, 45
+    labels = np.array([0] * tp + [1] * fp + [0] * fn + [1] * tn)   # actual
+    preds = np.array([0] * tp + [0] * fp + [1] * fn + [1] * tn)    # predicted
+    course = np.array([[tp, fp], [fn, tn]])
+    np.testing.assert_array_equal(confusion_matrix(labels, preds, 2, rows="predicted"), course)
+    np.testing.assert_array_equal(confusion_matrix(labels, preds, 2), course.T)   # rows = true
+    rep = classification_report(course, rows="predicted")
+    p, r = 40 / 50, 40 / 45
+    assert rep["precision"][0] == pytest.approx(p) and rep["recall"][0] == pytest.approx(r)
+    assert rep["f1"][0] == pytest.approx(2 * p * r / (p + r))
+    assert rep["accuracy"] == pytest.approx((tp + tn) / 100)
+    assert rep == classification_report(course.T)   # the same numbers from either orientation
+    with pytest.raises(ValueError, match="rows"):
+        confusion_matrix(labels, preds, 2, rows="pred")

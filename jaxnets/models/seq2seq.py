@@ -11,6 +11,10 @@ implementation). Without input feeding the decoder LSTM does not depend on atten
 teacher-forced training runs it as one fast scan over all target steps and attends for all
 steps at once.
 
+`cell="gru"|"rnn"` swaps the recurrent cell (GRU, Elman RNN) in encoder and decoder;
+`attention=False` is the fixed-size-context encoder-decoder (Sutskever et al. 2014 / Cho et
+al. 2014): the decoder sees the source only through its initial state, logits = W_o h_t.
+
 Implements the decode interface of `jaxnets.tasks.seq2seq` and of the shared greedy/beam
 decoders in `jaxnets.models.transformer_decoding`:
     model(source, target_in, train=, rngs=) -> logits [B, U, V]
@@ -21,29 +25,38 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxnets.nn.attention import dot_product_attention
-from jaxnets.nn.recurrent import LSTM, Bidirectional
+from jaxnets.nn.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
+
+CELLS = {"lstm": LSTM, "gru": GRU, "rnn": SimpleRNN}
 
 
 class Seq2SeqLSTM(nnx.Module):
     def __init__(self, vocab_size: int, *, rngs: nnx.Rngs, embed_dim: int = 64, hidden: int = 128,
                  bidirectional_encoder: bool = True, dropout: float = 0.0, pad_id: int = 0,
-                 dtype: Any = None, unroll: int = 1, attention_impl: str = "auto"):
+                 dtype: Any = None, unroll: int = 1, attention_impl: str = "auto",
+                 cell: str = "lstm", attention: bool = True):
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}.")
         self.pad_id, self.dtype, self.attention_impl = pad_id, dtype, attention_impl
+        self.cell_kind, self.use_attention = cell, attention
         self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)   # shared by source and target
-        make = lambda d, **kw: LSTM(d, hidden, rngs=rngs, dtype=dtype, unroll=unroll, **kw)  # noqa: E731
+        make = lambda d, **kw: CELLS[cell](d, hidden, rngs=rngs, dtype=dtype, unroll=unroll, **kw)  # noqa: E731
         self.bidirectional = bidirectional_encoder
         self.encoder = Bidirectional(make(embed_dim), make(embed_dim, reverse=True)) \
             if bidirectional_encoder else make(embed_dim)
         enc = 2 * hidden if bidirectional_encoder else hidden
         self.bridge_h = nnx.Linear(enc, hidden, rngs=rngs, dtype=dtype)
-        self.bridge_c = nnx.Linear(enc, hidden, rngs=rngs, dtype=dtype)
+        if cell == "lstm":   # the memory cell c gets its own bridge
+            self.bridge_c = nnx.Linear(enc, hidden, rngs=rngs, dtype=dtype)
         self.decoder = make(embed_dim)
-        self.attn = nnx.Linear(hidden, enc, use_bias=False, rngs=rngs, dtype=dtype)     # W_a
-        self.combine = nnx.Linear(enc + hidden, hidden, rngs=rngs, dtype=dtype)         # W_c
+        if attention:
+            self.attn = nnx.Linear(hidden, enc, use_bias=False, rngs=rngs, dtype=dtype)     # W_a
+            self.combine = nnx.Linear(enc + hidden, hidden, rngs=rngs, dtype=dtype)         # W_c
         self.out = nnx.Linear(hidden, vocab_size, rngs=rngs, dtype=dtype)               # W_o
         self.dropout = nnx.Dropout(dropout)
 
@@ -53,15 +66,23 @@ class Seq2SeqLSTM(nnx.Module):
         mask = source != self.pad_id
         x = self.dropout(self.embed(source), deterministic=not train, rngs=rngs)
         memory, state = self.encoder(x, lengths=jnp.sum(mask, axis=1))
-        if self.bidirectional:
-            (h_f, c_f), (h_b, c_b) = state
-            h, c = jnp.concatenate([h_f, h_b], -1), jnp.concatenate([c_f, c_b], -1)
-        else:
-            h, c = state
-        return memory, mask, (jnp.tanh(self.bridge_h(h)), jnp.tanh(self.bridge_c(c)))
+        if self.bidirectional:   # (h, c) for an LSTM, (h,) for a GRU or RNN, per direction
+            state = jax.tree.map(lambda f, b: jnp.concatenate([f, b], -1), *state)
+        bridges = (self.bridge_h, self.bridge_c) if self.cell_kind == "lstm" else (self.bridge_h,)
+        return memory, mask, tuple(jnp.tanh(b(s)) for b, s in zip(bridges, state))
+
+    def attention_weights(self, h, memory, mask):
+        """a [B, U, S] = softmax_s(h_u^T W_a e_s), padded source positions masked (float32): the
+        weights `attend` applies through the attention entry point, spelled out for pictures."""
+        scores = jnp.einsum("bue,bse->bus", self.attn(h), memory)
+        scores = jnp.where(mask[:, None, :], scores.astype(jnp.float32), -1e9)
+        return jax.nn.softmax(scores, axis=-1)
 
     def attend(self, h, memory, mask, *, train=False, rngs=None):
         """h [B, U, H] -> logits [B, U, V] (Luong general attention over memory [B, S, E])."""
+        if not self.use_attention:   # fixed-size context: the source reached h only via the state
+            h = self.dropout(h, deterministic=not train, rngs=rngs)
+            return self.out(h).astype(jnp.float32)
         # One head of width E: [B, U, E] -> [B, U, 1, E]. The source is right-padded.
         q, kv = self.attn(h)[:, :, None].astype(memory.dtype), memory[:, :, None]
         context = dot_product_attention(q, kv, kv, scale=1.0, kv_lengths=jnp.sum(mask, axis=1),

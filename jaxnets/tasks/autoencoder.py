@@ -23,6 +23,8 @@ from jaxnets.tasks.common import (build_task_model, different_digit_pairs, heldo
 
 
 class AutoEncoderTask(Task):
+    options = {}
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.image_shape = tuple(dataset.info["image_shape"])

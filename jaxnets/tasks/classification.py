@@ -21,6 +21,8 @@ from jaxnets.tasks.common import build_task_model
 
 
 class ClassificationTask(Task):
+    options = {"input_key": "image", "label_smoothing": 0.0}
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         opts = config.task_options

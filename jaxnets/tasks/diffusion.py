@@ -45,6 +45,11 @@ def prompts_for(template: str) -> list[str]:
 
 
 class DiffusionTask(Task):
+    options = {"schedule": "cosine", "num_steps": 1000, "p_uncond": 0.1, "ema_decay": 0.999,
+               "sampler": "ddim", "sample_steps": 50, "eta": 0.0, "clip_x0": 1.0, "guidance": 3.0,
+               "guidance_scales": (0.0, 1.0, 3.0, 5.0), "judge_dir": None, "num_samples": 200,
+               "prompt_templates": TRAIN_TEMPLATES}
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         o = config.task_options
@@ -111,8 +116,9 @@ class DiffusionTask(Task):
         return {"loss": float(sums["loss_sum"] / sums["count"])}
 
     # ------------------------------------------------------------------ sampling
-    def sampler_fn(self, model, n: int):
-        """A jitted (cond, scale, rng) -> images in [0, 1]; the whole chain is one lax.scan."""
+    def sampler_fn(self, model, n: int, trajectory: bool = False):
+        """A jitted (cond, scale, rng) -> images in [0, 1]; the whole chain is one lax.scan.
+        trajectory=True: (images, {"t", "x_t", "x0"}) with every step's x_t and predicted x_0."""
         graphdef, params = nnx.split(model)
         shape = (n, *self.dataset.info["image_shape"])
 
@@ -127,13 +133,17 @@ class DiffusionTask(Task):
             init_rng, chain_rng = jax.random.split(rng)
             x_T = jax.random.normal(init_rng, shape)
             if self.sampler == "ddpm":
-                x0 = dm.ddpm_sample(self.schedule, eps_fn, x_T, chain_rng, clip_x0=self.clip_x0)
+                out = dm.ddpm_sample(self.schedule, eps_fn, x_T, chain_rng, clip_x0=self.clip_x0,
+                                     trajectory=trajectory)
             else:
-                x0 = dm.ddim_sample(self.schedule, eps_fn, x_T, chain_rng, num_sample_steps=self.sample_steps,
-                                    eta=self.eta, clip_x0=self.clip_x0)
-            return jnp.clip((x0 + 1.0) / 2.0, 0.0, 1.0)
+                out = dm.ddim_sample(self.schedule, eps_fn, x_T, chain_rng, num_sample_steps=self.sample_steps,
+                                     eta=self.eta, clip_x0=self.clip_x0, trajectory=trajectory)
+            to_unit = lambda x: jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
+            if trajectory:
+                return to_unit(out[0]), {**out[1], "x_t": to_unit(out[1]["x_t"]), "x0": to_unit(out[1]["x0"])}
+            return to_unit(out)
 
-        return lambda cond, scale, rng: np.asarray(sample(params, cond, jnp.float32(scale), rng))
+        return lambda cond, scale, rng: jax.tree.map(np.asarray, sample(params, cond, jnp.float32(scale), rng))
 
     def conditions_for(self, model, labels: np.ndarray, template: str | None = None):
         if self.conditioning == "class":
@@ -181,12 +191,37 @@ class DiffusionTask(Task):
                 files.append(_grid(rows(unseen), workdir, "samples_unseen_template.png",
                                    f'prompts "{UNSEEN_PROMPT}" (template not seen in training)'))
                 score("unseen_template_", unseen, labels)
+        files += self.trajectory_figures(model, workdir)
         notes = (f"schedule T={self.schedule.num_steps}, sampler {self.sampler}"
                  f"{'' if self.sampler == 'ddpm' else f' ({self.sample_steps} steps, eta {self.eta})'}; "
                  f"{n} samples per scored set; held-out eval/loss (Algorithm 1, EMA weights) is in final.json."
                  + (f" Judge: jaxnets CNN, held-out accuracy {judge.heldout_accuracy:.3f}." if judge else ""))
         write_report(workdir, f"DDPM ({self.conditioning or 'unconditional'})", self.config, files, metrics, notes)
         return metrics
+
+
+    def trajectory_figures(self, model, workdir, frames: int = 11, rows: int = 4) -> list[str]:
+        """forward.png: one held-out digit under q(x_t | x_0) at t = 0, T/10, ..., T (this
+        schedule); reverse.png: the sampler's x_t and its predicted x_0 at `frames` evenly spaced
+        steps of `rows` chains (digits 0..rows-1 when conditioned, guidance as in samples.png)."""
+        real, _ = heldout_images(self.dataset, self.config.data.eval_split, 1)
+        ts, strip = dm.forward_trajectory(self.schedule, jnp.asarray(real[0]) * 2.0 - 1.0,
+                                          jax.random.key(5), frames)
+        imlib.save_figure([(f"forward: x_t at t = {', '.join(map(str, ts))} (T = {self.schedule.num_steps})",
+                            np.clip((np.asarray(strip) + 1.0) / 2.0, 0.0, 1.0), frames)],
+                          os.path.join(workdir, "forward.png"), scale=0.3)
+        template = SEEN_PROMPT if self.conditioning == "text" else None
+        cond = self.conditions_for(model, np.arange(rows) % 10, template)
+        _, traj = self.sampler_fn(model, rows, trajectory=True)(cond, self.guidance, jax.random.key(6))
+        pick = np.round(np.linspace(0, len(traj["t"]) - 1, frames)).astype(int)
+        when = ", ".join(str(int(traj["t"][k]) + 1) for k in pick)   # paper timesteps t = i + 1
+        chains = lambda a: np.swapaxes(a[pick], 0, 1).reshape(-1, *a.shape[2:])   # row = chain
+        imlib.save_figure([("x_t", chains(traj["x_t"]), frames), ("predicted x_0", chains(traj["x0"]), frames)],
+                          os.path.join(workdir, "reverse.png"), scale=0.3,
+                          row_labels=[f"chain {r}" for r in range(rows)])
+        with open(os.path.join(workdir, "reverse_timesteps.txt"), "w") as f:
+            f.write(f"{self.sampler} steps shown (t, left to right): {when}\n")
+        return ["forward.png", "reverse.png"]
 
 
 def _grid(images, workdir, name, title):

@@ -42,6 +42,8 @@ def generator_loss(logits_fake, kind: str = "non_saturating"):
 
 
 class GANTask(Task):
+    options = {"generator_loss": "non_saturating", "judge_dir": None}
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.g_loss_kind = config.task_options.get("generator_loss", "non_saturating")

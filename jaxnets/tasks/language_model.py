@@ -31,6 +31,9 @@ LN2 = math.log(2.0)
 
 
 class LanguageModelTask(Task):
+    options = {"tokens_key": "tokens", "sample_prompt": "ROMEO:", "sample_length": 300,
+               "sample_temperature": 0.8, "sample_context": None}   # None: the dataset's seq_len
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         opts = config.task_options
@@ -40,7 +43,7 @@ class LanguageModelTask(Task):
         self.sample_prompt = opts.get("sample_prompt", "ROMEO:")
         self.sample_length = int(opts.get("sample_length", 300))
         self.sample_temperature = float(opts.get("sample_temperature", 0.8))
-        self.sample_context = int(opts.get("sample_context", dataset.info.get("seq_len", 128)))
+        self.sample_context = int(opts.get("sample_context") or dataset.info.get("seq_len", 128))
 
     def build(self, rngs, make_optimizer):
         model = build_task_model(self.config.model, self.config, rngs, vocab_size=self.vocab_size)

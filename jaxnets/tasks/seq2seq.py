@@ -36,6 +36,8 @@ from jaxnets.tasks.common import build_task_model
 
 
 class Seq2SeqTask(Task):
+    options = {"source_key": "source", "target_key": "target", "report_examples": 20}
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         opts, info = config.task_options, dataset.info

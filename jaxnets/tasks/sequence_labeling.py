@@ -21,6 +21,8 @@ from jaxnets.tasks.common import build_task_model
 
 
 class SequenceLabelingTask(Task):
+    options = {"tokens_key": "tokens", "labels_key": "labels", "label_mask_key": "label_mask"}
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         opts = config.task_options

@@ -4,7 +4,9 @@ Config: `model` = {"name": "vae", "arch": "mlp"|"conv", "latent_dim": ..., "like
 "bernoulli"|"gaussian"}. task_options:
 - `binarize` (default True for Bernoulli): pixels thresholded at 0.5, so the Bernoulli
   likelihood is a proper probability and the ELBO a bound on log p(x) in nats.
-- `kl_weight` (default 1; beta-VAE when != 1; the reported ELBO always uses weight 1).
+- `kl_weight` (default 1; beta-VAE when != 1; the reported ELBO always uses weight 1) and
+  `recon_weight` (default 1): `kl_weight=0` trains reconstruction only, `recon_weight=0` KL
+  only (benchmarks/vae_terms.py shows why the ELBO needs both).
 - `compare_autoencoder` (default False): also train a plain AutoEncoder of the same
   architecture in the same step (own optimizer from config.optim), so that `report` can put
   their latent spaces side by side.
@@ -32,12 +34,17 @@ from jaxnets.tasks.common import (build_task_model, different_digit_pairs, heldo
 
 
 class VAETask(Task):
+    options = {"binarize": None, "kl_weight": 1.0, "compare_autoencoder": False,   # binarize None:
+               "judge_dir": None, "recon_weight": 1.0}                             # Bernoulli only
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         opts = config.task_options
         self.likelihood = config.model.get("likelihood", "bernoulli")
-        self.binarize = opts.get("binarize", self.likelihood == "bernoulli")
+        self.binarize = opts.get("binarize")
+        self.binarize = self.likelihood == "bernoulli" if self.binarize is None else self.binarize
         self.kl_weight = opts.get("kl_weight", 1.0)
+        self.recon_weight = opts.get("recon_weight", 1.0)   # 0 with kl_weight 1: the KL-only model
         self.compare_ae = opts.get("compare_autoencoder", False)
         self.judge_dir = opts.get("judge_dir", None)
 
@@ -62,7 +69,7 @@ class VAETask(Task):
 
         def loss_fn(model):
             terms = model.elbo_terms(x, nnx.Rngs(latent=rng))
-            loss = -(terms["log_px_z"] - self.kl_weight * terms["kl"]).mean()
+            loss = -(self.recon_weight * terms["log_px_z"] - self.kl_weight * terms["kl"]).mean()
             return loss, terms
 
         (loss, terms), grads = nnx.value_and_grad(loss_fn, has_aux=True)(state.model)

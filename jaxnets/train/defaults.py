@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.progress = True                        # progress bar when stderr is a terminal
     c.train.max_nonfinite_steps = 5                # stop (exit 3) after this many skipped steps in a row
     c.train.restart_data = False                   # resume despite changed data settings: new data order
+    c.train.best_metric = ""                       # e.g. "eval/loss": keep the best state in WORKDIR/best/
+    c.train.best_mode = "min"                      # min | max: which way best_metric improves
+    c.train.early_stopping_patience = 0            # evaluations without improvement before stopping; 0 = never
 
     # Axis name -> size, -1 fills the rest. data: batch split, parameters replicated; fsdp: batch
     # split and every large parameter (and its optimizer state) sharded along one dimension;

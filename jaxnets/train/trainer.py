@@ -27,6 +27,7 @@ from jaxnets.runtime import tune_host_allocator
 from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
 from jaxnets.train import guard, resume
+from jaxnets.train.best import BestKeeper
 from jaxnets.train.logging import MetricWriter, Progress, log_line
 from jaxnets.train.optim import OptimizerFactory
 from jaxnets.train.profiling import StepProfiler
@@ -187,6 +188,7 @@ class Trainer:
         total = c.train.steps
         checkpointer = ckpt.Checkpointer(self.workdir, c.train.keep_checkpoints)
         start = self.restore_latest(checkpointer)
+        best = BestKeeper(c, self.workdir, write_json=self.is_main)   # train.best_metric, early stopping
         writer = MetricWriter(self.workdir, enabled=self.is_main, resume_step=start)
         monitor = guard.NonFiniteMonitor(c.train.get("max_nonfinite_steps", 5))
         data = TrainIterator(self.dataset.splits[c.data.train_split], c.data.batch_size, c.seed,
@@ -203,7 +205,7 @@ class Trainer:
         eval_metrics: dict[str, Any] = {}
         logged: dict[str, float] = {}   # last train log; eval may come before the first one
         try:
-            while step < total:
+            while step < total and not best.stopped:
                 if preempted(step):
                     if checkpointer.latest_step() != step:
                         checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=True)
@@ -249,9 +251,11 @@ class Trainer:
                     if progress.bar is None and self.is_main:
                         train_loss = {k: v for k, v in logged.items() if k == "train/loss"}
                         log_line(step, total, {**eval_metrics, **train_loss}, t_start)
+                    best.observe(step, eval_metrics, self.state.to_pure_dict, self._meta)
                     t0 = time.time()
-                if step % c.train.checkpoint_every == 0 or step == total:
-                    checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=step == total)
+                if step % c.train.checkpoint_every == 0 or step == total or best.stopped:
+                    checkpointer.save(step, self.state.to_pure_dict(), self._meta(step),
+                                      force=step == total or best.stopped)
             checkpointer.wait()
             if not eval_metrics and c.data.eval_split:
                 eval_metrics = {f"eval/{k}": v for k, v in self.evaluate().items()}
@@ -261,7 +265,7 @@ class Trainer:
                 writer.write(step, {k: v for k, v in report.items()
                                     if np.ndim(v) == 0 and not isinstance(v, str)})
             final = {"step": step, "metrics": _jsonable(eval_metrics), "param_digest": self.param_digest(),
-                     "parallel": self.parallel_summary()}
+                     "parallel": self.parallel_summary(), **best.summary()}
             if self.is_main:
                 ckpt.write_json(os.path.join(self.workdir, "final.json"), final)
             return final
@@ -271,6 +275,7 @@ class Trainer:
             progress.close()
             writer.close()
             checkpointer.close()
+            best.close()
 
     def report(self) -> dict[str, Any]:
         """`task.report` (sampling, decoding, judges, plots) on process 0, on a host copy.
