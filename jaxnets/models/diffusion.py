@@ -34,6 +34,7 @@ from flax import nnx
 
 from jaxnets.nn.attention import MultiHeadAttention
 from jaxnets.nn.conv import conv_general_dilated
+from jaxnets.nn.partitioning import Conv, Embed, GroupNorm, LayerNorm, Linear, Param, lookup
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PROMPT_WORDS = ("a", "an", "the", "of", "handwritten", "digit", "number", "picture", "image",
@@ -80,15 +81,15 @@ class TextEncoder(nnx.Module):
 
     def __init__(self, vocab_size: int, dim: int = 64, num_layers: int = 2, num_heads: int = 4,
                  max_len: int = 8, *, dtype=None, rngs: nnx.Rngs):
-        self.tokens = nnx.Embed(vocab_size, dim, dtype=dtype, rngs=rngs)
-        self.positions = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_len, dim)))
-        self.attn_norms = nnx.List([nnx.LayerNorm(dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
+        self.tokens = Embed(vocab_size, dim, dtype=dtype, rngs=rngs)
+        self.positions = Param(0.02 * jax.random.normal(rngs.params(), (max_len, dim)), (None, "embed"))
+        self.attn_norms = nnx.List([LayerNorm(dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
         self.attns = nnx.List([MultiHeadAttention(dim, num_heads, dtype=dtype, rngs=rngs)
                                for _ in range(num_layers)])
-        self.mlp_norms = nnx.List([nnx.LayerNorm(dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
-        self.mlps_in = nnx.List([nnx.Linear(dim, 4 * dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
-        self.mlps_out = nnx.List([nnx.Linear(4 * dim, dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
-        self.final_norm = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
+        self.mlp_norms = nnx.List([LayerNorm(dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
+        self.mlps_in = nnx.List([Linear(dim, 4 * dim, axes=("embed", "mlp"), dtype=dtype, rngs=rngs) for _ in range(num_layers)])
+        self.mlps_out = nnx.List([Linear(4 * dim, dim, axes=("mlp", "embed"), dtype=dtype, rngs=rngs) for _ in range(num_layers)])
+        self.final_norm = LayerNorm(dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, token_ids: jax.Array) -> jax.Array:
         """The pooled prompt embedding: the [CLS] row of `token_states` [B, dim]."""
@@ -99,7 +100,7 @@ class TextEncoder(nnx.Module):
         ([CLS] words... [PAD]...): [PAD] keys are masked out by length; pad queries still see
         the real keys (finite rows) and a reader masks them again (cross-attention kv_lengths)."""
         lengths = jnp.sum(token_ids != 0, axis=1)
-        h = self.tokens(token_ids) + self.positions[...][: token_ids.shape[1]]
+        h = lookup(self.tokens, token_ids) + self.positions[...][: token_ids.shape[1]]
         for ln1, attn, ln2, fc1, fc2 in zip(self.attn_norms, self.attns, self.mlp_norms,
                                             self.mlps_in, self.mlps_out):
             h = h + attn(ln1(h), kv_lengths=lengths)
@@ -110,22 +111,22 @@ class TextEncoder(nnx.Module):
 def conv3x3(cin, cout, **kwargs):
     """3x3 'SAME' convolution; on CPU through jaxnets.nn.conv (folded narrow layers, native filter
     gradient), elsewhere plain lax."""
-    return nnx.Conv(cin, cout, (3, 3), conv_general_dilated=conv_general_dilated, **kwargs)
+    return Conv(cin, cout, (3, 3), conv_general_dilated=conv_general_dilated, **kwargs)
 
 
 class ResBlock(nnx.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int = 8, *, dtype=None,
                  rngs: nnx.Rngs):
-        self.norm1 = nnx.GroupNorm(in_ch, num_groups=min(groups, in_ch), dtype=dtype, rngs=rngs)
+        self.norm1 = GroupNorm(in_ch, num_groups=min(groups, in_ch), dtype=dtype, rngs=rngs)
         self.conv1 = conv3x3(in_ch, out_ch, dtype=dtype, rngs=rngs)
         # The time/condition embedding sets a per-channel scale and shift of the second norm
         # (ADM's "scale-shift norm"): a multiplicative path lets the class steer every feature.
-        self.emb = nnx.Linear(emb_dim, 2 * out_ch, dtype=dtype, rngs=rngs)
-        self.norm2 = nnx.GroupNorm(out_ch, num_groups=min(groups, out_ch), dtype=dtype, rngs=rngs)
+        self.emb = Linear(emb_dim, 2 * out_ch, axes=("embed", "conv_out"), dtype=dtype, rngs=rngs)
+        self.norm2 = GroupNorm(out_ch, num_groups=min(groups, out_ch), dtype=dtype, rngs=rngs)
         # Zero-initialised last conv: each block starts as the identity (skip) map.
         self.conv2 = conv3x3(out_ch, out_ch, kernel_init=nnx.initializers.zeros, dtype=dtype,
                              rngs=rngs)
-        self.skip = nnx.Conv(in_ch, out_ch, (1, 1), dtype=dtype, rngs=rngs) if in_ch != out_ch else None
+        self.skip = Conv(in_ch, out_ch, (1, 1), dtype=dtype, rngs=rngs) if in_ch != out_ch else None
 
     def __call__(self, x, emb):
         h = self.conv1(nnx.silu(self.norm1(x)))
@@ -136,7 +137,7 @@ class ResBlock(nnx.Module):
 
 class SelfAttention2D(nnx.Module):
     def __init__(self, ch: int, num_heads: int = 4, groups: int = 8, *, dtype=None, rngs: nnx.Rngs):
-        self.norm = nnx.GroupNorm(ch, num_groups=min(groups, ch), dtype=dtype, rngs=rngs)
+        self.norm = GroupNorm(ch, num_groups=min(groups, ch), dtype=dtype, rngs=rngs)
         self.attn = MultiHeadAttention(ch, num_heads, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
@@ -151,7 +152,7 @@ class CrossAttention2D(nnx.Module):
 
     def __init__(self, ch: int, context_dim: int, num_heads: int = 4, groups: int = 8, *,
                  dtype=None, rngs: nnx.Rngs):
-        self.norm = nnx.GroupNorm(ch, num_groups=min(groups, ch), dtype=dtype, rngs=rngs)
+        self.norm = GroupNorm(ch, num_groups=min(groups, ch), dtype=dtype, rngs=rngs)
         self.attn = MultiHeadAttention(ch, num_heads, context_features=context_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, context, lengths):
@@ -185,17 +186,17 @@ class UNet(nnx.Module):
         self.conditioning, self.num_classes, self.channels = conditioning, num_classes, channels
         self.patch_size, c = patch_size, c * patch_size ** 2
         emb_dim = 4 * channels
-        self.time_in = nnx.Linear(channels, emb_dim, dtype=dtype, rngs=rngs)
-        self.time_out = nnx.Linear(emb_dim, emb_dim, dtype=dtype, rngs=rngs)
+        self.time_in = Linear(channels, emb_dim, axes=(None, "embed"), dtype=dtype, rngs=rngs)
+        self.time_out = Linear(emb_dim, emb_dim, axes=("embed", None), dtype=dtype, rngs=rngs)
         self.tokenizer = PromptTokenizer() if conditioning == "text" else None
         if conditioning == "class":
-            self.cond_embed = nnx.Embed(num_classes + 1, emb_dim, dtype=dtype, rngs=rngs)
+            self.cond_embed = Embed(num_classes + 1, emb_dim, dtype=dtype, rngs=rngs)
         elif conditioning == "text":
             self.text_encoder = TextEncoder(self.tokenizer.vocab_size, text_dim, text_layers,
                                             max_len=self.tokenizer.max_len, dtype=dtype, rngs=rngs)
             if not self.cross:
-                self.cond_embed = nnx.Linear(text_dim, emb_dim, dtype=dtype, rngs=rngs)
-            self.word_embed = (nnx.Embed(self.tokenizer.vocab_size, emb_dim, dtype=dtype, rngs=rngs)
+                self.cond_embed = Linear(text_dim, emb_dim, axes=("embed", None), dtype=dtype, rngs=rngs)
+            self.word_embed = (Embed(self.tokenizer.vocab_size, emb_dim, dtype=dtype, rngs=rngs)
                                if text_bag_of_words and not self.cross else None)
         chs = [channels * m for m in channel_mults]
         self.conv_in = conv3x3(c, channels, dtype=dtype, rngs=rngs)
@@ -213,7 +214,7 @@ class UNet(nnx.Module):
         if self.cross:
             self.cross_mid = CrossAttention2D(chs[-1], text_dim, dtype=dtype, rngs=rngs)
             self.cross_up = nnx.List([CrossAttention2D(b, text_dim, dtype=dtype, rngs=rngs) for b in chs[::-1]])
-        self.norm_out = nnx.GroupNorm(channels, num_groups=min(8, channels), dtype=dtype, rngs=rngs)
+        self.norm_out = GroupNorm(channels, num_groups=min(8, channels), dtype=dtype, rngs=rngs)
         self.conv_out = conv3x3(channels, c, kernel_init=nnx.initializers.zeros,
                                  dtype=dtype, rngs=rngs)
 
@@ -228,13 +229,13 @@ class UNet(nnx.Module):
     def __call__(self, x, t, cond=None, *, train: bool = False, rngs: nnx.Rngs | None = None):
         emb = self.time_out(nnx.silu(self.time_in(sinusoidal_time_embedding(t, self.channels))))
         if self.conditioning == "class":
-            emb = emb + self.cond_embed(cond)
+            emb = emb + lookup(self.cond_embed, cond)
         elif self.cross:
             context, lengths = self.text_encoder.token_states(cond), jnp.sum(cond != 0, axis=1)
         elif self.conditioning == "text":
             emb = emb + self.cond_embed(self.text_encoder(cond))
             if self.word_embed is not None:     # [PAD] (id 0) adds nothing
-                emb = emb + jnp.sum(self.word_embed(cond) * (cond != 0)[..., None], axis=1)
+                emb = emb + jnp.sum(lookup(self.word_embed, cond) * (cond != 0)[..., None], axis=1)
         h = self.conv_in(_fold(x, self.patch_size))
         skips = []
         for level, block in enumerate(self.down):

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnets.nn.attention import dot_product_attention
+from jaxnets.nn.partitioning import Embed, Linear, lookup
 from jaxnets.nn.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 
 CELLS = {"lstm": LSTM, "gru": GRU, "rnn": SimpleRNN}
@@ -44,27 +45,27 @@ class Seq2SeqLSTM(nnx.Module):
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}.")
         self.pad_id, self.dtype, self.attention_impl = pad_id, dtype, attention_impl
         self.cell_kind, self.use_attention = cell, attention
-        self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)   # shared by source and target
+        self.embed = Embed(vocab_size, embed_dim, rngs=rngs)   # shared by source and target
         make = lambda d, **kw: CELLS[cell](d, hidden, rngs=rngs, dtype=dtype, unroll=unroll, **kw)  # noqa: E731
         self.bidirectional = bidirectional_encoder
         self.encoder = Bidirectional(make(embed_dim), make(embed_dim, reverse=True)) \
             if bidirectional_encoder else make(embed_dim)
         enc = 2 * hidden if bidirectional_encoder else hidden
-        self.bridge_h = nnx.Linear(enc, hidden, rngs=rngs, dtype=dtype)
+        self.bridge_h = Linear(enc, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
         if cell == "lstm":   # the memory cell c gets its own bridge
-            self.bridge_c = nnx.Linear(enc, hidden, rngs=rngs, dtype=dtype)
+            self.bridge_c = Linear(enc, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
         self.decoder = make(embed_dim)
         if attention:
-            self.attn = nnx.Linear(hidden, enc, use_bias=False, rngs=rngs, dtype=dtype)     # W_a
-            self.combine = nnx.Linear(enc + hidden, hidden, rngs=rngs, dtype=dtype)         # W_c
-        self.out = nnx.Linear(hidden, vocab_size, rngs=rngs, dtype=dtype)               # W_o
+            self.attn = Linear(hidden, enc, axes=("mlp", "embed"), use_bias=False, rngs=rngs, dtype=dtype)     # W_a
+            self.combine = Linear(enc + hidden, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)         # W_c
+        self.out = Linear(hidden, vocab_size, axes=("mlp", "vocab"), rngs=rngs, dtype=dtype)               # W_o
         self.dropout = nnx.Dropout(dropout)
 
     # ------------------------------------------------------------------ pieces
     def encode(self, source, *, train=False, rngs=None):
         """-> (encoder outputs [B, S, E], source mask [B, S], decoder initial state (h, c))."""
         mask = source != self.pad_id
-        x = self.dropout(self.embed(source), deterministic=not train, rngs=rngs)
+        x = self.dropout(lookup(self.embed, source), deterministic=not train, rngs=rngs)
         memory, state = self.encoder(x, lengths=jnp.sum(mask, axis=1))
         if self.bidirectional:   # (h, c) for an LSTM, (h,) for a GRU or RNN, per direction
             state = jax.tree.map(lambda f, b: jnp.concatenate([f, b], -1), *state)
@@ -94,7 +95,7 @@ class Seq2SeqLSTM(nnx.Module):
     # ------------------------------------------------------------------ decode interface
     def __call__(self, source, target_in, *, train=False, rngs=None):
         memory, mask, state = self.encode(source, train=train, rngs=rngs)
-        y = self.dropout(self.embed(target_in), deterministic=not train, rngs=rngs)
+        y = self.dropout(lookup(self.embed, target_in), deterministic=not train, rngs=rngs)
         h, _ = self.decoder(y, initial_state=state)
         return self.attend(h, memory, mask, train=train, rngs=rngs)
 
@@ -105,6 +106,6 @@ class Seq2SeqLSTM(nnx.Module):
     def decode_step(self, state, tokens):
         rows = state["batch"]
         chunk = tokens if tokens.ndim == 2 else tokens[:, None]
-        h, carry = self.decoder(self.embed(chunk), initial_state=rows["carry"])
+        h, carry = self.decoder(lookup(self.embed, chunk), initial_state=rows["carry"])
         logits = self.attend(h, rows["memory"], rows["mask"])
         return (logits if tokens.ndim == 2 else logits[:, 0]), {"batch": {**rows, "carry": carry}}
