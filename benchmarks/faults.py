@@ -18,7 +18,6 @@ import glob
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile

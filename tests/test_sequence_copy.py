@@ -1,5 +1,4 @@
 """The long-range seq2seq pieces: the `sequence_copy` task and Seq2SeqLSTM's cell/attention options."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
