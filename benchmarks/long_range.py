@@ -15,6 +15,14 @@ accuracy = fraction of right letters in the greedy decodes (1,000 held-out strin
 in training). Writes DIR (default benchmarks/results/long_range/): results.json,
 accuracy_vs_length.png and attention_map.png (lstm_attention at the longest L: the decoder
 attends along the diagonal, the alignment a fixed-size context cannot express).
+
+Measured (smoke, 600 steps of batch 64 per run, 2026-12-02, 2-core CPU at load average ~18),
+sequence accuracy (greedy token accuracy) at L=40: rnn 0.000 (0.42), lstm 0.000 (0.17), gru
+0.000 (0.22), lstm_attention 0.999 (1.000), gru_attention 0.999 (1.000), transformer 0.999
+(1.000). At L=10: rnn 0.999, lstm 0.955, gru 0.855, lstm_attention and gru_attention 1.000.
+Training time per L=40 run under that load: 226-731 s (rnn 226, lstm 482, gru 363,
+lstm_attention 569, gru_attention 326, transformer 731); a finished run in WORKDIR is restored,
+not retrained, on a rerun.
 """
 from __future__ import annotations
 
@@ -36,7 +44,9 @@ from jaxnets.train.trainer import Trainer
 
 MODELS = ("rnn", "lstm", "gru", "lstm_attention", "gru_attention", "transformer")
 PRESETS = {
-    "smoke": {"lengths": (10, 20, 40), "steps": 600, "hidden": 128, "num_train": 20000},
+    # Two lengths keep the smoke within its budget (each L=40 run took 4-9 min at load ~18);
+    # at L=10 every model copies, at L=40 only attention does. The full preset fills in.
+    "smoke": {"lengths": (10, 40), "steps": 600, "hidden": 128, "num_train": 20000},
     "full": {"lengths": (10, 20, 40, 80, 120), "steps": 4000, "hidden": 256, "num_train": 50000},
 }
 

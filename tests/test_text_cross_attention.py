@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from jaxnets import diffusion as dm
@@ -26,6 +27,7 @@ def test_cross_attention_ignores_padded_token_states():
     assert not np.allclose(block(x, ctx, lengths), block(x, ctx.at[0, 0].add(1.0), lengths))
 
 
+@pytest.mark.slow   # compiles a U-Net forward, CFG and backward: ~30 s of CPU
 def test_prompt_reaches_the_cross_attention_unet_only_through_its_token_states():
     net = _unet("cross_attention")
     assert not hasattr(net, "cond_embed") and net.word_embed is None   # no pooled path
