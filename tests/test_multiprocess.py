@@ -92,7 +92,7 @@ def _spawn(rank, port, workdir, steps, delay=0.0):
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(tmp_path):
-    steps = 40
+    steps = 24
     reference = _launch("--processes", "2", "--devices-per-process", "2", "--", "train", *CLASSIFIER,
                         f"--config.train.steps={steps}", "--workdir", str(tmp_path / "reference"))
     assert reference.returncode == 0, reference.stdout[-3000:]
@@ -100,7 +100,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(tmp_p
     # Rank 1 is slower (a busier host): the two are at different steps when the signal lands.
     procs = [_spawn(0, port, tmp_path / "run", steps), _spawn(1, port, tmp_path / "run", steps, delay=0.15)]
     deadline = time.time() + 300
-    while not os.path.exists(tmp_path / "run" / "metrics.jsonl") or len(_rows(tmp_path / "run")) < 6:
+    while not os.path.exists(tmp_path / "run" / "metrics.jsonl") or len(_rows(tmp_path / "run")) < 4:
         assert time.time() < deadline and all(p.poll() is None for p in procs), "never got going"
         time.sleep(0.2)
     procs[1].send_signal(signal.SIGTERM)
