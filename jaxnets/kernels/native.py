@@ -44,8 +44,8 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("JAXNETS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxnets")
-    return Path(root) / "kernels"
+    from jaxnets.runtime import cache_root
+    return cache_root() / "kernels"
 
 
 # Per ISA: compiler target flags and the kernels' vector width / register budget (see the .cc).
