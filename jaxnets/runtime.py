@@ -45,7 +45,8 @@ def tune_host_allocator() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get("JAXNETS_HOST_ALLOCATOR", "tuned") == "default":
+    # A CPU back-end setting: a GPU/TPU process keeps glibc's defaults.
+    if os.environ.get("JAXNETS_HOST_ALLOCATOR", "tuned") == "default" or accelerator_expected():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
