@@ -7,7 +7,9 @@ per-device share of batch 128 on two per-core devices), times every native build
 run (`jaxnets.kernels.native.runnable_isas`: avx512, avx2, portable) and XLA's filter
 gradient, interleaved in rounds, each call on one thread (threads=1, as on per-core devices;
 XLA with `--xla_cpu_multi_thread_eigen=false`). Reports the median ms per build and its ratio
-to XLA (below 1: the kernel wins), and GFLOP/s. This is where a build's register tiles show:
+to XLA (below 1: the kernel wins), and GFLOP/s, from the process's CPU time per call
+(`*_cpu_ms`, the figures to read on a loaded machine: a call longer than the scheduler's time
+slice waits for every other job in wall time, a shorter one does not) and from wall time. This is where a build's register tiles show:
 `JAXNETS_NATIVE_ISA` picks the build `jaxnets train` uses; the on-disk choice cache picks XLA
 for any shape where it is faster.
 """
@@ -52,22 +54,28 @@ def main(argv=None):
     for f, x, g in calls.values():
         f(x, g).block_until_ready()
     times = {k: [] for k in calls}
+    cpu = {k: [] for k in calls}
     for _ in range(args.rounds):
         for k, (f, x, g) in calls.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             f(x, g).block_until_ready()
             times[k].append((time.perf_counter() - t) * 1e3)
+            cpu[k].append((time.process_time() - c) * 1e3)
     results = []
     for h, w, c, o in SHAPES:
         shape = f"{h}x{w}x{c}->{o}"
         flops = 2 * args.batch * h * w * 9 * c * o
-        xla = statistics.median(times[(shape, "xla")])
-        row = {"name": shape, "batch": args.batch, "xla_ms": xla}
+        med = statistics.median
+        xla, xla_cpu = med(times[(shape, "xla")]), med(cpu[(shape, "xla")])
+        row = {"name": shape, "batch": args.batch, "xla_cpu_ms": xla_cpu}
         for isa in isas:
-            ms = statistics.median(times[(shape, isa)])
-            row[f"{isa}_ms"] = ms
-            row[f"{isa}_over_xla"] = ms / xla
+            ms = med(cpu[(shape, isa)])
+            row[f"{isa}_cpu_ms"] = ms
+            row[f"{isa}_over_xla"] = ms / xla_cpu
             row[f"{isa}_gflops"] = flops / ms / 1e6
+        row["xla_wall_ms"] = xla
+        for isa in isas:
+            row[f"{isa}_wall_ms"] = med(times[(shape, isa)])
         results.append(row)
         print(", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
               file=sys.stderr)

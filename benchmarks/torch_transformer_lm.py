@@ -102,13 +102,15 @@ def main():
 
     for _ in range(a.warmup):
         step()
-    times = []
+    times, cpu = [], []
     for _ in range(a.iters):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         step()
         times.append((time.perf_counter() - t) * 1e3)
+        cpu.append((time.process_time() - c) * 1e3)
     ms = statistics.median(times)
     result = {"name": a.name, "ms_per_step": ms, "min_ms_per_step": min(times),
+              "cpu_ms_per_step": statistics.median(cpu),
               "tokens_per_s": a.batch * a.seq_len / ms * 1e3}
     print(json.dumps({"benchmark": "torch_transformer_lm",
                       "device": f"cpu torch {torch.__version__} threads={torch.get_num_threads()} {platform.machine()}",

@@ -12,7 +12,10 @@ model of the same architecture (benchmarks/torch_transformer_lm.py) run in its o
 subprocess (torch is never imported here). Each round runs the peer, then jaxnets, for every
 size; the ratio of medians within a round is the figure (`ratio_jaxnets_over_torch`: median
 over rounds). `--set KEY=VALUE` overrides the jaxnets config (e.g. model.attention_impl=xla,
-cpu_devices=1) to compare levers. Writes benchmarks/results/transformer_step.json with --out.
+cpu_devices=1) to compare levers. `--pin CORE` runs both on one core (one thread each: torch
+with OMP_NUM_THREADS=1, jaxnets on one single-threaded device) and the ratio of CPU time per
+step (`ratio_cpu`) is then the per-core efficiency, which holds on a loaded machine where wall
+times do not. Writes the full report to --out.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ def parse_args(argv=None):
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--set", action="append", default=[], help="jaxnets config override KEY=VALUE")
     ap.add_argument("--out", help="also write the full report (every round) to this file")
+    ap.add_argument("--pin", type=int, help="run both on this one core, one thread each")
     return ap.parse_args(argv)
 
 
@@ -74,14 +78,16 @@ def jaxnets_step(config, workdir):
 
 
 def time_calls(step, warmup, iters):
+    """Median wall ms, min wall ms and median process CPU ms per step."""
     for _ in range(warmup):
         step()
-    times = []
+    times, cpu = [], []
     for _ in range(iters):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         step()
         times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times), min(times)
+        cpu.append((time.process_time() - c) * 1e3)
+    return statistics.median(times), min(times), statistics.median(cpu)
 
 
 def peer(args, size, config, vocab):
@@ -91,12 +97,17 @@ def peer(args, size, config, vocab):
            "--layers", str(m.num_layers), "--seq-len", str(config.data.options["seq_len"]),
            "--batch", str(config.data.batch_size), "--positions", m.positions,
            "--warmup", str(args.warmup), "--iters", str(args.iters)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if args.pin is not None else {})}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])["results"][0]
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.pin is not None:   # inherited by the peer's subprocess
+        os.sched_setaffinity(0, {args.pin})
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+        args.set = [*args.set, "cpu_devices=1"]
     # Before JAX starts: the experiment's CPU device layout (both sizes set cpu_devices).
     from jaxnets.runtime import auto_cpu_devices, enable_compilation_cache, tune_host_allocator
     configs = {s: make_config(s, args.set) for s in args.sizes}
@@ -116,11 +127,13 @@ def main(argv=None):
             rd = {"load_avg_1min": os.getloadavg()[0]}
             for s in args.sizes:
                 torch_r = peer(args, s, configs[s], vocab[s])
-                ms, best = time_calls(steps[s], args.warmup, args.iters)
+                ms, best, cpu = time_calls(steps[s], args.warmup, args.iters)
                 rd[s] = {"torch_ms": torch_r["ms_per_step"], "jaxnets_ms": ms, "jaxnets_min_ms": best,
-                         "ratio": ms / torch_r["ms_per_step"]}
+                         "ratio": ms / torch_r["ms_per_step"], "torch_cpu_ms": torch_r["cpu_ms_per_step"],
+                         "jaxnets_cpu_ms": cpu, "ratio_cpu": cpu / torch_r["cpu_ms_per_step"]}
                 print(f"round {r} {s}: jaxnets {ms:.1f} ms, torch {torch_r['ms_per_step']:.1f} ms "
-                      f"-> x{rd[s]['ratio']:.2f} (load {rd['load_avg_1min']:.1f})", file=sys.stderr)
+                      f"-> x{rd[s]['ratio']:.2f}; CPU time x{rd[s]['ratio_cpu']:.2f} "
+                      f"(load {rd['load_avg_1min']:.1f})", file=sys.stderr)
             rounds.append(rd)
     med = statistics.median
     results = []
@@ -131,6 +144,7 @@ def main(argv=None):
                         "batch": c.data.batch_size, "seq_len": c.data.options["seq_len"],
                         "ms_per_step": ms, "torch_ms_per_step": med(rd[s]["torch_ms"] for rd in rounds),
                         "ratio_jaxnets_over_torch": med(rd[s]["ratio"] for rd in rounds),
+                        "ratio_cpu": med(rd[s]["ratio_cpu"] for rd in rounds),
                         "tokens_per_s": c.data.batch_size * c.data.options["seq_len"] / ms * 1e3})
     import jax
     report = {"benchmark": "transformer_step",

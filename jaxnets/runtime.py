@@ -214,15 +214,24 @@ def auto_cpu_devices(batch_sizes, value: str | None = None, limit: int = 0) -> i
     """Set up the CPU devices for a run whose batches are `batch_sizes`; returns their count.
 
     The setting (`cpu_devices_setting(value)`): "1" leaves JAX's single multi-threaded CPU
-    device; "auto", on a CPU-only single-process run, takes the largest count <= the usable
-    cores (and <= `limit` when the config caps its devices) that divides every batch size, so
-    each device gets an equal share (with a GPU/TPU plugin or in a multi-process job it leaves
-    JAX alone); "cores" or "N" force a count. Measured on the 2-core CPU (smoke runs, wall
-    time, 1 -> auto): mnist_cnn 19.3 -> 16.9 s, ResNet-56 step 774 -> 507 ms, transformer
-    200.9 -> 144.3 s; but lstm_shakespeare 48 -> 61 s, gan (200 steps) 20 -> 30 s, vae (300
-    steps) 13 -> 17 s, ddpm (150 steps) 90 -> 114 s: per-core devices pay off for steps made of
-    large convolutions and matmuls, not for chains of small sequential ops. Hence a
-    per-experiment setting.
+    device; "cores" or "N" force a count; "auto" applies the rule below.
+
+    The rule for "auto" (per-core devices only where measurements say they win):
+    1. Only on a CPU-only, single-process run: with a GPU/TPU plugin or in a multi-process
+       job JAX's own layout stays (the devices are not ours to split).
+    2. Only for steps made of large convolutions and matmuls, which the experiment states by
+       setting cpu_devices="auto" (resnet_cifar, mnist_cnn, transformer_shakespeare); the
+       default "1" covers the rest. Quiet 2-core CPU, wall time, one device -> per-core:
+       ResNet-56 step 774 -> 507 ms, mnist_cnn smoke 19.3 -> 16.9 s, transformer smoke 200.9
+       -> 144.3 s; but lstm_shakespeare 48 -> 61 s, gan (200 steps) 20 -> 30 s, vae 13 -> 17
+       s, ddpm (150 steps) 90 -> 114 s: chains of small sequential ops lose, because a
+       single-threaded device cannot spread them, while XLA's intra-op pool can.
+    3. Only where every batch splits evenly: the largest count <= the usable cores (and <=
+       `limit` when the config caps its devices) that divides every batch size.
+    Under load the rule still held on this project's AVX-512 machine: ResNet-20 step at load
+    average 19-20 on 2 cores, per-core / one device 0.79, 0.88, 1.26 (median 0.88;
+    `python -m benchmarks.cpu_layout`, benchmarks/results/cpu_layout.json). A machine where it
+    does not hold is measured with that benchmark and run with JAXNETS_CPU_DEVICES=1.
     """
     setting = cpu_devices_setting(value)
     if setting == "auto":
