@@ -79,6 +79,12 @@ def main(argv=None):
                 f"{v} {by_result_name(rd[v])[n]['ms_per_step']:.0f} ms x{rd[f'ratio_{v}'][n]:.2f}"
                 for v in args.variants)
             for n in rd[f"ratio_{args.variants[0]}"]), flush=True)
+        report = write(args, argv, rounds)
+    print(json.dumps({k: report[k] for k in ("benchmark", "device", "results")}))
+
+
+def write(args, argv, rounds) -> dict:
+    """The report over the rounds so far, written to --out (after every round)."""
     names = list(rounds[0][f"ratio_{args.variants[0]}"])
     med = statistics.median
     summary = []
@@ -101,7 +107,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
-    print(json.dumps({k: report[k] for k in ("benchmark", "device", "results")}))
+    return report
 
 
 if __name__ == "__main__":
