@@ -107,7 +107,7 @@ def main(argv=None):
     if args.pin is not None:   # inherited by the peer's subprocess
         os.sched_setaffinity(0, {args.pin})
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
-        args.set = [*args.set, "cpu_devices=1"]
+        os.environ["JAXNETS_CPU_DEVICES"] = "1"   # JAX's one device, single-threaded
     # Before JAX starts: the experiment's CPU device layout (both sizes set cpu_devices).
     from jaxnets.runtime import auto_cpu_devices, enable_compilation_cache, tune_host_allocator
     configs = {s: make_config(s, args.set) for s in args.sizes}
