@@ -87,7 +87,7 @@ def fill_markers(text: str, newest) -> str:
         if name not in newest:
             return m.group(0)
         path, data = newest[name]
-        return (m.group(1) + table(data["results"]) + f"({machine_line(data)}; "
+        return (m.group(1) + table(data["results"]) + f"\n({machine_line(data)}; "
                 f"`{path.relative_to(ROOT).as_posix()}`)\n" + m.group(4))
     return MARKER.sub(body, text)
 

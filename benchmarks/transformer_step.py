@@ -147,7 +147,7 @@ def main(argv=None):
                         "ratio_cpu": med(rd[s]["ratio_cpu"] for rd in rounds),
                         "tokens_per_s": c.data.batch_size * c.data.options["seq_len"] / ms * 1e3})
     import jax
-    report = {"benchmark": "transformer_step",
+    report = {"benchmark": "transformer_step" + ("_pinned" if args.pin is not None else ""),
               "device": f"cpu jax {jax.__version__} devices={jax.device_count()}",
               "command": "python -m benchmarks.transformer_step " + " ".join(argv or sys.argv[1:]),
               "machine": machine(overrides=args.set), "date": now(), "results": results, "rounds": rounds}
