@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import pathlib
 import time
 
 # When jaxnets.runtime was first imported (`jaxnets train` imports it first thing): the start
@@ -66,10 +67,9 @@ def host_allocator_state() -> str:
     return "tuned" if _applied else "default"
 
 
-def cache_root() -> "pathlib.Path":
+def cache_root() -> pathlib.Path:
     """$JAXNETS_CACHE, default ~/.cache/jaxnets: built kernels, kernel choices, compiled
     programs (`enable_compilation_cache`) and parsed datasets."""
-    import pathlib
     root = os.environ.get("JAXNETS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxnets")
     return pathlib.Path(root)
 
