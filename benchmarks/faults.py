@@ -284,10 +284,12 @@ def bad_inputs(root) -> dict[str, tuple[list, str, dict]]:
         "workdir_not_writable": (["--workdir", "/proc/jaxnets_run"], "Cannot write to workdir", {}),
         "tfds_not_prepared": (["--config.data.name=cifar10"], "is not prepared",
                               {"env": {"TFDS_DATA_DIR": empty_tfds}}),
-        # The tiny model's checkpoint data file is ~50 KB; metrics, logs and TensorBoard stay far
-        # below the limit. Python ignores SIGXFSZ, so the over-limit write fails with EFBIG.
-        "disk_full_during_save": (["--config.train.steps=5"], "failed: the disk is full",
-                                  {"ulimit_kb": 24}),
+        # With this wider CNN one write of the checkpoint's array data is 330-400 KB (the tiny
+        # model's files, ~25 KB, sit too close to any limit); metrics, logs, TensorBoard and
+        # orbax's metadata stay far below. Python ignores SIGXFSZ: the write fails with EFBIG.
+        "disk_full_during_save": (["--config.model.features=(32,64)", "--config.model.hidden=128",
+                                   "--config.train.steps=5"], "failed: the disk is full",
+                                  {"ulimit_kb": 100}),
     }
 
 
