@@ -43,20 +43,14 @@ def guarded(step_fn):
         metrics_ok = _all_finite(v for v in metrics.values() if jnp.ndim(v) == 0)
         state_ok = _all_finite(new)
         ok = metrics_ok & state_ok
-        # A select, not a cond: both branches already exist, and XLA can still alias the donated
-        # input buffers to the outputs. Typed PRNG keys are selected through their raw data.
-        kept = jax.tree.unflatten(treedef, [_select(ok, n, o) for n, o in zip(new, old, strict=True)])
+        # One cond over the whole state, not a select per leaf: with a per-leaf select every
+        # output waits on a reduction over every new leaf, and XLA's compile time exploded on
+        # it (DDPM U-Net step on 2 CPU devices: 168 s of compile CPU vs 16 s with the cond).
+        kept = jax.tree.unflatten(treedef, jax.lax.cond(ok, lambda n, o: n, lambda n, o: o, new, old))
         return kept, {**metrics, SKIPPED: 1.0 - ok.astype(jnp.float32),
                       STATE_FINITE: state_ok.astype(jnp.float32)}
 
     return step
-
-
-def _select(ok, new, old):
-    if jnp.issubdtype(new.dtype, jax.dtypes.prng_key):
-        data = jnp.where(ok, jax.random.key_data(new), jax.random.key_data(old))
-        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(new))
-    return jnp.where(ok, new, old)
 
 
 class NonFiniteMonitor:
