@@ -115,6 +115,19 @@ def report(name: str, results: list[dict], **extra) -> dict:
     return line
 
 
+def full_report(name: str, argv: list[str], results: list[dict], out: str | None, **extra) -> dict:
+    """For benchmarks whose stored file carries every round: write {benchmark, command, machine,
+    date, results, **extra} to `out` (if given) and print its short form as the JSON line."""
+    import sys
+    line = {"benchmark": name, "command": f"python -m benchmarks.{name} " + " ".join(argv or sys.argv[1:]),
+            "machine": machine(), "date": now(), "results": results, **extra}
+    if out:
+        with open(out, "w") as f:
+            json.dump(line, f, indent=1)
+    print(json.dumps({k: line[k] for k in ("benchmark", "date", "results")}))
+    return line
+
+
 def save(report_: dict, filename: str) -> Path:
     """Write a result (with its machine and date) to benchmarks/results/<filename>."""
     path = RESULTS / filename

@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 
-from benchmarks.common import ROOT, machine, now
+from benchmarks.common import ROOT, full_report
 
 
 def run(devices: int, depths: list[str]) -> dict:
@@ -50,13 +50,7 @@ def main(argv=None):
                 "ratio_per_core_over_one_device": med(r["ratio"][n] for r in rounds),
                 "load_min": min(r["load_before"] for r in rounds),
                 "load_max": max(r["load_before"] for r in rounds)} for n in rounds[0]["ratio"]]
-    report = {"benchmark": "cpu_layout", "command": "python -m benchmarks.cpu_layout " + " ".join(argv or sys.argv[1:]),
-              "machine": machine(), "date": now(), "results": results, "rounds": rounds}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
-    print(json.dumps({k: report[k] for k in ("benchmark", "date", "results")}))
-
+    full_report("cpu_layout", argv, results, args.out, rounds=rounds)
 
 if __name__ == "__main__":
     main()

@@ -131,8 +131,7 @@ def on_paper(size: str, state) -> list[dict]:
             layout_rows = meshlib.state_layout(mesh, state, DEFAULT_RULES)
             state_bytes = 0.0
             for r in layout_rows:
-                split = math.prod(math.prod(mesh.shape[a] for a in ((e,) if isinstance(e, str) else e))
-                                  for e in r["spec"] if e is not None)
+                split = meshlib.shard_count(mesh, r["spec"])
                 itemsize = np.dtype(r["dtype"]).itemsize if r["dtype"] else 4
                 nbytes = math.prod(r["shape"]) * itemsize / split
                 # gradients are laid out like their parameters: count them once more

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import ROOT, machine, now
+from benchmarks.common import ROOT, full_report
 
 CMD = [sys.executable, "-m", "jaxnets.cli", "train", "--config", "experiments/mnist_cnn.py:smoke",
        "--config.train.steps=1"]
@@ -56,13 +56,7 @@ def main(argv=None):
     results = [{"name": f"mnist_cnn_smoke_1step_{n}", **{k: med(r[k] for r in rs) for k in rs[0] if k != "load"},
                 "load_min": min(r["load"] for r in rs), "load_max": max(r["load"] for r in rs)}
                for n, rs in runs.items()]
-    report = {"benchmark": "startup", "command": "python -m benchmarks.startup " + " ".join(argv or sys.argv[1:]),
-              "machine": machine(), "date": now(), "results": results, "runs": runs}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
-    print(json.dumps({k: report[k] for k in ("benchmark", "date", "results")}))
-
+    full_report("startup", argv, results, args.out, runs=runs)
 
 if __name__ == "__main__":
     main()

@@ -121,6 +121,12 @@ def state_shardings(mesh: Mesh, abstract_state, rules) -> object:
     return nnx.from_flat_state(shardings)
 
 
+def shard_count(mesh, spec: P) -> int:
+    """Into how many pieces `spec` cuts an array on `mesh` (its per-device share is 1/that)."""
+    return math.prod(math.prod(mesh.shape[a] for a in ((e,) if isinstance(e, str) else e))
+                     for e in spec if e is not None)
+
+
 def format_layout(mesh: Mesh, rows: list[dict]) -> str:
     """The table `jaxnets train --print_layout` prints: where every array of the state lives."""
     lines = [f"mesh {dict(mesh.shape)} over {mesh.size} devices"]
@@ -129,8 +135,7 @@ def format_layout(mesh: Mesh, rows: list[dict]) -> str:
     for r in rows:
         itemsize = np.dtype(r["dtype"]).itemsize if r["dtype"] and "key" not in r["dtype"] else 8
         nbytes = math.prod(r["shape"]) * itemsize
-        split = math.prod(math.prod(mesh.shape[a] for a in ((e,) if isinstance(e, str) else e))
-                          for e in r["spec"] if e is not None)
+        split = shard_count(mesh, r["spec"])
         total, per_device = total + nbytes, per_device + nbytes // split
         names = "(" + ", ".join(str(n) for n in r["names"]) + ")" if r["names"] else "-"
         spec = "P(" + ", ".join(repr(e) for e in r["spec"]) + ")"
