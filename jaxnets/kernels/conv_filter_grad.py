@@ -45,7 +45,7 @@ def preferred(x, g) -> bool:
         return False
     b, h, w, c = x.shape
     o = g.shape[-1]
-    single = single_threaded_cpu()
+    single = _inline()
     if single and b % jax.device_count() == 0:   # per-core devices: each runs its batch shard
         b //= jax.device_count()
     key = f"{NAME}:{native.machine_isa()}:{'1thread' if single else 'pool'}:{b}x{h}x{w}x{c}->{o}"
@@ -108,7 +108,17 @@ def _op_vmap(axis_size, in_batched, x, g):
 def _ffi(x, g):
     out = jax.ShapeDtypeStruct((3, 3, x.shape[-1], g.shape[-1]), jnp.float32)
     return jax.ffi.ffi_call(native.ffi_target(NAME, "Conv3x3FilterGrad"), out)(
-        x, g, threads=np.int64(single_threaded_cpu()))   # 1: inline; 0: the whole pool
+        x, g, threads=np.int64(_inline()))   # 1: inline; 0: the whole pool
+
+
+def _inline() -> bool:
+    """Run on the calling thread: on single-threaded devices, and wherever several CPU devices
+    share XLA's one intra-op pool. There each device's call split its batch over the pool, and
+    one device's tasks could wait behind the other's: a clean-clone CI run (2026-12-02) hung
+    40 s in the partitioned step's all-reduce and aborted
+    (tests/test_conv_filter_grad.py::test_threaded_split_on_several_devices_finishes, 1 run in
+    5). Only one multi-threaded device uses the pool."""
+    return single_threaded_cpu() or jax.local_device_count() > 1
 
 
 # Under a sharded jit, XLA cannot split a custom call: it would gather the whole batch onto
