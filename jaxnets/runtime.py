@@ -246,3 +246,23 @@ def auto_cpu_devices(batch_sizes, value: str | None = None, limit: int = 0) -> i
     if setting == "1":   # JAX's own single (multi-threaded) CPU device
         return 1
     return one_device_per_core(None if setting == "cores" else int(setting))
+
+
+# Layer stacks up to this deep are unrolled on CPU (compile time grows with the depth).
+_CPU_UNROLL_MAX_LAYERS = 12
+
+
+def layer_scan_unroll(num_layers: int) -> int:
+    """`unroll` for the lax.scan over a stack of identical layers (`scan_layers=True`).
+
+    On CPU, XLA runs the scan as a while loop that copies every layer's saved activations into
+    stacked buffers (initialised by broadcasts) for the backward pass: about a sixth of the
+    6 x 384 LM's train step on one core (compare `python -m benchmarks.transformer_step --pin 0
+    --sizes large` with and without `--set model.scan_layers=False`). Unrolled, each layer's
+    activations keep their own buffers while its parameters stay stacked. GPU/TPU keep the
+    loop: one compiled layer, fast compiles for deep stacks.
+    """
+    import jax
+    if jax.default_backend() == "cpu" and num_layers <= _CPU_UNROLL_MAX_LAYERS:
+        return max(num_layers, 1)
+    return 1

@@ -13,7 +13,8 @@ cross-attention to the encoder output (decoder of the encoder-decoder model only
 position-wise feed-forward block, each wrapped in a residual connection with LayerNorm before
 (pre-LN, default: stable without warm-up tricks) or after (post-LN, as in the paper).
 `scan_layers=True` stores the layers' parameters stacked and runs them with one lax.scan
-(one compiled layer, fast compiles for deep stacks); `remat=True` recomputes each layer's
+(one compiled layer, fast compiles for deep stacks; on CPU, stacks of up to 12 layers are
+unrolled: `jaxnets.runtime.layer_scan_unroll`); `remat=True` recomputes each layer's
 activations in the backward pass (jax.checkpoint) to trade compute for memory.
 Source padding (`pad_id`) is masked through segment ids, which every attention
 implementation honours, including the fused kernel. Decoding: transformer_decoding.py.
@@ -27,6 +28,7 @@ from flax import nnx
 from jaxnets.nn.attention import MultiHeadAttention
 from jaxnets.nn.embedding import TokenEmbedding
 from jaxnets.nn.partitioning import LayerNorm, Linear, constrain
+from jaxnets.runtime import layer_scan_unroll
 
 
 class TransformerLayer(nnx.Module):
@@ -112,7 +114,7 @@ def run_layers(layers, x, *, num_layers, scan, remat, train=False, rngs=None, ca
         def body(x, xs):
             return apply_split(graphdef, *xs[:1], x, *xs[1:])
 
-        return jax.lax.scan(body, x, (state, cache, keys))
+        return jax.lax.scan(body, x, (state, cache, keys), unroll=layer_scan_unroll(num_layers))
     new_caches = []
     for i, layer in enumerate(layers):
         layer_cache = None if cache is None else jax.tree.map(lambda a: a[i], cache)

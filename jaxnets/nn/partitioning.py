@@ -53,9 +53,30 @@ def meta(axes: Axes) -> dict:
 
 
 def Linear(in_features: int, out_features: int, *, axes: Axes = ("embed", "mlp"), **kw) -> nnx.Linear:
-    """nnx.Linear whose kernel is named `axes` and bias `axes[1:]`."""
+    """nnx.Linear whose kernel is named `axes` and bias `axes[1:]`; rows flattened (`rows_dot`)."""
+    kw.setdefault("dot_general", rows_dot)
     return nnx.Linear(in_features, out_features, kernel_metadata=meta(axes),
                       bias_metadata=meta(axes[1:]), **kw)
+
+
+def rows_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+             out_sharding=None):
+    """lax.dot_general for x [..., in] @ W [in, out], with x's leading dims merged into rows.
+
+    The kernel's gradient is then one 2-D product, x^T dy. Traced on [B, T, in], its transpose
+    rule contracts two dims, and XLA:CPU runs that through a transposed copy of dy at a third
+    of matmul speed (a Transformer-LM ff layer's weight gradient: 9.8 vs 3.1 ms on one core).
+    """
+    (lc, rc), (lb, rb) = dimension_numbers
+    plain = (lhs.ndim > 2 and rhs.ndim == 2 and tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,)
+             and not lb and not rb and out_sharding is None)
+    if not plain:
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type,
+                                   out_sharding=out_sharding)
+    y = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())),
+                            precision=precision, preferred_element_type=preferred_element_type)
+    return y.reshape(lhs.shape[:-1] + rhs.shape[1:])
 
 
 def Conv(in_features: int, out_features: int, kernel_size, *, axes: Axes = ("conv_in", "conv_out"),
