@@ -8,7 +8,9 @@ date inside the file, never the file's time), and writes:
 - benchmarks/results/README.md: one section per benchmark with its results table, the command,
   the machine (CPU model, ISA flags, cores, load average, native build, commit) and the date;
 - README.md: the text between `<!-- report:NAME -->` and `<!-- /report:NAME -->` markers,
-  replaced by NAME's table.
+  replaced by NAME's table, and each inline figure between `<!-- value:NAME:ROW:FIELD -->` and
+  `<!-- /value -->`, replaced by that field of the result named ROW (for figures in prose,
+  such as the quick start's time).
 The output depends only on the committed result files, so a fresh clone regenerates the same
 bytes; `--check` exits 1 (changing nothing) where a file would change.
 """
@@ -23,6 +25,8 @@ from pathlib import Path
 from benchmarks.common import RESULTS, ROOT
 
 MARKER = re.compile(r"(<!-- report:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
+VALUE = re.compile(r"(<!-- value:(?P<name>[\w.-]+):(?P<row>[\w.-]+):(?P<field>[\w.-]+) -->)"
+                   r"(?P<body>[^<]*)(<!-- /value -->)")
 
 
 def newest_results(folder: Path = RESULTS) -> dict[str, tuple[Path, dict]]:
@@ -89,7 +93,14 @@ def fill_markers(text: str, newest) -> str:
         path, data = newest[name]
         return (m.group(1) + table(data["results"]) + f"\n({machine_line(data)}; "
                 f"`{path.relative_to(ROOT).as_posix()}`)\n" + m.group(4))
-    return MARKER.sub(body, text)
+
+    def value(m):
+        rows = [r for r in newest.get(m.group("name"), (None, {"results": []}))[1]["results"]
+                if r.get("name") == m.group("row")]
+        if not rows or m.group("field") not in rows[0]:
+            return m.group(0)
+        return m.group(1) + fmt(rows[0][m.group("field")]) + m.group(6)
+    return VALUE.sub(value, MARKER.sub(body, text))
 
 
 def main(argv=None) -> int:

@@ -46,6 +46,8 @@ def parse_args(argv=None):
     ap.add_argument("--set", action="append", default=[], help="jaxnets config override KEY=VALUE")
     ap.add_argument("--out", help="also write the full report (every round) to this file")
     ap.add_argument("--pin", type=int, help="run both on this one core, one thread each")
+    ap.add_argument("--same-allocator", action="store_true",
+                    help="give the PyTorch peer jaxnets' malloc settings (GLIBC_TUNABLES) too")
     return ap.parse_args(argv)
 
 
@@ -98,6 +100,9 @@ def peer(args, size, config, vocab):
            "--batch", str(config.data.batch_size), "--positions", m.positions,
            "--warmup", str(args.warmup), "--iters", str(args.iters)]
     env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if args.pin is not None else {})}
+    if args.same_allocator:
+        from jaxnets.runtime import GLIBC_TUNABLES
+        env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])["results"][0]
 
@@ -145,7 +150,8 @@ def main(argv=None):
                         "ms_per_step": ms, "torch_ms_per_step": med(rd[s]["torch_ms"] for rd in rounds),
                         "ratio_jaxnets_over_torch": med(rd[s]["ratio"] for rd in rounds),
                         "ratio_cpu": med(rd[s]["ratio_cpu"] for rd in rounds),
-                        "tokens_per_s": c.data.batch_size * c.data.options["seq_len"] / ms * 1e3})
+                        "tokens_per_s": c.data.batch_size * c.data.options["seq_len"] / ms * 1e3,
+                        "torch_malloc": "tuned" if args.same_allocator else "default"})
     import jax
     report = {"benchmark": "transformer_step" + ("_pinned" if args.pin is not None else ""),
               "device": f"cpu jax {jax.__version__} devices={jax.device_count()}",

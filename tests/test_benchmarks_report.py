@@ -39,3 +39,19 @@ def test_newest_by_inner_date_and_idempotent(tmp_path, monkeypatch):
     assert report.main(["--check"]) == 0               # nothing would change
     assert report.main([]) == 0
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_inline_values_in_prose(tmp_path, monkeypatch):
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    _result(results, "r.json", "startup", "2026-12-02T10:00:00+00:00", 17.84)
+    readme = tmp_path / "README.md"
+    readme.write_text("in <!-- value:startup:resnet20:ms_per_step -->20<!-- /value --> s; "
+                      "kept <!-- value:startup:missing:ms_per_step -->5<!-- /value -->\n")
+    monkeypatch.setattr(report, "RESULTS", results)
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    monkeypatch.setattr(report.newest_results, "__defaults__", (results,))
+    assert report.main([]) == 0
+    assert readme.read_text() == ("in <!-- value:startup:resnet20:ms_per_step -->17.8<!-- /value --> s; "
+                                  "kept <!-- value:startup:missing:ms_per_step -->5<!-- /value -->\n")
+    assert report.main(["--check"]) == 0
