@@ -23,12 +23,10 @@ of one held-out digit; the same schedule for both). The last stdout line is JSON
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 
-from benchmarks.common import RESULTS, machine
+from benchmarks.common import RESULTS, full_report
 
 VARIANTS = (("pooled", "text"), ("cross_attention", "text,cross"))
 FIGURES = ("samples.png", "samples_unseen_template.png", "reverse.png")
@@ -88,13 +86,8 @@ def main(argv=None) -> dict:
             grey_copy(os.path.join(workdir, "forward.png"), os.path.join(args.out, "forward.png"))
         print(f"[{name}] seen {rows[-1]['seen_class_accuracy']:.3f}, unseen {rows[-1]['unseen_class_accuracy']:.3f}"
               f" ({seconds:.0f} s)", flush=True)
-    result = {"benchmark": "text_conditioning", "preset": args.preset,
-              "command": "python -m benchmarks.text_conditioning " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": machine(), "results": rows}
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump(result, fh, indent=1)
-    print(json.dumps(result))
-    return result
+    return full_report("text_conditioning", argv, rows, os.path.join(args.out, "results.json"),
+                       preset=args.preset)
 
 
 if __name__ == "__main__":
