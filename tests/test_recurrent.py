@@ -231,6 +231,43 @@ def test_forget_bias_initialisation():
     np.testing.assert_array_equal(cell.bias[...], np.r_[np.zeros(H), 2.5 * np.ones(H), np.zeros(2 * H)])
 
 
+def test_chrono_initialisation():
+    """Tallec & Ollivier 2018: b_f = log(u), u ~ U(1, T_max - 1) per unit, b_i = -b_f; the
+    candidate and output biases keep bias_init (zeros). Checked against the same draw made
+    with NumPy from the uniform variates, and the spread of u against U(1, T_max - 1)."""
+    h, t_max = 2000, 60.0
+    cell = LSTMCell(D, h, forget_bias="chrono", chrono_max=t_max, rngs=nnx.Rngs(3))
+    b = np.asarray(cell.bias[...], np.float64)
+    b_i, b_f, b_g, b_o = b[:h], b[h:2 * h], b[2 * h:3 * h], b[3 * h:]
+    np.testing.assert_array_equal(b_i, -b_f)
+    np.testing.assert_array_equal(b_g, np.zeros(h))
+    np.testing.assert_array_equal(b_o, np.zeros(h))
+    u = np.exp(b_f)   # the per-unit characteristic times
+    assert u.min() >= 1.0 - 1e-6 and u.max() <= t_max - 1.0 + 1e-4
+    # U(1, T_max - 1): mean (T_max) / 2, std (T_max - 2) / sqrt(12); 2,000 draws.
+    np.testing.assert_allclose(u.mean(), t_max / 2, atol=4 * (t_max - 2) / np.sqrt(12 * h))
+    np.testing.assert_allclose(u.std(), (t_max - 2) / np.sqrt(12), rtol=0.06)
+    # Kolmogorov-Smirnov distance to the uniform CDF (critical value at 1e-3: 1.95 / sqrt(n)).
+    s = np.sort(u)
+    cdf = (s - 1.0) / (t_max - 2.0)
+    ks = max(np.max(np.arange(1, h + 1) / h - cdf), np.max(cdf - np.arange(h) / h))
+    assert ks < 1.95 / np.sqrt(h)
+    # The same seed gives the same biases; the kernels are untouched by the option.
+    again = LSTMCell(D, h, forget_bias="chrono", chrono_max=t_max, rngs=nnx.Rngs(3))
+    np.testing.assert_array_equal(again.bias[...], cell.bias[...])
+    plain = LSTMCell(D, h, forget_bias=0.0, rngs=nnx.Rngs(3))
+    np.testing.assert_array_equal(plain.input_kernel[...], cell.input_kernel[...])
+
+
+def test_chrono_needs_its_horizon():
+    with pytest.raises(ValueError, match="chrono_max"):
+        LSTMCell(D, H, forget_bias="chrono", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="chrono_max"):
+        LSTMCell(D, H, chrono_max=50, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="number or 'chrono'"):
+        LSTMCell(D, H, forget_bias="chrono_init", chrono_max=50, rngs=nnx.Rngs(0))
+
+
 def test_stacked_bidirectional_dropout_between_layers():
     net = StackedRNN("gru", D, H, num_layers=2, bidirectional=True, dropout=0.5, rngs=nnx.Rngs(0))
     x = jnp.asarray(data(7)[0], jnp.float32)

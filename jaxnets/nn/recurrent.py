@@ -143,15 +143,33 @@ class SimpleRNNCell(RecurrentCell):
 
 
 class LSTMCell(RecurrentCell):
-    """LSTM (course equations, gate order i, f, C~, o). `forget_bias` initialises b_f
-    (1.0 by default, as Jozefowicz et al. 2015 recommend, so memories start remembered)."""
+    """LSTM (course equations, gate order i, f, C~, o).
+
+    `forget_bias` initialises b_f: a number is added to it (1.0 by default, as Jozefowicz et
+    al. 2015 recommend, so memories start remembered); "chrono" is the chrono initialisation
+    of Tallec & Ollivier 2018, which needs `chrono_max` (T_max, the longest dependency the
+    task has, in steps): b_f = log(u), u ~ U(1, T_max - 1) drawn per unit, and b_i = -b_f,
+    so unit k starts holding its memory for ~u_k steps while writing little; characteristic
+    times spread up to T_max. The other gates keep `bias_init`."""
 
     num_gates, num_carries = 4, 2
 
-    def __init__(self, in_features, hidden_features, *, forget_bias: float = 1.0, **kw):
-        super().__init__(in_features, hidden_features, **kw)
+    def __init__(self, in_features, hidden_features, *, forget_bias: float | str = 1.0,
+                 chrono_max: float | None = None, rngs: nnx.Rngs, **kw):
+        super().__init__(in_features, hidden_features, rngs=rngs, **kw)
         h = hidden_features
-        self.bias[...] = self.bias[...].at[h:2 * h].add(forget_bias)
+        if forget_bias == "chrono":
+            if chrono_max is None or chrono_max <= 2:
+                raise ValueError(f"forget_bias='chrono' needs chrono_max > 2 (T_max in steps), got {chrono_max}")
+            u = jax.random.uniform(rngs.params(), (h,), self.param_dtype, 1.0, chrono_max - 1.0)
+            b_f = jnp.log(u)
+            self.bias[...] = self.bias[...].at[:h].set(-b_f).at[h:2 * h].set(b_f)
+        elif isinstance(forget_bias, str):
+            raise ValueError(f"forget_bias is a number or 'chrono', got {forget_bias!r}")
+        elif chrono_max is not None:
+            raise ValueError("chrono_max is used only with forget_bias='chrono'")
+        else:
+            self.bias[...] = self.bias[...].at[h:2 * h].add(forget_bias)
 
     @property
     def pointwise(self):
@@ -249,7 +267,8 @@ class SimpleRNN(RNN):
 
 
 class LSTM(RNN):
-    """LSTM layer; cell keywords (forget_bias, dtype, inits) go to LSTMCell."""
+    """LSTM layer; cell keywords (forget_bias (a number or "chrono"), chrono_max, dtype,
+    inits) go to LSTMCell."""
 
     def __init__(self, in_features, hidden_features, *, rngs, unroll=DEFAULT_UNROLL, reverse=False,
                  time_major=False, **cell_kw):
