@@ -14,7 +14,9 @@ def get_config(arg=None):
     args = parse_arg(arg)
     smoke = args.get("smoke", False)
     c = base_config()
-    c.cpu_devices = "auto"   # on CPU: one single-threaded device per core (200.9 -> 144.3 s smoke)
+    # cpu_devices stays "1" (JAX's one multi-threaded CPU device): with attention and the weight
+    # gradients as plain matmuls it beats one device per core (`python -m
+    # benchmarks.transformer_step --set cpu_devices=auto` measures the other layout).
     c.task = "language_model"
     c.task_options = {"sample_prompt": "ROMEO:", "sample_length": 300, "sample_temperature": 0.8}
     c.data.name = "shakespeare"

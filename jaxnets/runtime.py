@@ -220,12 +220,14 @@ def auto_cpu_devices(batch_sizes, value: str | None = None, limit: int = 0) -> i
     1. Only on a CPU-only, single-process run: with a GPU/TPU plugin or in a multi-process
        job JAX's own layout stays (the devices are not ours to split).
     2. Only for steps made of large convolutions and matmuls, which the experiment states by
-       setting cpu_devices="auto" (resnet_cifar, mnist_cnn, transformer_shakespeare); the
-       default "1" covers the rest. Quiet 2-core CPU, wall time, one device -> per-core:
-       ResNet-56 step 774 -> 507 ms, mnist_cnn smoke 19.3 -> 16.9 s, transformer smoke 200.9
-       -> 144.3 s; but lstm_shakespeare 48 -> 61 s, gan (200 steps) 20 -> 30 s, vae 13 -> 17
-       s, ddpm (150 steps) 90 -> 114 s: chains of small sequential ops lose, because a
-       single-threaded device cannot spread them, while XLA's intra-op pool can.
+       setting cpu_devices="auto" (resnet_cifar, mnist_cnn); the default "1" covers the
+       rest. Quiet 2-core CPU, wall time, one device -> per-core: ResNet-56 step 774 -> 507
+       ms, mnist_cnn smoke 19.3 -> 16.9 s; but lstm_shakespeare 48 -> 61 s, gan (200 steps)
+       20 -> 30 s, vae 13 -> 17 s, ddpm (150 steps) 90 -> 114 s: chains of small sequential
+       ops lose, because a single-threaded device cannot spread them, while XLA's intra-op
+       pool can. The Transformer LM won per-core until its attention and weight gradients
+       became plain matmuls, which XLA's pool threads well: it now runs on one device
+       (`python -m benchmarks.transformer_step --set cpu_devices=auto` vs the default).
     3. Only where every batch splits evenly: the largest count <= the usable cores (and <=
        `limit` when the config caps its devices) that divides every batch size.
     Under load the rule still held on this project's AVX-512 machine: ResNet-20 step at load
