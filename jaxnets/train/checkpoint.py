@@ -208,10 +208,28 @@ class _DropOrbaxTraceback(logging.Filter):
         return True
 
 
+class _DropOrbaxTaskErrors(logging.Filter):
+    """When one write of a save fails, orbax's other write tasks fail the same way and nobody
+    awaits them: asyncio logs each ("Task exception was never retrieved", with a traceback)
+    whenever the garbage collector reaches it, before or after the trainer's one-paragraph
+    error. Those records are dropped unless debugging; asyncio's other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if os.environ.get("JAXNETS_DEBUG") or not record.exc_info:
+            return True
+        tb = record.exc_info[2]
+        while tb is not None:
+            if "orbax" in tb.tb_frame.f_code.co_filename:
+                return False
+            tb = tb.tb_next
+        return True
+
+
 def _quiet_orbax_thread_tracebacks() -> None:
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DropOrbaxTraceback) for f in logger.filters):
-        logger.addFilter(_DropOrbaxTraceback())
+    for name, kind in (("absl", _DropOrbaxTraceback), ("asyncio", _DropOrbaxTaskErrors)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
     if not getattr(sys.unraisablehook, "jaxnets_quiet", False):
         sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
 
