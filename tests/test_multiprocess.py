@@ -148,7 +148,9 @@ def test_restore_onto_another_topology(tmp_path):
           "--config.data.options.seq_len=32", "--config.train.report=False", "--config.train.log_every=1",
           "--config.train.checkpoint_every=10", "--config.train.eval_every=20",
           "--config.optim.schedule=constant", "--config.train.progress=False"]
-    eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    # Single-threaded devices: 8 devices sharing a 2-core machine's intra-op pool once timed out
+    # in an all-gather rendezvous under CI load (one device never got a thread in 40 s).
+    eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_cpu_multi_thread_eigen=false"}
     base = run_cli("train", *lm, "--config.train.steps=20", "--config.mesh.fsdp=8", "--config.mesh.data=1",
                    "--workdir", str(tmp_path / "full"), env_extra=eight, timeout=600)
     assert base.returncode == 0, base.stderr[-3000:]
