@@ -207,7 +207,7 @@ def attention_probabilities(q, k, *, causal=False, mask=None, q_segment_ids=None
     """softmax(q k^T * scale) under the masks, float32 [B, Hkv, G, Tq, Tk] (G = Hq // Hkv)."""
     b, tq, hq, _ = q.shape
     tk, hkv = k.shape[1], k.shape[2]
-    qh, kh, _, allowed = _heads_major(q, k, k, causal=causal, mask=mask,
+    qh, kh, _, allowed = _heads_major(q, k, None, causal=causal, mask=mask,
                                       q_segment_ids=q_segment_ids,
                                       kv_segment_ids=kv_segment_ids, kv_lengths=kv_lengths)
     probs = masked_softmax(jnp.einsum("bhqd,bhkd->bhqk", qh * scale, kh), allowed)
@@ -215,7 +215,8 @@ def attention_probabilities(q, k, *, causal=False, mask=None, q_segment_ids=None
 
 
 def _heads_major(q, k, v, *, causal, mask, q_segment_ids, kv_segment_ids, kv_lengths):
-    """float32 q [B, Hkv, G*Tq, D], k and v [B, Hkv, Tk, D], and the mask [B|1, Hkv|1, G*Tq, Tk].
+    """float32 q [B, Hkv, G*Tq, D], k and v [B, Hkv, Tk, D] (v None stays None), and the mask
+    [B|1, Hkv|1, G*Tq, Tk].
 
     Query head h*G + g reads key/value head h, so the G query heads of one key head become G
     blocks of rows of one matrix: grouped-query attention needs no copies of k and v.
@@ -225,7 +226,7 @@ def _heads_major(q, k, v, *, causal, mask, q_segment_ids, kv_segment_ids, kv_len
     groups = hq // hkv
     f32 = lambda x: x.astype(jnp.float32)
     qh = f32(q).reshape(b, tq, hkv, groups, d).transpose(0, 2, 3, 1, 4).reshape(b, hkv, groups * tq, d)
-    kh, vh = (f32(x).transpose(0, 2, 1, 3) for x in (k, v))
+    kh, vh = (None if x is None else f32(x).transpose(0, 2, 1, 3) for x in (k, v))
     allowed = structured_mask(jnp.arange(tq), jnp.arange(tk), causal=causal,
                               q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
                               kv_lengths=kv_lengths)[:, None, None]        # [B|1, 1, 1, Tq, Tk]
