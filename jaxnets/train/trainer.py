@@ -30,7 +30,7 @@ from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
 from jaxnets.train import guard, resume
 from jaxnets.train.best import BestKeeper
-from jaxnets.train.logging import MetricWriter, Progress, log_line
+from jaxnets.train.metric_log import MetricWriter, Progress, log_line
 from jaxnets.train.optim import OptimizerFactory
 from jaxnets.train.profiling import StepProfiler
 
