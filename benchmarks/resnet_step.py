@@ -34,7 +34,7 @@ def parse_args(argv=None):
     ap.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for this run")
     ap.add_argument("--cpu-devices", default="auto",
                     help="'auto' (default, as experiments/resnet_cifar.py sets it): one single-threaded CPU device "
-                         "per core, batch sharded over them (jaxnets.runtime.auto_cpu_devices); "
+                         "per core, batch sharded over them (jaxnets.platform.devices.auto_cpu_devices); "
                          "N > 0: N such devices; 0: JAX's default single multi-threaded device")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
@@ -115,7 +115,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
-    from jaxnets.runtime import auto_cpu_devices, one_device_per_core
+    from jaxnets.platform.devices import auto_cpu_devices, one_device_per_core
+    from jaxnets.platform.install import install_process_settings
+    install_process_settings()   # as `jaxnets train` does
     if args.cpu_devices == "auto":
         auto_cpu_devices([args.batch], "auto")
     elif int(args.cpu_devices) > 0:

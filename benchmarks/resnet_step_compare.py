@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 from benchmarks.common import machine, now, peer_script
-from jaxnets.runtime import GLIBC_TUNABLES
+from jaxnets.platform.allocator import GLIBC_TUNABLES
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = peer_script("torch_resnet20.py")

@@ -23,7 +23,7 @@ XLA flags that only take effect process-wide (XLA_FLAGS) are timed with
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -36,11 +36,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-import jaxnets.models.resnet as resnet_module
-import jaxnets.nn.conv as conv_module
 from benchmarks.resnet_step import build_step, make_trainer
-from jaxnets.kernels import conv_filter_grad
 from jaxnets.models import ResNet
+from jaxnets.platform.lowering import lowering_for
 
 VARIANTS = {  # name -> (model keywords, step, donate, compiler options)
     "split_jit": ({}, "split", True, None),
@@ -56,26 +54,14 @@ VARIANTS = {  # name -> (model keywords, step, donate, compiler options)
     "no_fold": ({}, "split", True, None),
     "no_barrier": ({}, "split", True, None),
 }
-# Variants that switch off one of jaxnets' own CPU paths while their step is traced and compiled.
-PATCHES = {
-    "xla_filter_grad": (conv_filter_grad, "supported", lambda x, g: False),
-    "no_fold": (conv_module, "FOLD_MAX_CHANNELS", 0),
-    "no_barrier": (resnet_module, "materialize", lambda x: x),
+# Variants that switch off one of jaxnets' own CPU paths: the platform's lowering with one choice
+# changed (jaxnets.nn.lowering.Lowering).
+LOWERING_CHANGES = {
+    "xla_filter_grad": lambda l: dataclasses.replace(
+        l, conv=dataclasses.replace(l.conv, default_filter_grad="xla", filter_grad=())),
+    "no_fold": lambda l: dataclasses.replace(l, conv=dataclasses.replace(l.conv, fold=False)),
+    "no_barrier": lambda l: dataclasses.replace(l, fusion_barriers=False),
 }
-
-
-@contextlib.contextmanager
-def patched(name):
-    if name not in PATCHES:
-        yield
-        return
-    module, attr, value = PATCHES[name]
-    saved = getattr(module, attr)
-    setattr(module, attr, value)
-    try:
-        yield
-    finally:
-        setattr(module, attr, saved)
 
 
 def make_variant(name, depth, batch, workdir):
@@ -83,7 +69,9 @@ def make_variant(name, depth, batch, workdir):
     if kind == "trainer":
         args = argparse.Namespace(shortcut="B", batch=batch, dtype="float32", step="trainer")
         return build_step(make_trainer(depth, args, workdir), args)
-    model = ResNet(depth, 10, **{"shortcut": "B", **kwargs}, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    lowering = LOWERING_CHANGES.get(name, lambda l: l)(lowering_for())
+    model = ResNet(depth, 10, **{"shortcut": "B", **kwargs}, lowering=lowering,
+                   rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
     rng = np.random.default_rng(0)
@@ -125,10 +113,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as workdir:
         steps = {}
         for name in args.variants:
-            with patched(name):
-                steps[name] = make_variant(name, args.depth, args.batch, workdir)
-                for _ in range(2):                       # compile + warm up
-                    steps[name]().block_until_ready()
+            steps[name] = make_variant(name, args.depth, args.batch, workdir)
+            for _ in range(2):                           # compile + warm up
+                steps[name]().block_until_ready()
         times = {name: [] for name in steps}
         for _ in range(args.rounds):
             for name, step in steps.items():
