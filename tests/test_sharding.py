@@ -194,3 +194,19 @@ def test_print_layout_shows_every_array(tmp_path):
     assert any(l.startswith("opt/") and "ff_in/kernel" in l and "P('fsdp', 'tensor')" in l
                for l in text.splitlines())
     assert "MiB per device" in text.splitlines()[-1]
+
+
+def test_input_feed_rule_names_the_axis_that_spans_processes():
+    """Each process reads its own share of every batch: an axis outside the batch rule may not
+    span processes (its devices would need the same rows from two readers)."""
+    names, batch = ("data", "fsdp", "tensor"), ("data", "fsdp")
+    two_hosts = np.array([0, 0, 1, 1]).reshape(2, 1, 2)        # data=2 (across hosts), tensor=2 within
+    assert meshlib.input_feed_problem(two_hosts, names, batch) == ""
+    tensor_across = np.array([0, 1, 0, 1]).reshape(2, 1, 2)    # tensor=2 spans the hosts
+    assert "tensor spans processes" in meshlib.input_feed_problem(tensor_across, names, batch)
+    # fsdp outside the batch rule (rules that do not split the batch over it), spanning hosts
+    fsdp_across = np.array([0, 1]).reshape(1, 2, 1)
+    assert "fsdp spans processes" in meshlib.input_feed_problem(fsdp_across, names, ("data",))
+    assert meshlib.input_feed_problem(fsdp_across, names, batch) == ""   # fsdp splits the batch
+    uneven = np.array([0, 0, 1]).reshape(3, 1, 1)
+    assert "unequal shares" in meshlib.input_feed_problem(uneven, names, batch)

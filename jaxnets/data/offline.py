@@ -99,7 +99,7 @@ def _subset_train(ds: Dataset, train_size: int, val_size: int, seed: int) -> Dat
 
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits   # imported lazily: scikit-learn's import takes about a second
     bunch = load_digits()
     # Pixel values are integers 0..16: rescale to the 0..255 range every image model expects.
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]

@@ -26,17 +26,23 @@ from jaxnets.platform import kernel_table
 from jaxnets.platform.lowering import cpu_conv_lowering
 
 
-def traced_filter_grads(trainer) -> list[tuple[tuple, tuple]]:
-    """Operand shapes of the 3x3 filter gradients in `trainer`'s train step (traced only)."""
+def abstract_step_args(trainer) -> tuple:
+    """(state, batch, step) of `trainer`'s train step as sharded shapes: for tracing or lowering
+    the step without allocating anything (a `Trainer(..., layout_only=True)` is enough)."""
     split = trainer.dataset.splits[trainer.config.data.train_split]
     rows = trainer.config.data.batch_size
     batch = {k: jax.ShapeDtypeStruct((rows,) + tuple(v.shape[1:]), v.dtype, sharding=trainer.batch_sharding)
              for k, v in split.items()}
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                          trainer.abstract_state, trainer.state_sharding)
+    return state, batch, jax.ShapeDtypeStruct((), "int32")
+
+
+def traced_filter_grads(trainer) -> list[tuple[tuple, tuple]]:
+    """Operand shapes of the 3x3 filter gradients in `trainer`'s train step (traced only)."""
     trainer._compile_steps()
     with conv.record_filter_grads() as shapes:
-        trainer.jit_train_step.trace(state, batch, jax.ShapeDtypeStruct((), "int32"))
+        trainer.jit_train_step.trace(*abstract_step_args(trainer))
     return sorted(set(shapes))
 
 
