@@ -18,6 +18,7 @@ import platform as host_platform
 import jax
 
 from jaxnets.kernels import conv_filter_grad, native
+from jaxnets.data.pipeline import TrainIterator
 from jaxnets.errors import UserError
 from jaxnets.nn import conv
 from jaxnets.nn.lowering import filter_grad_key
@@ -29,10 +30,13 @@ from jaxnets.platform.lowering import cpu_conv_lowering
 def abstract_step_args(trainer) -> tuple:
     """(state, batch, step) of `trainer`'s train step as sharded shapes: for tracing or lowering
     the step without allocating anything (a `Trainer(..., layout_only=True)` is enough)."""
-    split = trainer.dataset.splits[trainer.config.data.train_split]
-    rows = trainer.config.data.batch_size
-    batch = {k: jax.ShapeDtypeStruct((rows,) + tuple(v.shape[1:]), v.dtype, sharding=trainer.batch_sharding)
-             for k, v in split.items()}
+    c = trainer.config
+    # One batch read as the run reads it (after its transform): its keys, shapes and dtypes.
+    local = TrainIterator(trainer.dataset.splits[c.data.train_split], c.data.batch_size, c.seed,
+                          process_index=jax.process_index(), process_count=jax.process_count(),
+                          transform=trainer.dataset.train_transform).batch(0)
+    batch = {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype,
+                                     sharding=trainer.batch_sharding) for k, v in local.items()}
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                          trainer.abstract_state, trainer.state_sharding)
     return state, batch, jax.ShapeDtypeStruct((), "int32")
