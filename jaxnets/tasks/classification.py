@@ -21,13 +21,18 @@ from jaxnets.tasks.common import build_task_model
 
 
 class ClassificationTask(Task):
-    options = {"input_key": "image", "label_smoothing": 0.0}
+    # input_mean/input_std: per-channel statistics in [0, 1] units subtracted/divided on the
+    # device after scaling uint8 images (e.g. ImageNet's (0.485, 0.456, 0.406)/(0.229, 0.224, 0.225)).
+    options = {"input_key": "image", "label_smoothing": 0.0, "input_mean": None, "input_std": None}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         opts = config.task_options
         self.input_key = opts.get("input_key", "image")
         self.label_smoothing = opts.get("label_smoothing", 0.0)
+        mean, std = opts.get("input_mean"), opts.get("input_std")
+        self.input_mean = None if mean is None else np.asarray(mean, np.float32)
+        self.input_std = None if std is None else np.asarray(std, np.float32)
         self.num_classes = dataset.info["num_classes"]
         parse_ops(config.data.augment)  # a bad op fails now, not at the first compile
 
@@ -52,6 +57,10 @@ class ClassificationTask(Task):
             x = x.astype(jnp.float32) / 255.0
         if rng is not None and self.config.data.augment:
             x = augment(x, rng, self.config.data.augment)
+        if self.input_mean is not None:
+            x = x - self.input_mean
+        if self.input_std is not None:
+            x = x / self.input_std
         return x
 
     def loss(self, logits, labels):
