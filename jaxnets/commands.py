@@ -46,7 +46,7 @@ def read_workdir_config(workdir: str):
 
 def open_workdir(workdir: str):
     """(Trainer holding the newest checkpoint of `workdir`: dataset, task and state; its step)."""
-    from jaxnets.runtime import auto_cpu_devices
+    from jaxnets.platform.devices import auto_cpu_devices
 
     config, step = read_workdir_config(workdir)
     try:   # the device layout training used (before JAX starts), so evals add up alike

@@ -67,7 +67,7 @@ def inference_target(trainer):
 def _portable_attention(module) -> None:
     from jaxnets.nn.attention import MultiHeadAttention
 
-    for _, sub in module.iter_modules():
+    for _, sub in nnx.iter_modules(module):
         if isinstance(sub, MultiHeadAttention):
             sub.implementation = "xla"
 

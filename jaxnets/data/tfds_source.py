@@ -12,6 +12,7 @@ a `UserError` at once that says what was looked for, where, and how to prepare i
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 from typing import Sequence
@@ -130,7 +131,6 @@ def tfds_dataset(name: str, data_dir: str | None = None, download: bool = False,
     if version is None and not remote:
         if not download:
             raise UserError(_not_prepared_message(name, data_dir, download_asked=False))
-        import importlib.util
         if importlib.util.find_spec("tensorflow") is None:
             raise UserError(_not_prepared_message(name, data_dir, download_asked=True))
     resolved = name if version is None or ":" in name else f"{name}:{version}"

@@ -4,6 +4,9 @@ Call convention for every model: `model(x, *, train=False, rngs=None)`; `train` 
 dropout and batch-norm statistics, `rngs` (an `nnx.Rngs` with a 'dropout' stream) supplies
 the randomness of a training call. Import a class directly: `from jaxnets.models import ResNet`.
 """
+import inspect
+
+from jaxnets.errors import UserError
 from jaxnets.registry import Registry, lazy_module_getattr
 
 # Public classes, imported on first attribute access.
@@ -54,8 +57,6 @@ def build_model(model_config, rngs, **defaults):
     """Instantiate `model_config.name` with its keywords; `defaults` (e.g. num_classes,
     in_channels, dtype from the task) fill in only the keywords the constructor accepts and
     the config does not set."""
-    import inspect
-
     kwargs = {k: v for k, v in dict(model_config).items() if k != "name"}
     cls = MODELS.get(model_config.name)
     target = cls.__init__ if isinstance(cls, type) else cls
@@ -66,7 +67,6 @@ def build_model(model_config, rngs, **defaults):
             kwargs[key] = value
     unknown = [k for k in kwargs if k not in params and not takes_any]
     if unknown:
-        from jaxnets.errors import UserError
         raise UserError(f"Model {model_config.name!r} ({cls.__name__}) takes no keyword(s) {unknown}; "
                         f"it accepts {[p for p in params if p != 'rngs']}.")
     return cls(**kwargs, rngs=rngs)

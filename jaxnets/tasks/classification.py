@@ -79,7 +79,7 @@ class ClassificationTask(Task):
         (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(state.model)
         state.opt.update(state.model, grads)
         return {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-                "grad_norm": optax.global_norm(grads)}
+                "grad_norm": optax.tree.norm(grads)}
 
     def eval_step(self, state, batch):
         logits = state.model(self.inputs(batch), train=False)

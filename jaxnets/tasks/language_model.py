@@ -61,7 +61,7 @@ class LanguageModelTask(Task):
 
         loss, grads = nnx.value_and_grad(loss_fn)(state.model)
         state.opt.update(state.model, grads)
-        return {"loss": loss, "bits_per_token": loss / LN2, "grad_norm": optax.global_norm(grads)}
+        return {"loss": loss, "bits_per_token": loss / LN2, "grad_norm": optax.tree.norm(grads)}
 
     def throughput(self, state):
         seq_len = self.dataset.info.get("seq_len") or \
