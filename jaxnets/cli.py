@@ -17,10 +17,17 @@ import os
 import subprocess
 import sys
 import textwrap
+import traceback
 
+from jaxnets import options
 from jaxnets.commands import COMMANDS as WORKDIR_COMMANDS
+from jaxnets.data import DATASETS
 from jaxnets.errors import UserError
+from jaxnets.models import MODELS
+from jaxnets.parallel.launch import launch
 from jaxnets.runtime import auto_cpu_devices, cpu_devices_setting
+from jaxnets.tasks import TASKS
+from jaxnets.train.trainer import Trainer, train
 
 EXIT_USAGE = 2
 
@@ -48,13 +55,11 @@ def cmd_train(argv: list[str]) -> int:
                             "--config.KEY=VALUE (e.g. --config.train.steps=100).")
         overrides.append(item[len("--config."):])
 
-    from jaxnets.config import apply_overrides, load_config
-    config = apply_overrides(load_config(args.config), overrides)
+    config = options.resolve(args.config, overrides)
     if args.print_config:
-        print(config)
+        print(options.describe(config))
         return 0
     if args.print_layout:
-        from jaxnets.train.trainer import Trainer
         print(Trainer(config, None, layout_only=True).layout_table())
         return 0
     if not args.workdir:
@@ -65,7 +70,6 @@ def cmd_train(argv: list[str]) -> int:
                          config.get("cpu_devices"), limit=config.get("mesh_devices", 0))
     except ValueError as e:
         raise UserError(str(e)) from None
-    from jaxnets.train.trainer import train
     final = train(config, args.workdir)
     if final.get("preempted"):
         return 0
@@ -76,10 +80,6 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_list(argv: list[str]) -> int:
-    from jaxnets.data import DATASETS
-    from jaxnets.models import MODELS
-    from jaxnets.tasks import TASKS
-
     exp_dir = repo_dir("experiments")
     experiments = sorted(f[:-3] for f in os.listdir(exp_dir) if f.endswith(".py") and not f.startswith("_")) \
         if os.path.isdir(exp_dir) else []
@@ -123,7 +123,6 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 def cmd_launch(argv: list[str]) -> int:
-    from jaxnets.parallel.launch import launch
     return launch(argv)
 
 
@@ -149,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as e:
         if debug:
-            import traceback
             traceback.print_exc()
         print("error: " + textwrap.fill(str(e), width=100, subsequent_indent="  "), file=sys.stderr)
         return e.exit_code

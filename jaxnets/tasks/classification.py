@@ -16,18 +16,18 @@ from flax import nnx
 
 from jaxnets import metrics as M
 from jaxnets.data.augment import augment, parse_ops
-from jaxnets.tasks.base import State, Task
-from jaxnets.tasks.common import build_task_model
+from jaxnets.tasks.base import Inference, State, Task
+from jaxnets.tasks.common import build_task_model, image_batch_input
 
 
 class ClassificationTask(Task):
     options = {"input_key": "image", "label_smoothing": 0.0}
+    entry_points = frozenset({"export"})
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        opts = config.task_options
-        self.input_key = opts.get("input_key", "image")
-        self.label_smoothing = opts.get("label_smoothing", 0.0)
+        self.input_key = self.opts["input_key"]
+        self.label_smoothing = self.opts["label_smoothing"]
         self.num_classes = dataset.info["num_classes"]
         parse_ops(config.data.augment)  # a bad op fails now, not at the first compile
 
@@ -45,6 +45,10 @@ class ClassificationTask(Task):
     def build(self, rngs, make_optimizer):
         model = build_task_model(self.config.model, self.config, rngs, **self.model_defaults())
         return State(model=model, opt=make_optimizer(model))
+
+    def inference_fn(self, state):
+        x = image_batch_input(self.example_row(self.input_key))
+        return Inference(self.config.model.name, state.model, lambda m, x: m(x), [(self.input_key, x)])
 
     def inputs(self, batch, rng=None):
         x = batch[self.input_key]
