@@ -21,7 +21,8 @@ from jaxnets.train.defaults import base_config
 def get_config(arg=None):
     args = parse_arg(arg)
     smoke = bool(args.get("smoke"))
-    conditioning = "text" if args.get("text") else None if args.get("uncond") else "class"
+    text, uncond = args.get("text"), args.get("uncond")   # both read: an unread argument is refused
+    conditioning = "text" if text else None if uncond else "class"
     c = base_config()
     c.task = "diffusion"
     # smoke: 2x2 pixel patches folded into channels, so the U-Net runs at 14x14 and 7x7 with 32

@@ -3,8 +3,10 @@
     jaxnets train --config experiments/mnist_cnn.py:smoke --workdir runs/x --config.train.steps=200
 
 `arg` is free text handed to `get_config`; `parse_arg` turns the usual "smoke,depth=56" form into
-a dict. Overrides must name an existing key: a typo is an error naming the close matches,
-never a silently ignored setting.
+a dict, and `load_config` refuses a name the experiment never looked up in it (so an experiment
+reads each argument it knows on every path: `smoke, mnist = args.get("smoke"), args.get("mnist")`).
+Overrides must name an existing or declared key (`declared`, e.g. jaxnets.options.declared): a
+typo is an error naming the close matches, never a silently ignored setting.
 """
 from __future__ import annotations
 
