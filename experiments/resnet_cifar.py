@@ -30,7 +30,7 @@ def get_config(arg=None):
     offline = bool(smoke or mnist)
     c = base_config()
     # On CPU: one single-threaded device per core, the batch sharded over them (convnets
-    # gain; see jaxnets.runtime.auto_cpu_devices). Ignored where a GPU/TPU is present.
+    # gain; see jaxnets.platform.devices.auto_cpu_devices). Ignored where a GPU/TPU is present.
     c.cpu_devices = "auto"
     c.task = "classification"
     c.model = {"name": "resnet" if args.get("residual", True) else "plainnet",

@@ -1,8 +1,9 @@
-"""`jaxnets train|list|bench`.
+"""`jaxnets train|tune|list|bench`.
 
     jaxnets train --config experiments/mnist_cnn.py:smoke --workdir runs/x [--config.KEY=VALUE ...]
     jaxnets train --config experiments/mnist_cnn.py:smoke --print_layout   (where every array lives)
     jaxnets launch --processes 2 --devices-per-process 2 -- train --config ... --workdir runs/x
+    jaxnets tune --config experiments/resnet_cifar.py:smoke --out kernels.json   (kernel table)
     jaxnets list
     jaxnets bench train_step --json          (runs `python -m benchmarks.train_step --json`)
 
@@ -25,7 +26,9 @@ from jaxnets.data import DATASETS
 from jaxnets.errors import UserError
 from jaxnets.models import MODELS
 from jaxnets.parallel.launch import launch
-from jaxnets.runtime import auto_cpu_devices, cpu_devices_setting
+from jaxnets.platform import kernel_table, tune
+from jaxnets.platform.devices import auto_cpu_devices, cpu_devices_setting
+from jaxnets.platform.install import install_process_settings
 from jaxnets.tasks import TASKS
 from jaxnets.train.trainer import Trainer, train
 
@@ -39,6 +42,27 @@ def repo_dir(name: str) -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name)
 
 
+def _config_from(parser, argv):
+    """(args, config) from `--config FILE[:ARG]` and `--config.KEY=VALUE` overrides."""
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for item in rest:
+        if not item.startswith("--config."):
+            raise UserError(f"Unrecognised argument {item!r}. Settings are changed with "
+                            "--config.KEY=VALUE (e.g. --config.train.steps=100).")
+        overrides.append(item[len("--config."):])
+    return args, options.resolve(args.config, overrides)
+
+
+def _cpu_devices_for(config) -> None:
+    """Before JAX starts: the CPU device layout the experiment asks for (config.cpu_devices)."""
+    try:
+        auto_cpu_devices([config.data.batch_size, config.data.eval_batch_size],
+                         config.get("cpu_devices"), limit=config.get("mesh_devices", 0))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def cmd_train(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="jaxnets train", description="Train an experiment config.")
     parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
@@ -47,15 +71,7 @@ def cmd_train(argv: list[str]) -> int:
     parser.add_argument("--print_layout", action="store_true",
                         help="print the mesh and the sharding of every parameter and optimizer "
                              "state array, then exit (nothing is trained or allocated)")
-    args, rest = parser.parse_known_args(argv)
-    overrides = []
-    for item in rest:
-        if not item.startswith("--config."):
-            raise UserError(f"Unrecognised argument {item!r}. Settings are changed with "
-                            "--config.KEY=VALUE (e.g. --config.train.steps=100).")
-        overrides.append(item[len("--config."):])
-
-    config = options.resolve(args.config, overrides)
+    args, config = _config_from(parser, argv)
     if args.print_config:
         print(options.describe(config))
         return 0
@@ -64,18 +80,28 @@ def cmd_train(argv: list[str]) -> int:
         return 0
     if not args.workdir:
         raise UserError("--workdir is required: the directory for checkpoints, logs and final.json.")
-    # Before JAX starts: the CPU device layout the experiment asks for (config.cpu_devices).
-    try:
-        auto_cpu_devices([config.data.batch_size, config.data.eval_batch_size],
-                         config.get("cpu_devices"), limit=config.get("mesh_devices", 0))
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    _cpu_devices_for(config)
     final = train(config, args.workdir)
     if final.get("preempted"):
         return 0
     shown = {k: v for k, v in final["metrics"].items() if isinstance(v, float)}
     print(f"Done: step {final['step']}; " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
           + f"\nWrote {os.path.join(args.workdir, 'final.json')}")
+    return 0
+
+
+def cmd_tune(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="jaxnets tune", description="Time the kernel choices of an experiment on this machine "
+        "and write the kernel table runs read with --config.platform.kernel_table=PATH.")
+    parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
+    parser.add_argument("--out", required=True, help="the kernel table to write (JSON)")
+    args, config = _config_from(parser, argv)
+    _cpu_devices_for(config)
+    config.platform.kernel_table = ""   # time every shape afresh
+    table = tune.tune(Trainer(config, None, layout_only=True), "jaxnets tune " + " ".join(argv))
+    kernel_table.save(table, args.out)
+    print(f"Wrote {args.out}: {len(table[kernel_table.FILTER_GRAD])} filter-gradient choice(s)")
     return 0
 
 
@@ -126,7 +152,11 @@ def cmd_launch(argv: list[str]) -> int:
     return launch(argv)
 
 
-COMMANDS = {"train": cmd_train, "launch": cmd_launch, "list": cmd_list, "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "tune": cmd_tune, "launch": cmd_launch, "list": cmd_list,
+            "bench": cmd_bench}
+# Commands that run programs here install the process-wide settings (jaxnets.platform.install);
+# list, bench and launch run none themselves.
+NO_PROCESS_SETTINGS = ("list", "bench", "launch")
 COMMANDS.update(WORKDIR_COMMANDS)   # eval, sample, generate, translate, export: jaxnets/commands.py
 
 
@@ -144,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip(), file=sys.stderr)
         return EXIT_USAGE if argv and argv[0] not in ("-h", "--help") else 0
+    if argv[0] not in NO_PROCESS_SETTINGS:
+        install_process_settings()
     try:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as e:

@@ -27,7 +27,7 @@ import numpy as np
 from jaxnets import images as imlib
 from jaxnets.errors import UserError
 from jaxnets.export import export_inference
-from jaxnets.runtime import auto_cpu_devices
+from jaxnets.platform.devices import auto_cpu_devices
 from jaxnets.train import checkpoint as ckpt
 from jaxnets.train.trainer import Trainer
 

@@ -32,7 +32,7 @@ from jaxnets.tasks.base import Inference
 
 
 def _portable_attention(module) -> None:
-    for _, sub in nnx.iter_graph(module):
+    for _, sub in nnx.iter_modules(module):
         if isinstance(sub, MultiHeadAttention):
             sub.implementation = "xla"
 

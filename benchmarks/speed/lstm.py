@@ -14,7 +14,7 @@ Work timed (same as the PyTorch peer): `y, _ = layer(x)` with x [B, T, D] batch-
 
 With `--peer`, PyTorch runs twice per round: with glibc's default malloc (the issue's
 baseline) and with the malloc settings jaxnets applies to itself
-(`jaxnets.runtime.tune_host_allocator`), giving `*_ratio` and `*_ratio_same_alloc`.
+(`jaxnets.platform.allocator.tune_host_allocator`), giving `*_ratio` and `*_ratio_same_alloc`.
 
 Design (what the layer does to be fast; `jaxnets.nn.recurrent_scan`), in the order it mattered,
 single-threaded, b64 t128 d256 h256 forward+backward, 2026-11-28:
@@ -67,8 +67,8 @@ def setup_threads(threads):
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
     global jax, jnp, nnx, recurrent, recurrent_scan, runtime
-    from jaxnets import runtime
-    runtime.tune_host_allocator()   # as `jaxnets train` and the Trainer do
+    from jaxnets.platform import allocator as runtime
+    runtime.tune_host_allocator()   # as `jaxnets train` does
     import jax
     import jax.numpy as jnp
     from flax import nnx

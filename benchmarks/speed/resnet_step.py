@@ -32,7 +32,6 @@ XLA flags that only take effect process-wide (XLA_FLAGS) are timed with step mod
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -64,7 +63,7 @@ def parse_args(argv=None):
     ap.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for this run")
     ap.add_argument("--cpu-devices", default="auto",
                     help="'auto' (default, as experiments/resnet_cifar.py sets it): one single-threaded CPU device "
-                         "per core, batch sharded over them (jaxnets.runtime.auto_cpu_devices); "
+                         "per core, batch sharded over them (jaxnets.platform.devices.auto_cpu_devices); "
                          "N > 0: N such devices; 0: JAX's default single multi-threaded device")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
@@ -163,7 +162,9 @@ def run_step_mode(args):
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     # jax is imported here, after XLA_FLAGS and the CPU device layout are set.
-    from jaxnets.runtime import auto_cpu_devices, one_device_per_core
+    from jaxnets.platform.devices import auto_cpu_devices, one_device_per_core
+    from jaxnets.platform.install import install_process_settings
+    install_process_settings()   # malloc, compilation cache: as `jaxnets train` does
     if args.cpu_devices == "auto":
         auto_cpu_devices([args.batch], "auto")
     elif int(args.cpu_devices) > 0:
@@ -197,7 +198,7 @@ def last_json(cmd: list[str], pin: str | None = None, tuned_allocator: bool = Fa
               env_extra: dict | None = None) -> dict:
     env = {**os.environ, **(env_extra or {})}
     if tuned_allocator:
-        from jaxnets.runtime import GLIBC_TUNABLES  # a constant; jaxnets.runtime imports jax
+        from jaxnets.platform.allocator import GLIBC_TUNABLES  # a constant; jaxnets.platform imports jax
         env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
     if pin is not None:   # one core each, one compute thread for torch: per-core efficiency
         cmd = ["taskset", "-c", pin, *cmd]
@@ -293,30 +294,21 @@ LEVERS = {  # name -> (model keywords, step, donate, compiler options)
 }
 
 
-def lever_patches():
-    """Levers that switch off one of jaxnets' own CPU paths while their step is traced and compiled:
-    name -> (module, attribute, value)."""
-    import jaxnets.models.resnet as resnet_module  # imports jax: only in --levers mode
-    import jaxnets.nn.conv as conv_module
-    from jaxnets.kernels import conv_filter_grad
-    return {"xla_filter_grad": (conv_filter_grad, "supported", lambda x, g: False),
-            "no_fold": (conv_module, "FOLD_MAX_CHANNELS", 0),
-            "no_barrier": (resnet_module, "materialize", lambda x: x)}
+def lever_lowering(name):
+    """The platform's CPU lowering with the lever's one CPU path switched off (the choices are
+    arguments of the model: jaxnets.nn.lowering.Lowering)."""
+    import dataclasses
 
-
-@contextlib.contextmanager
-def patched(name):
-    patches = lever_patches()
-    if name not in patches:
-        yield
-        return
-    module, attr, value = patches[name]
-    saved = getattr(module, attr)
-    setattr(module, attr, value)
-    try:
-        yield
-    finally:
-        setattr(module, attr, saved)
+    from jaxnets.platform.lowering import lowering_for  # imports jax: only in --levers mode
+    lowering = lowering_for()
+    if name == "xla_filter_grad":
+        return dataclasses.replace(lowering, conv=dataclasses.replace(
+            lowering.conv, default_filter_grad="xla", filter_grad=()))
+    if name == "no_fold":
+        return dataclasses.replace(lowering, conv=dataclasses.replace(lowering.conv, fold=False))
+    if name == "no_barrier":
+        return dataclasses.replace(lowering, fusion_barriers=False)
+    return lowering
 
 
 def make_lever(name, depth, batch, workdir):
@@ -333,7 +325,8 @@ def make_lever(name, depth, batch, workdir):
         args = argparse.Namespace(shortcut="B", batch=batch, dtype="float32", step="trainer")
         return build_step(make_trainer(depth, args, workdir), args)
     kwargs = {k: (jnp.dtype(v) if k == "dtype" else v) for k, v in kwargs.items()}
-    model = ResNet(depth, 10, **{"shortcut": "B", **kwargs}, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    model = ResNet(depth, 10, **{"shortcut": "B", **kwargs}, lowering=lever_lowering(name),
+                   rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
     rng = np.random.default_rng(0)
@@ -375,10 +368,9 @@ def run_levers(args):
         with tempfile.TemporaryDirectory() as workdir:
             steps = {}
             for name in names:
-                with patched(name):
-                    steps[name] = make_lever(name, depth, args.batch, workdir)
-                    for _ in range(2):                       # compile + warm up
-                        steps[name]().block_until_ready()
+                steps[name] = make_lever(name, depth, args.batch, workdir)
+                for _ in range(2):                           # compile + warm up
+                    steps[name]().block_until_ready()
             times = {name: [] for name in steps}
             for _ in range(args.rounds):
                 for name, step in steps.items():

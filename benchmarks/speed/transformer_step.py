@@ -101,7 +101,7 @@ def peer(args, size, config, vocab):
            "--warmup", str(args.warmup), "--iters", str(args.iters)]
     env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if args.pin is not None else {})}
     if args.same_allocator:
-        from jaxnets.runtime import GLIBC_TUNABLES
+        from jaxnets.platform.allocator import GLIBC_TUNABLES
         env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])["results"][0]
@@ -114,12 +114,12 @@ def main(argv=None):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
         os.environ["JAXNETS_CPU_DEVICES"] = "1"   # JAX's one device, single-threaded
     # Before JAX starts: the experiment's CPU device layout (both sizes set cpu_devices).
-    from jaxnets.runtime import auto_cpu_devices, enable_compilation_cache, tune_host_allocator
+    from jaxnets.platform.devices import auto_cpu_devices
+    from jaxnets.platform.install import install_process_settings
     configs = {s: make_config(s, args.set) for s in args.sizes}
     first = configs[args.sizes[0]]
     auto_cpu_devices([c.data.batch_size for c in configs.values()], first.get("cpu_devices"))
-    tune_host_allocator()
-    enable_compilation_cache()
+    install_process_settings()   # as `jaxnets train` does
     from benchmarks.common import machine, now
     steps, vocab, rounds = {}, {}, []
     with tempfile.TemporaryDirectory() as tmp:

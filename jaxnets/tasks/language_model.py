@@ -63,10 +63,11 @@ class LanguageModelTask(Task):
 
         loss, grads = nnx.value_and_grad(loss_fn)(state.model)
         state.opt.update(state.model, grads)
-        return {"loss": loss, "bits_per_token": loss / LN2, "grad_norm": optax.global_norm(grads)}
+        return {"loss": loss, "bits_per_token": loss / LN2, "grad_norm": optax.tree.norm(grads)}
 
     def throughput(self, state):
-        seq_len = self.dataset.splits[self.config.data.train_split][self.tokens_key].shape[1] - 1
+        seq_len = self.dataset.info.get("seq_len") or \
+            self.dataset.splits[self.config.data.train_split][self.tokens_key].shape[1] - 1
         tokens = self.config.data.batch_size * seq_len
         out = {"tokens": float(tokens)}
         if hasattr(state.model, "init_cache"):    # a Transformer LM (KV cache): count its FLOPs

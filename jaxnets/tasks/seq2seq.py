@@ -77,7 +77,7 @@ class Seq2SeqTask(Task):
         state.opt.update(state.model, grads)
         correct = jnp.sum((jnp.argmax(logits, -1) == target_out) * w)
         return {"loss": loss, "token_accuracy": correct / jnp.maximum(jnp.sum(w), 1.0),
-                "grad_norm": optax.global_norm(grads)}
+                "grad_norm": optax.tree.norm(grads)}
 
     def eval_step(self, state, batch):
         logits, nll, w, target_out = self._teacher_forced(state.model, batch)

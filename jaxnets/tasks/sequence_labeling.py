@@ -61,7 +61,7 @@ class SequenceLabelingTask(Task):
         state.opt.update(state.model, grads)
         correct = (jnp.argmax(logits, -1) == batch[self.labels_key]) * w
         return {"loss": loss, "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(w), 1.0),
-                "grad_norm": optax.global_norm(grads)}
+                "grad_norm": optax.tree.norm(grads)}
 
     def eval_step(self, state, batch):
         logits, nll = self._per_step(state.model, batch)
