@@ -18,7 +18,7 @@ from flax import nnx
 
 from jaxnets import models
 from jaxnets.errors import UserError
-from jaxnets.platform.lowering import lowering_for
+from jaxnets.platform.lowering_rule import lowering_for
 
 
 def precision_policy(config) -> tuple[jnp.dtype, jnp.dtype]:
@@ -46,7 +46,7 @@ def store_params(model, config):
 def build_task_model(model_config, config, rngs, **defaults):
     """`jaxnets.models.build_model` under the precision policy and the platform's choices: the
     compute dtype goes in as the `dtype` default and the backend's layer choices as the
-    `lowering` default (`jaxnets.platform.lowering.lowering_for(config.platform)`, for models
+    `lowering` default (`jaxnets.platform.lowering_rule.lowering_for(config.platform)`, for models
     that take one); the parameters are then stored in the parameter dtype."""
     platform = {"lowering": lowering_for(config.get("platform"))}
     model = models.build_model(model_config, rngs,
