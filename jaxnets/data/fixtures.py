@@ -21,6 +21,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from jaxnets.data.offline import encode, shakespeare_text
 from jaxnets.errors import UserError
 
 SIDECAR = ".json"   # FILE + SIDECAR: {"dtype", "vocab_size", "vocab"} of a token file
@@ -66,7 +67,6 @@ def write_imagenet(out: str, images: int, classes: int, seed: int = 0) -> dict:
 
 def write_tokens(out: str, tokens: int, chunk: int = 1 << 24) -> dict:
     """Shakespeare character ids repeated to `tokens` uint16 tokens; returns the sidecar."""
-    from jaxnets.data.offline import encode, shakespeare_text
     if tokens < 2:
         raise UserError(f"--tokens must be at least 2; got {tokens}.")
     text = shakespeare_text()

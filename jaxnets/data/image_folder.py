@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxnets.cache import cache_root
 from jaxnets.data import Dataset
 from jaxnets.data.image_decode import EvalImageTransform, TrainImageTransform
 from jaxnets.data.source import Source
@@ -41,7 +42,6 @@ def _stamp(split_dir: pathlib.Path, classes: list[os.DirEntry]) -> dict:
 
 
 def _cache_paths(root: pathlib.Path, split: str) -> list[pathlib.Path]:
-    from jaxnets.runtime import cache_root   # delayed: the runtime module imports jax
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
     return [root / f".jaxnets-files-{split}.json",
             cache_root() / "data" / "image_folders" / f"{key}-{split}.json"]
