@@ -70,6 +70,9 @@ def test_a_model_keyword_the_experiment_did_not_set_can_be_overridden():
     assert c.model.num_kv_heads == 2
     with pytest.raises(UserError, match=r"'model.num_kv_head'.*Did you mean --config.model.num_kv_heads"):
         options.resolve(LM + ":smoke", ["model.num_kv_head=2"])
+    for supplied in ("dtype", "lowering"):   # the precision policy's and the platform's, not options
+        with pytest.raises(UserError, match=f"'model.{supplied}'"):
+            options.resolve(LM + ":smoke", [f"model.{supplied}=x"])
 
 
 def test_a_data_option_the_experiment_did_not_set_is_declared_and_filled():
