@@ -42,6 +42,7 @@ import tempfile
 import time
 
 from benchmarks.common import ROOT, machine, now, peer_script
+from benchmarks.peak import efficiency
 
 PEER = peer_script("torch_resnet20.py")
 COMPARE_VARIANTS = {"default": {}, "avx2": {"JAXNETS_NATIVE_ISA": "avx2"},
@@ -158,6 +159,18 @@ def time_step(step, warmup, iters):
     return 1e3 * statistics.median(times), 1e3 * min(times)
 
 
+def train_step_flops(trainer, batch: int) -> float:
+    """Model FLOPs of one train step: 3x the forward pass (its input and weight gradients cost
+    one forward each), the forward counted by XLA's cost analysis of the model's own program."""
+    import jax
+    from flax import nnx
+    graphdef, params = nnx.split(trainer.module().model)
+    image = jax.ShapeDtypeStruct((batch, *trainer.dataset.info["image_shape"]), jax.numpy.float32)
+    cost = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)).lower(params, image).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost   # a list in older jax
+    return 3.0 * float(cost["flops"])
+
+
 def run_step_mode(args):
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
@@ -180,9 +193,11 @@ def run_step_mode(args):
             step().block_until_ready()
             compile_s = time.perf_counter() - t0
             ms, best = time_step(step, args.warmup, args.iters)
+            flops = train_step_flops(trainer, args.batch)
         results.append({"name": f"resnet{depth}", "batch": args.batch, "ms_per_step": ms,
                         "min_ms_per_step": best, "images_per_s": args.batch / ms * 1e3,
-                        "compile_s": compile_s})
+                        "compile_s": compile_s, "flops_per_step": flops,
+                        **efficiency(flops, ms, args.dtype)})
         if not args.json:
             print(f"resnet{depth}: {ms:.1f} ms/step (min {best:.1f}), "
                   f"{args.batch / ms * 1e3:.0f} img/s, first step {compile_s:.1f} s", file=sys.stderr)
@@ -257,8 +272,14 @@ def write_compare(args, argv, rounds) -> dict:
         for v in args.variants:
             s[f"{v}_ms_per_step"] = med(by_result_name(rd[v])[n]["ms_per_step"] for rd in rounds)
             s[f"ratio_{v}_over_torch"] = med(rd[f"ratio_{v}"][n] for rd in rounds)
+        flops = by_result_name(rounds[0][args.variants[0]])[n].get("flops_per_step")
+        s["flops_per_step"] = flops
+        for v in args.variants:
+            s.update(efficiency(flops, s[f"{v}_ms_per_step"], args.dtype, prefix=f"{v}_"))
+        s.update(efficiency(flops, s["torch_ms_per_step"], args.dtype, prefix="torch_"))
         if "default" in args.variants:
             s["ms_per_step"], s["ratio_jaxnets_over_torch"] = s["default_ms_per_step"], s["ratio_default_over_torch"]
+            s["fraction_of_peak"] = s["default_fraction_of_peak"]
             if "xla" in args.variants:   # per round: the native path against XLA's alone
                 s["ratio_default_over_xla"] = med(by_result_name(rd["default"])[n]["ms_per_step"]
                                                   / by_result_name(rd["xla"])[n]["ms_per_step"] for rd in rounds)

@@ -76,7 +76,8 @@ def jaxnets_step(config, workdir):
         box["state"], metrics = trainer.jit_train_step(box["state"], batch, box["i"])
         box["i"] += 1
         metrics["loss"].block_until_ready()
-    return step, trainer.dataset.info["vocab_size"]
+    flops = trainer.task.throughput(trainer.module()).get("flops")   # model FLOPs of one step
+    return step, trainer.dataset.info["vocab_size"], flops
 
 
 def time_calls(step, warmup, iters):
@@ -121,11 +122,12 @@ def main(argv=None):
     auto_cpu_devices([c.data.batch_size for c in configs.values()], first.get("cpu_devices"))
     install_process_settings()   # as `jaxnets train` does
     from benchmarks.common import machine, now
-    steps, vocab, rounds = {}, {}, []
+    from benchmarks.peak import efficiency
+    steps, vocab, flops, rounds = {}, {}, {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for s in args.sizes:
             t = time.perf_counter()
-            steps[s], vocab[s] = jaxnets_step(configs[s], os.path.join(tmp, s))
+            steps[s], vocab[s], flops[s] = jaxnets_step(configs[s], os.path.join(tmp, s))
             steps[s]()
             print(f"{s}: built and compiled in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         for r in range(args.rounds):
@@ -144,10 +146,12 @@ def main(argv=None):
     results = []
     for s in args.sizes:
         c = configs[s]
-        ms = med(rd[s]["jaxnets_ms"] for rd in rounds)
+        ms, torch_ms = med(rd[s]["jaxnets_ms"] for rd in rounds), med(rd[s]["torch_ms"] for rd in rounds)
+        dtype = str(c.train.get("compute_dtype") or "float32")
         results.append({"name": s, "layers": c.model.num_layers, "d_model": c.model.d_model,
                         "batch": c.data.batch_size, "seq_len": c.data.options["seq_len"],
-                        "ms_per_step": ms, "torch_ms_per_step": med(rd[s]["torch_ms"] for rd in rounds),
+                        "ms_per_step": ms, "torch_ms_per_step": torch_ms, "flops_per_step": flops[s],
+                        **efficiency(flops[s], ms, dtype), **efficiency(flops[s], torch_ms, dtype, prefix="torch_"),
                         "ratio_jaxnets_over_torch": med(rd[s]["ratio"] for rd in rounds),
                         "ratio_cpu": med(rd[s]["ratio_cpu"] for rd in rounds),
                         "tokens_per_s": c.data.batch_size * c.data.options["seq_len"] / ms * 1e3,
