@@ -320,7 +320,7 @@ def lever_lowering(name):
     arguments of the model: jaxnets.nn.lowering.Lowering)."""
     import dataclasses
 
-    from jaxnets.platform.lowering import lowering_for  # imports jax: only in --levers mode
+    from jaxnets.platform.lowering_rule import lowering_for  # imports jax: only in --levers mode
     lowering = lowering_for()
     if name == "xla_filter_grad":
         return dataclasses.replace(lowering, conv=dataclasses.replace(

@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxnets.errors import UserError
+from jaxnets.train.metric_log import strict_json
 
 
 def _is_key(x) -> bool:
@@ -206,8 +207,6 @@ def param_digest(params_pure: dict) -> str:
 
 def write_json(path: str, obj) -> None:
     """Atomic, strict JSON: NaN/Infinity become null and a dict gets their names in "nonfinite"."""
-    from jaxnets.train.metric_log import strict_json
-
     bad: list[str] = []
     clean = strict_json(json.loads(json.dumps(obj, default=float)), bad=bad)
     if bad and isinstance(clean, dict):

@@ -69,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.cpu_devices = "1"
     # Logical axis name (on parameters, activations and the batch) -> mesh axis (jaxnets.parallel.sharding).
     c.sharding_rules = DEFAULT_RULES
-    # Backend-specific layer choices (jaxnets.platform.lowering), made before anything is traced.
+    # Backend-specific layer choices (jaxnets.platform.lowering_rule), made before anything is traced.
     c.platform = ml_collections.ConfigDict()
     c.platform.lowering = "auto"                   # auto: the backend's rule (CPU: fusion barriers, ...); plain: none
     c.platform.kernel_table = ""                   # JSON from `jaxnets tune`; "" = the fixed rule
