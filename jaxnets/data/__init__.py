@@ -46,6 +46,7 @@ DATASETS = Registry("dataset", {
     "tfds": "jaxnets.data.tfds_source:tfds_dataset",
     "cifar10": "jaxnets.data.tfds_source:cifar10",
     "mnist": "jaxnets.data.tfds_source:mnist",
+    "imagenet2012": "jaxnets.data.tfds_source:imagenet2012",
     "addition": "jaxnets.data.synthetic:addition",
     "reversal": "jaxnets.data.synthetic:reversal",
     "copy_memory": "jaxnets.data.synthetic:copy_memory",
