@@ -75,8 +75,6 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "resnet_step.json"),
                     help="--compare: where the report goes")
     ap.add_argument("--pin", help="--compare: run both pinned to this CPU core (taskset), torch with 1 thread")
-    ap.add_argument("--same-allocator", action="store_true",
-                    help="--compare: also run PyTorch with jaxnets' malloc settings (what the allocator alone is worth)")
     ap.add_argument("jax_args", nargs="*", help="--compare: extra arguments for each step-mode run")
     args = ap.parse_args(argv)
     if args.depths is None:
@@ -245,8 +243,8 @@ def run_compare(args, argv):
     for i in range(args.rounds):
         load = os.getloadavg()[0]
         rd = {"load_avg_1min": load, "torch": last_json([args.peer_python, PEER, "--json"], args.pin)}
-        if args.same_allocator:
-            rd["torch_tuned_allocator"] = last_json([args.peer_python, PEER, "--json"], args.pin, True)
+        # PyTorch as a user gets it, and given jaxnets' malloc settings (the lead is not the allocator's).
+        rd["torch_tuned_allocator"] = last_json([args.peer_python, PEER, "--json"], args.pin, True)
         peer = by_result_name(rd["torch"])
         for v in args.variants:
             rd[v] = last_json([sys.executable, "-m", "benchmarks.speed.resnet_step", "--json", *step_mode_argv(args)],
@@ -268,7 +266,9 @@ def write_compare(args, argv, rounds) -> dict:
     med = statistics.median
     summary = []
     for n in names:
-        s = {"name": n, "torch_ms_per_step": med(by_result_name(rd["torch"])[n]["ms_per_step"] for rd in rounds)}
+        s = {"name": n, "torch_ms_per_step": med(by_result_name(rd["torch"])[n]["ms_per_step"] for rd in rounds),
+             "torch_same_alloc_ms_per_step": med(by_result_name(rd["torch_tuned_allocator"])[n]["ms_per_step"]
+                                                 for rd in rounds)}
         for v in args.variants:
             s[f"{v}_ms_per_step"] = med(by_result_name(rd[v])[n]["ms_per_step"] for rd in rounds)
             s[f"ratio_{v}_over_torch"] = med(rd[f"ratio_{v}"][n] for rd in rounds)
@@ -280,6 +280,9 @@ def write_compare(args, argv, rounds) -> dict:
         if "default" in args.variants:
             s["ms_per_step"], s["ratio_jaxnets_over_torch"] = s["default_ms_per_step"], s["ratio_default_over_torch"]
             s["fraction_of_peak"] = s["default_fraction_of_peak"]
+            s["ratio_jaxnets_over_torch_same_alloc"] = med(
+                by_result_name(rd["default"])[n]["ms_per_step"]
+                / by_result_name(rd["torch_tuned_allocator"])[n]["ms_per_step"] for rd in rounds)
             if "xla" in args.variants:   # per round: the native path against XLA's alone
                 s["ratio_default_over_xla"] = med(by_result_name(rd["default"])[n]["ms_per_step"]
                                                   / by_result_name(rd["xla"])[n]["ms_per_step"] for rd in rounds)
