@@ -7,7 +7,8 @@ Rooms:
   peers/    PyTorch peers, run in their own venv as subprocesses (never imported here)
   gpu/      prepared one-call shell scripts for a GPU machine
   results/  measured reports; `python -m benchmarks.report` rebuilds every table from them
-common.py (report writing, machine description) and report.py stay at the top.
+Shared by every room, at the top: common.py (report writing, machine description), peak.py (the
+machine's measured peak FLOP/s that `fraction_of_peak` divides by) and report.py.
 
 Every benchmark keeps its flat command: `python -m benchmarks.lstm` runs benchmarks/speed/lstm.py.
 `ALIASES` below is the one table of flat names; a finder on `sys.meta_path`, installed when this
@@ -74,7 +75,7 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
 
 def names() -> list[str]:
     """Every benchmark's flat name (`jaxnets list`, `jaxnets bench NAME`), plus the faults suite."""
-    return sorted([*ALIASES, "faults", "report"])
+    return sorted([*ALIASES, "faults", "peak", "report"])
 
 
 if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
