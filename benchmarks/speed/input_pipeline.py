@@ -10,8 +10,9 @@ flip), batches of 32, images/s measured after the first batch (worker start-up e
 for the peer). `decoder_alone`: Pillow decoding whole files to RGB in this process, no crop.
 Tokens: windows of 1,025 tokens from a memory-mapped uint16 file, batches of 32 (the peer:
 nanoGPT's get_batch). The peer (`benchmarks/peers/torch_input_pipeline.py`) runs the same
-images and worker counts with torch's DataLoader in its own venv; each row reports
-`ratio_jaxnets_over_peer` (> 1: jaxnets is faster). `--save` writes
+images and worker counts with torch's DataLoader in its own venv, rounds alternating with
+jaxnets' (medians over `--repeats`); each row reports `ratio_jaxnets_over_peer` (> 1: jaxnets
+is faster). `--save` writes
 benchmarks/results/input_pipeline.json, shown by `python -m benchmarks.report`.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,6 +90,16 @@ def peer(python: str, root: str, tokens: str, args) -> dict:
     return {"device": line["device"], **{r["name"]: r for r in line["results"]}}
 
 
+def measure(root: str, tokens: str, args) -> list[dict]:
+    rows = [{"name": "decoder_alone", "images_per_s": decoder_alone(root, args.images)}]
+    for w in (int(x) for x in args.workers.split(",")):
+        rows.append({"name": f"decode_augment_{args.size}px_workers{w}", "workers": w,
+                     "images_per_s": images_per_s(root, w, args.batch, args.images, args.size)})
+    rows.append({"name": f"token_windows_seq{args.seq_len}",
+                 "windows_per_s": token_windows_per_s(tokens, args.seq_len, 32, 200)})
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
@@ -97,6 +109,7 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=256, help="images timed per row")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of peer + jaxnets (medians)")
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "jaxnets_input_pipeline"))
     ap.add_argument("--save", action="store_true", help="write benchmarks/results/input_pipeline.json")
@@ -106,23 +119,25 @@ def main(argv=None):
     tokens = os.path.join(args.dir, "tokens.bin")
     if not os.path.exists(tokens):
         write_tokens(tokens, 20_000_000)
-    theirs = peer(args.peer_python, root, tokens, args)
-    results = [{"name": "decoder_alone", "images_per_s": decoder_alone(root, args.images)}]
-    for w in (int(x) for x in args.workers.split(",")):
-        name = f"decode_augment_{args.size}px_workers{w}"
-        row = {"name": name, "workers": w,
-               "images_per_s": images_per_s(root, w, args.batch, args.images, args.size)}
-        if name in theirs:
-            row["peer_images_per_s"] = theirs[name]["images_per_s"]
-            row["ratio_jaxnets_over_peer"] = row["images_per_s"] / row["peer_images_per_s"]
-        row["fraction_of_decoder_alone"] = row["images_per_s"] / results[0]["images_per_s"]
+    # Rounds alternate peer and jaxnets, medians per row: a shared machine's load drifts.
+    rounds, peer_rounds = [], []
+    for _ in range(args.repeats):
+        peer_rounds.append(peer(args.peer_python, root, tokens, args))
+        rounds.append(measure(root, tokens, args))
+    theirs = {k: v for k, v in peer_rounds[0].items() if k == "device"}
+    results = []
+    for i, row in enumerate(rounds[0]):
+        row = {k: (statistics.median(r[i][k] for r in rounds) if k.endswith("_per_s") else v)
+               for k, v in row.items()}
+        metric = "images_per_s" if "images_per_s" in row else "windows_per_s"
+        peers = [p[row["name"]][metric] for p in peer_rounds if row["name"] in p]
+        if peers:
+            row[f"peer_{metric}"] = statistics.median(peers)
+            row["ratio_jaxnets_over_peer"] = row[metric] / row[f"peer_{metric}"]
+        if row["name"].startswith("decode_augment"):
+            row["fraction_of_decoder_alone"] = row["images_per_s"] / results[0]["images_per_s"]
         results.append(row)
-    name = f"token_windows_seq{args.seq_len}"
-    row = {"name": name, "windows_per_s": token_windows_per_s(tokens, args.seq_len, 32, 200)}
-    if name in theirs:
-        row["peer_windows_per_s"] = theirs[name]["windows_per_s"]
-        row["ratio_jaxnets_over_peer"] = row["windows_per_s"] / row["peer_windows_per_s"]
-    results.append(row)
+    results[0]["repeats"] = args.repeats
     command = "python -m benchmarks.input_pipeline " + " ".join(argv if argv is not None else sys.argv[1:])
     line = report("input_pipeline", results, command=command, peer=theirs.get("device", "none"))
     if args.save:
