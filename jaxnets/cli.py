@@ -20,6 +20,8 @@ import textwrap
 
 from jaxnets.commands import COMMANDS as WORKDIR_COMMANDS
 from jaxnets.errors import UserError
+from jaxnets.parallel import cpu_threads
+from jaxnets.parallel.launch import die_with_launcher
 from jaxnets.runtime import auto_cpu_devices, cpu_devices_setting
 
 EXIT_USAGE = 2
@@ -117,6 +119,8 @@ COMMANDS.update(WORKDIR_COMMANDS)   # eval, sample, generate, translate, export:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()   # a rank of `jaxnets launch` never outlives it
+    cpu_threads.apply(os.environ)   # before JAX starts: forced CPU devices that cannot deadlock
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv and argv[:1] != ["bench"]   # bench passes its flags on
     argv = argv if not debug else [a for a in argv if a != "--debug"]

@@ -25,7 +25,8 @@ from jaxnets.errors import UserError
 
 # ---------------------------------------------------------------------------- the workdir
 def read_workdir_config(workdir: str):
-    """(config, step) of the newest checkpoint, read as JSON (no JAX backend starts here)."""
+    """(config, step) of the newest checkpoint whose metadata parses, read as JSON (no JAX backend
+    starts here). Nothing in the workdir is changed."""
     import ml_collections
 
     root = os.path.join(workdir, "checkpoints")
@@ -34,21 +35,27 @@ def read_workdir_config(workdir: str):
     steps = sorted(int(d) for d in os.listdir(root) if d.isdigit()
                    and os.path.isfile(os.path.join(root, d, "meta", "metadata"))) \
         if os.path.isdir(root) else []
-    if not steps:
-        raise UserError(f"Workdir {workdir!r} holds no checkpoint (no {root}/STEP/meta); "
-                        "train into it first with `jaxnets train --config ... --workdir W`.")
-    with open(os.path.join(root, str(steps[-1]), "meta", "metadata")) as f:
-        meta = json.load(f)
-    config = ml_collections.ConfigDict(json.loads(meta["config"]))
-    config.train.progress = False
-    return config, steps[-1]
+    for step in reversed(steps):
+        try:
+            with open(os.path.join(root, str(step), "meta", "metadata")) as f:
+                config = ml_collections.ConfigDict(json.loads(json.load(f)["config"]))
+        except (ValueError, KeyError, TypeError) as e:   # damaged: the restore falls back past it
+            print(f"Checkpoint {root}/{step} has unreadable metadata ({type(e).__name__}); "
+                  "reading an older one.", file=sys.stderr)
+            continue
+        config.train.progress = False
+        return config, step
+    raise UserError(f"Workdir {workdir!r} holds no readable checkpoint (no {root}/STEP/meta); "
+                    "train into it first with `jaxnets train --config ... --workdir W`.")
 
 
 def open_workdir(workdir: str):
-    """(Trainer holding the newest checkpoint of `workdir`: dataset, task and state; its step)."""
+    """(Trainer holding the newest readable checkpoint of `workdir`: dataset, task and state; its
+    step). Read-only: no lock, nothing under checkpoints/ is created, renamed or saved; the step
+    used is stated on stderr."""
     from jaxnets.runtime import auto_cpu_devices
 
-    config, step = read_workdir_config(workdir)
+    config, _ = read_workdir_config(workdir)
     try:   # the device layout training used (before JAX starts), so evals add up alike
         auto_cpu_devices([config.data.batch_size, config.data.eval_batch_size],
                          config.get("cpu_devices"), limit=config.get("mesh_devices", 0))
@@ -58,12 +65,13 @@ def open_workdir(workdir: str):
     from jaxnets.train.trainer import Trainer
 
     with contextlib.redirect_stdout(sys.stderr):   # stdout carries the command's output only
-        trainer = Trainer(config, workdir)
-        checkpointer = ckpt.Checkpointer(workdir, config.train.keep_checkpoints)
+        trainer = Trainer(config, workdir, read_only=True)
+        checkpointer = ckpt.Checkpointer(workdir, config.train.keep_checkpoints, read_only=True)
         try:
-            trainer.restore_latest(checkpointer)
+            step = trainer.restore_latest(checkpointer)
         finally:
             checkpointer.close()
+    print(f"Using checkpoint step {step} of {workdir}", file=sys.stderr, flush=True)
     return trainer, step
 
 

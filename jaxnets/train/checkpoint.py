@@ -52,14 +52,24 @@ def describe(pure: dict) -> list[str]:
 SEAL = "jaxnets_files.json"   # per-checkpoint file sizes, written once its save has finished
 
 
+class IntegrityError(ValueError):
+    """A checkpoint's files are not what its save committed (a size changed, a file is gone)."""
+
+
+SET_ASIDE = ("corrupt-",)   # names of checkpoints moved aside (invisible to orbax)
+
+
 class Checkpointer:
-    def __init__(self, workdir: str, keep: int):
+    """`read_only`: for the commands on a trained workdir: nothing is created, renamed or saved."""
+
+    def __init__(self, workdir: str, keep: int, read_only: bool = False):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.read_only = read_only
         _quiet_orbax_thread_tracebacks()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                                 create=True),
+                                                 create=not read_only, read_only=read_only),
             item_names=("state", "meta"),
         )
         self._unsealed: set[int] = set()   # saved by this run, file sizes not yet recorded
@@ -69,6 +79,12 @@ class Checkpointer:
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
+
+    def set_aside(self) -> list[str]:
+        """Checkpoints earlier runs moved aside as damaged (`corrupt-STEP`)."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(d for d in os.listdir(self.directory) if d.startswith(SET_ASIDE))
 
     def move_aside(self, step: int) -> str:
         """Rename checkpoint `step` to `corrupt-STEP` (nothing is deleted). The dash matters:
@@ -100,7 +116,7 @@ class Checkpointer:
         need (orbax leaves some after merging per-process indexes) would pass unnoticed;
         `verify_files` refuses any size change. A save killed before sealing has no record and is
         trusted to orbax alone, as are checkpoints of older jaxnets versions."""
-        if jax.process_index() != 0:
+        if jax.process_index() != 0 or self.read_only:
             return
         for step in sorted(self._unsealed - {exclude}):
             part = os.path.join(self.directory, str(step))
@@ -114,7 +130,7 @@ class Checkpointer:
             self._unsealed.discard(step)
 
     def verify_files(self, step: int) -> None:
-        """Raise (ValueError) if a file recorded at save time is missing or changed size."""
+        """Raise IntegrityError if a file recorded at save time is missing or changed size."""
         part = os.path.join(self.directory, str(step))
         if not os.path.exists(os.path.join(part, SEAL)):
             return
@@ -123,9 +139,9 @@ class Checkpointer:
         for rel, size in sorted(files.items()):
             path = os.path.join(part, rel)
             if not os.path.exists(path):
-                raise ValueError(f"file {rel} is missing")
+                raise IntegrityError(f"file {rel} is missing")
             if os.path.getsize(path) != size:
-                raise ValueError(f"file {rel} is {os.path.getsize(path)} bytes, {size} when saved")
+                raise IntegrityError(f"file {rel} is {os.path.getsize(path)} bytes, {size} when saved")
 
     def restore(self, step: int, abstract_pure: dict, expected_signature: str) -> tuple[dict, dict]:
         self.verify_files(step)

@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.report = True                          # call task.report() at the end
     c.train.progress = True                        # progress bar when stderr is a terminal
     c.train.max_nonfinite_steps = 5                # stop (exit 3) after this many skipped steps in a row
+    c.train.accept_lost_checkpoints = False        # start at step 0 when every checkpoint is damaged
     c.train.restart_data = False                   # resume despite changed data settings: new data order
     c.train.best_metric = ""                       # e.g. "eval/loss": keep the best state in WORKDIR/best/
     c.train.best_mode = "min"                      # min | max: which way best_metric improves

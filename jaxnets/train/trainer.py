@@ -27,7 +27,7 @@ from jaxnets import runtime
 from jaxnets.runtime import tune_host_allocator
 from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
-from jaxnets.train import guard, resume
+from jaxnets.train import guard, resume, workdir_lock
 from jaxnets.train.best import BestKeeper
 from jaxnets.train.logging import MetricWriter, Progress, log_line
 from jaxnets.train.optim import OptimizerFactory
@@ -49,17 +49,33 @@ def check_workdir(workdir: str) -> None:
 class Trainer:
     """Builds everything from a config; `run()` trains, evaluates, checkpoints and reports."""
 
-    def __init__(self, config, workdir: str | None, *, layout_only: bool = False):
+    def __init__(self, config, workdir: str | None, *, layout_only: bool = False,
+                 read_only: bool = False):
         """`layout_only`: stop after the abstract state and its shardings (for `--print_layout`):
-        nothing is allocated, no workdir is needed."""
-        self.config, self.workdir = config, workdir
+        nothing is allocated, no workdir is needed. `read_only`: for the commands on a trained
+        workdir: no lock is taken, nothing under checkpoints/ is created, renamed or saved."""
+        self.config, self.workdir, self.read_only = config, workdir, read_only
         validate_config(config)
-        if not layout_only:
+        if not layout_only and not read_only:
             check_workdir(workdir)
         tune_host_allocator()   # reuse freed pages instead of faulting in each step's buffers
         runtime.enable_compilation_cache()   # a repeated run loads its compiled programs
         self.joined = meshlib.maybe_initialize_distributed()
         self.is_main = jax.process_index() == 0
+        # One writer per workdir, taken before any real work so a second run stops in seconds.
+        self.lock = None if layout_only or read_only else workdir_lock.lock_for_job(workdir)
+        try:
+            self._setup(config, layout_only)
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _setup(self, config, layout_only: bool) -> None:
         self.mesh = meshlib.make_mesh(dict(config.mesh), config.mesh_devices)
         self.rules = tuple(config.sharding_rules)
         dp = meshlib.data_parallel_size(self.mesh)
@@ -172,8 +188,10 @@ class Trainer:
     def restore_latest(self, checkpointer: ckpt.Checkpointer) -> int:
         """Restore the newest readable checkpoint (older ones if newer are corrupt); 0 if none."""
         pure = self.state.to_pure_dict()
-        found = resume.restore_newest_good(checkpointer, pure, ckpt.signature(pure),
-                                           log=lambda m: print(m, flush=True))
+        found = resume.restore_newest_good(
+            checkpointer, pure, ckpt.signature(pure), log=lambda m: print(m, flush=True),
+            read_only=self.read_only,
+            accept_lost=bool(self.config.train.get("accept_lost_checkpoints", False)))
         if found is None:
             return 0
         step, restored, meta = found
@@ -186,6 +204,12 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        finally:
+            self.release_lock()   # held since __init__; also when resuming is refused
+
+    def _run(self) -> dict[str, Any]:
         c = self.config
         total = c.train.steps
         checkpointer = ckpt.Checkpointer(self.workdir, c.train.keep_checkpoints)
