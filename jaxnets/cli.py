@@ -67,7 +67,13 @@ def cmd_train(argv: list[str]) -> int:
                          config.get("cpu_devices"), limit=config.get("mesh_devices", 0))
     except ValueError as e:
         raise UserError(str(e)) from None
+    from jaxnets.evaluators import pending_runs
     from jaxnets.train.trainer import train
+    # Models the evaluators measure with (the image judge) are trained first, once, by every
+    # process of the job together; a finished one is only loaded (read-only) by the evaluator.
+    for run_config, run_dir in pending_runs(config):
+        print(f"Training the evaluators' model into {run_dir} first (once).", flush=True)
+        train(run_config, run_dir)
     final = train(config, args.workdir)
     if final.get("preempted"):
         return 0

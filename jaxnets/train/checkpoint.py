@@ -68,8 +68,10 @@ class Checkpointer:
         _quiet_orbax_thread_tracebacks()
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                                 create=not read_only, read_only=read_only),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=None if read_only else keep, enable_async_checkpointing=True,
+                create=not read_only, read_only=read_only,
+                save_interval_steps=0 if read_only else 1),
             item_names=("state", "meta"),
         )
         self._unsealed: set[int] = set()   # saved by this run, file sizes not yet recorded
@@ -224,6 +226,14 @@ class _DropOrbaxTraceback(logging.Filter):
         return True
 
 
+class _DropReadOnlyNotice(logging.Filter):
+    """orbax warns that a read-only CheckpointManager's directory is read only: it is on purpose
+    (the commands on a trained workdir and the evaluators' models never write checkpoints)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
 class _DropOrbaxTaskErrors(logging.Filter):
     """When one write of a save fails, orbax's other write tasks fail the same way and nobody
     awaits them: asyncio logs each ("Task exception was never retrieved", with a traceback)
@@ -242,7 +252,8 @@ class _DropOrbaxTaskErrors(logging.Filter):
 
 
 def _quiet_orbax_thread_tracebacks() -> None:
-    for name, kind in (("absl", _DropOrbaxTraceback), ("asyncio", _DropOrbaxTaskErrors)):
+    for name, kind in (("absl", _DropOrbaxTraceback), ("absl", _DropReadOnlyNotice),
+                       ("asyncio", _DropOrbaxTaskErrors)):
         logger = logging.getLogger(name)
         if not any(isinstance(f, kind) for f in logger.filters):
             logger.addFilter(kind())

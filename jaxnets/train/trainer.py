@@ -7,8 +7,11 @@ pure function of (state, batch, step) with explicit in/out shardings and the sta
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -21,6 +24,7 @@ from jaxnets.config import validate_config
 from jaxnets.data import load_dataset
 from jaxnets.data.pipeline import TrainIterator, eval_batches, prefetch
 from jaxnets.errors import UserError
+from jaxnets.evaluators import EvalContext, build_evaluators
 from jaxnets.nn.partitioning import axis_rules
 from jaxnets.parallel import mesh as meshlib
 from jaxnets import runtime
@@ -97,6 +101,7 @@ class Trainer:
                 raise UserError(f"Dataset {config.data.name!r} has no split {split!r}; it has "
                                 f"{sorted(self.dataset.splits)}.")
         self.task = TASKS.get(config.task)(config, self.dataset)
+        self.evaluators = [] if layout_only else build_evaluators(config, self.task, self.dataset)
         self.optimizers = OptimizerFactory(config)
         self._build_state(allocate=not layout_only)
         if not layout_only:
@@ -285,12 +290,22 @@ class Trainer:
                         log_line(step, total, {**eval_metrics, **train_loss}, t_start)
                     best.observe(step, eval_metrics, self.state.to_pure_dict, self._meta)
                     t0 = time.time()
+                due = [e for e in self.evaluators if e.due(step) and step < total]
+                if due:
+                    evaluated = self.run_evaluators(step, due)
+                    writer.write(step, _scalars(evaluated))
+                    eval_metrics.update(evaluated)
+                    t0 = time.time()
                 if step % c.train.checkpoint_every == 0 or step == total or best.stopped:
                     checkpointer.save(step, self.state.to_pure_dict(), self._meta(step),
                                       force=step == total or best.stopped)
             checkpointer.wait()
             if not eval_metrics and c.data.eval_split:
                 eval_metrics = {f"eval/{k}": v for k, v in self.evaluate().items()}
+            if self.evaluators:   # every evaluator once at the end, on every process
+                evaluated = self.run_evaluators(step, self.evaluators)
+                writer.write(step, _scalars(evaluated))
+                eval_metrics.update(evaluated)
             if c.train.report:
                 report = self.report()
                 eval_metrics.update(report)
@@ -332,6 +347,15 @@ class Trainer:
             report = self.task.report(nnx.merge(self.graphdef, state), self.workdir) or {}
         multihost_utils.sync_global_devices("jaxnets report")
         return report   # empty on the other processes: logs and final.json come from process 0
+
+    def run_evaluators(self, step: int, evaluators) -> dict[str, Any]:
+        """The evaluators' metrics at `step`, on the sharded state; every process runs them."""
+        context = EvalContext(self.mesh, self.rules, step, self.workdir)
+        metrics: dict[str, Any] = {}
+        with contextlib.redirect_stdout(sys.stdout if self.is_main else io.StringIO()):
+            for evaluator in evaluators:
+                metrics.update(evaluator(self.module(), context))
+        return metrics
 
     def parallel_summary(self) -> dict[str, Any]:
         """final.json's "parallel": the mesh and where the state's bytes live (from the arrays)."""
@@ -387,6 +411,10 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
 def peak_flops_per_device() -> float | None:
     kind = jax.devices()[0].device_kind
     return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if np.ndim(v) == 0 and not isinstance(v, str)}
 
 
 def _jsonable(metrics: dict) -> dict:
