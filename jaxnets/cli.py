@@ -92,9 +92,7 @@ def cmd_list(argv: list[str]) -> int:
     experiments = sorted(f[:-3] for f in os.listdir(exp_dir) if f.endswith(".py") and not f.startswith("_")) \
         if os.path.isdir(exp_dir) else []
     bench_dir = repo_dir("benchmarks")
-    benchmarks = sorted(f[:-3] for f in os.listdir(bench_dir) if f.endswith(".py")
-                        and not f.startswith("_") and f != "common.py") \
-        if os.path.isdir(bench_dir) else []
+    benchmarks = benchmark_names(bench_dir)
     for title, names in (("datasets", DATASETS.names()), ("models", MODELS.names()),
                          ("tasks", TASKS.names()), (f"experiments ({exp_dir})", experiments),
                          (f"benchmarks ({bench_dir})", benchmarks)):
@@ -104,12 +102,29 @@ def cmd_list(argv: list[str]) -> int:
     return 0
 
 
+def benchmark_names(bench_dir: str) -> list[str]:
+    """Runnable as `python -m benchmarks.NAME`: modules of the rooms (speed/, course/, ..., served
+    under their flat name by benchmarks/__init__.py), packages with a __main__.py, top-level modules."""
+    if not os.path.isdir(bench_dir):
+        return []
+    names = set()
+    for entry in os.listdir(bench_dir):
+        path = os.path.join(bench_dir, entry)
+        if entry.endswith(".py") and not entry.startswith("_") and entry != "common.py":
+            names.add(entry[:-3])
+        elif os.path.isfile(os.path.join(path, "__main__.py")):
+            names.add(entry)
+        elif os.path.isfile(os.path.join(path, "__init__.py")) and entry != "peers":  # peers: torch venv
+            names.update(f[:-3] for f in os.listdir(path) if f.endswith(".py") and not f.startswith("_"))
+    return sorted(names - {"suite"})
+
+
 def cmd_bench(argv: list[str]) -> int:
     if not argv:
         raise UserError("Name a benchmark: `jaxnets bench NAME [ARGS]`; `jaxnets list` shows them.")
     name, rest = argv[0], argv[1:]
     bench_dir = repo_dir("benchmarks")
-    if not os.path.isfile(os.path.join(bench_dir, name + ".py")):
+    if name not in benchmark_names(bench_dir):
         raise UserError(f"Unknown benchmark {name!r} in {bench_dir}; `jaxnets list` shows them.")
     return subprocess.call([sys.executable, "-m", f"benchmarks.{name}", *rest],
                            cwd=os.path.dirname(os.path.abspath(bench_dir)))

@@ -10,7 +10,7 @@ from flax import nnx
 from jaxnets.data import Dataset
 from jaxnets.data.synthetic import BOS, EOS, PAD, addition, copy_memory, reversal
 from jaxnets.models.rnn import RNNClassifier, RNNTagger
-from jaxnets.models.seq2seq import Seq2SeqLSTM
+from jaxnets.models.seq2seq_lstm import Seq2SeqLSTM
 from jaxnets.tasks.base import State
 from jaxnets.tasks.language_model import LanguageModelTask
 from jaxnets.tasks.seq2seq import Seq2SeqTask

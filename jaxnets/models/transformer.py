@@ -17,7 +17,7 @@ position-wise feed-forward block, each wrapped in a residual connection with Lay
 unrolled: `jaxnets.runtime.layer_scan_unroll`); `remat=True` recomputes each layer's
 activations in the backward pass (jax.checkpoint) to trade compute for memory.
 Source padding (`pad_id`) is masked through segment ids, which every attention
-implementation honours, including the fused kernel. Decoding: transformer_decoding.py.
+implementation honours, including the fused kernel. Decoding: decoding.py.
 """
 from __future__ import annotations
 

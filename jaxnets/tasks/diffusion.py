@@ -3,7 +3,7 @@ report that samples with one compiled loop, writes PNG grids and scores the samp
 
 Config: `model` = {"name": "unet", "conditioning": None|"class"|"text", "channels", ...}.
 task_options (defaults in brackets):
-- schedule ["cosine"], num_steps [T = 1000]: the beta schedule (jaxnets.diffusion).
+- schedule ["cosine"], num_steps [T = 1000]: the beta schedule (jaxnets.ddpm).
 - p_uncond [0.1]: probability of replacing the condition with the null one while training,
   so that one network is both eps(x, t, c) and eps(x, t) for classifier-free guidance.
 - ema_decay [0.999]: EMA of the weights, warmed up as min(decay, (1 + n) / (10 + n)); eval
@@ -29,9 +29,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxnets import diffusion as dm
+from jaxnets import ddpm as dm
 from jaxnets import images as imlib
-from jaxnets.models.diffusion import NUMBER_WORDS
+from jaxnets.models.unet import NUMBER_WORDS
 from jaxnets.tasks.base import State, Task
 from jaxnets.tasks.common import (build_task_model, heldout_images, image_model_defaults,
                                   to_unit_range, write_report)
@@ -65,7 +65,7 @@ class DiffusionTask(Task):
         self.guidance_scales = tuple(o.get("guidance_scales", (0.0, 1.0, 3.0, 5.0)))
         self.num_samples = o.get("num_samples", 200)    # per scored set, a multiple of 10
         if self.conditioning == "text":
-            from jaxnets.models.diffusion import PromptTokenizer
+            from jaxnets.models.unet import PromptTokenizer
             self.tokenizer = PromptTokenizer()
             templates = o.get("prompt_templates", TRAIN_TEMPLATES)
             # (classes, templates, max_len): the train step picks a random template per example

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxnets.models.transformer_decoding import generate
+from jaxnets.models.decoding import generate
 from jaxnets.tasks.base import State, Task
 from jaxnets.tasks.common import build_task_model
 

@@ -4,7 +4,7 @@ Data (see `jaxnets.data.synthetic`): `batch["source"]` int [B, S] right-padded w
 `pad_id`, `batch["target"]` int [B, U + 1] = BOS, answer..., EOS, PAD...; ids come from
 `dataset.info` (pad_id, bos_id, eos_id, vocab_size).
 
-Decode interface a model implements (LSTM+attention in `jaxnets.models.seq2seq`; a
+Decode interface a model implements (LSTM+attention in `jaxnets.models.seq2seq_lstm`; a
 Transformer encoder-decoder implements the same three methods):
 
     model(source, target_in, *, train=False, rngs=None) -> logits [B, U, V]
@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxnets.models.transformer_decoding import beam_search, generate
+from jaxnets.models.decoding import beam_search, generate
 from jaxnets.tasks.base import State, Task
 from jaxnets.tasks.common import build_task_model
 

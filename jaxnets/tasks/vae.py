@@ -6,7 +6,7 @@ Config: `model` = {"name": "vae", "arch": "mlp"|"conv", "latent_dim": ..., "like
   likelihood is a proper probability and the ELBO a bound on log p(x) in nats.
 - `kl_weight` (default 1; beta-VAE when != 1; the reported ELBO always uses weight 1) and
   `recon_weight` (default 1): `kl_weight=0` trains reconstruction only, `recon_weight=0` KL
-  only (benchmarks/vae_terms.py shows why the ELBO needs both).
+  only (benchmarks/course/vae_terms.py shows why the ELBO needs both).
 - `compare_autoencoder` (default False): also train a plain AutoEncoder of the same
   architecture in the same step (own optimizer from config.optim), so that `report` can put
   their latent spaces side by side.

@@ -288,7 +288,7 @@ def param_digest(params_pure: dict) -> str:
 
 def write_json(path: str, obj) -> None:
     """Atomic, strict JSON: NaN/Infinity become null and a dict gets their names in "nonfinite"."""
-    from jaxnets.train.logging import strict_json
+    from jaxnets.train.metric_log import strict_json
 
     bad: list[str] = []
     clean = strict_json(json.loads(json.dumps(obj, default=float)), bad=bad)

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 40
 TINY = ["--config", "experiments/mnist_cnn.py:smoke", "--config.data.name=digits",
         "--config.model.features=(8,16)", "--config.model.hidden=32",

@@ -1,7 +1,7 @@
 """PyTorch peer of jaxnets' decoder-only Transformer LM train step (run by
-benchmarks/transformer_step.py in its own venv; never imported by jaxnets).
+benchmarks/speed/transformer_step.py in its own venv; never imported by jaxnets).
 
-    /tmp/peers/bin/python benchmarks/torch_transformer_lm.py --vocab 65 --d-model 128 --heads 4 \
+    /tmp/peers/bin/python benchmarks/peers/torch_transformer_lm.py --vocab 65 --d-model 128 --heads 4 \
         --layers 3 --seq-len 128 --batch 32 --json
 
 The same architecture as jaxnets.models.transformer.TransformerLM as experiments/

@@ -1,4 +1,4 @@
-"""PyTorch CPU GRU peer for benchmarks/lstm.py (same protocol as ../shared/peers/torch_lstm.py).
+"""PyTorch CPU GRU peer for benchmarks/speed/lstm.py (same protocol as ../shared/peers/torch_lstm.py).
 
 Runs in the separate peers venv, never imported by jaxnets:
     /tmp/peers/bin/python benchmarks/results/lstm_peer_torch_gru.py --json

@@ -5,7 +5,7 @@
     bash benchmarks/gpu/lstm.sh [--tiny]                # the prepared GPU run (one call)
 
 Implementations (`impl`), each timed forward (`y, _ = layer(x)`, x [B, T, D] batch-first)
-and forward+backward (grad of mean(y**2) w.r.t. the parameters, as benchmarks/lstm.py):
+and forward+backward (grad of mean(y**2) w.r.t. the parameters, as benchmarks/speed/lstm.py):
 - `jaxnets`: `jaxnets.nn.LSTM` / `GRU` (reset_after), the layers users get; f32 and bf16.
 - `jax_cudnn`: `jax.experimental.rnn.lstm` (cuDNN; LSTM only, float32 only upstream).
 - `jax_scan_ref`: `jax.experimental.rnn.lstm_ref`, upstream's plain `lax.scan` LSTM (f32).

@@ -16,7 +16,7 @@ steps at once.
 al. 2014): the decoder sees the source only through its initial state, logits = W_o h_t.
 
 Implements the decode interface of `jaxnets.tasks.seq2seq` and of the shared greedy/beam
-decoders in `jaxnets.models.transformer_decoding`:
+decoders in `jaxnets.models.decoding`:
     model(source, target_in, train=, rngs=) -> logits [B, U, V]
     state = model.start_decode(source)     # {"batch": {memory, mask, carry}}: rows = examples
     logits, state = model.decode_step(state, tokens)   # [B] -> [B, V]; [B, t] -> [B, t, V]

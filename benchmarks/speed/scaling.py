@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 CONFIGS = {"transformer_lm": "experiments/transformer_shakespeare.py:smoke",
            "resnet": "experiments/resnet_cifar.py:smoke"}
 # Our TransformerLM family (pre-LN, GELU MLP of 4 d, tied 32k vocabulary).

@@ -168,7 +168,7 @@ def plot(out, results, p):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "long_memory"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(__file__)), "results", "long_memory"))
     args = ap.parse_args()
     p = PRESETS[args.preset]
     os.makedirs(args.out, exist_ok=True)

@@ -8,7 +8,7 @@ Sizes (`SIZES`): `smoke`, experiments/transformer_shakespeare.py's smoke model (
 random masks would differ anyway). jaxnets runs exactly as `jaxnets train` does: the real
 `Trainer` with the experiment's config (AdamW, global-norm clipping, `cpu_devices`) and its
 compiled, donated step on a fixed device-resident batch. The peer is a hand-written PyTorch
-model of the same architecture (benchmarks/torch_transformer_lm.py) run in its own venv as a
+model of the same architecture (benchmarks/peers/torch_transformer_lm.py) run in its own venv as a
 subprocess (torch is never imported here). Each round runs the peer, then jaxnets, for every
 size; the ratio of medians within a round is the figure (`ratio_jaxnets_over_torch`: median
 over rounds). `--set KEY=VALUE` overrides the jaxnets config (e.g. model.attention_impl=xla,
@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+PEERS_HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "peers")
 SIZES = {
     "smoke": {"arg": "smoke", "batch": 32, "seq_len": 128, "model": {}},
     "large": {"arg": "", "batch": 16, "seq_len": 256, "model": {}},
@@ -94,7 +94,7 @@ def time_calls(step, warmup, iters):
 
 def peer(args, size, config, vocab):
     m = config.model
-    cmd = [args.peer_python, os.path.join(HERE, "torch_transformer_lm.py"), "--json", "--name", size,
+    cmd = [args.peer_python, os.path.join(PEERS_HERE, "torch_transformer_lm.py"), "--json", "--name", size,
            "--vocab", str(vocab), "--d-model", str(m.d_model), "--heads", str(m.num_heads),
            "--layers", str(m.num_layers), "--seq-len", str(config.data.options["seq_len"]),
            "--batch", str(config.data.batch_size), "--positions", m.positions,

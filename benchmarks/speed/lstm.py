@@ -4,7 +4,7 @@
     python -m benchmarks.lstm --json --peer /tmp/peers/bin/python --repeats 3   # side by side
 
 With `--peer`, the PyTorch peers (`../shared/peers/torch_lstm.py` and
-`benchmarks/torch_gru.py`, run as subprocesses in their own venv) and
+`benchmarks/peers/torch_gru.py`, run as subprocesses in their own venv) and
 jaxnets are timed in turns, `--repeats` rounds, so that load on the shared machine hits
 both alike; each figure is the median over rounds and `*_ratio` = jaxnets / PyTorch.
 
@@ -115,8 +115,8 @@ def run(kind, B, T, D, H, unroll, variant, n):
             "unroll": unroll, "variant": variant}
 
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PEERS = [peer_script("torch_lstm.py"), os.path.join(HERE, "torch_gru.py")]
+PEERS_HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "peers")
+PEERS = [peer_script("torch_lstm.py"), os.path.join(PEERS_HERE, "torch_gru.py")]
 
 
 def run_peers(python, cells, tuned_allocator=False):
