@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxnets.train import storage
+from jaxnets import storage
 
 
 def _grid_array(images: np.ndarray, ncol: int, pad: int = 1) -> np.ndarray:

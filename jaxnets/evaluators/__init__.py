@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from jaxnets.evaluators.base import EvalContext, Evaluator
 from jaxnets.registry import Registry
-from jaxnets.train import storage
+from jaxnets import storage
 
 EVALUATORS = Registry("evaluator", {
     "image_judge": "jaxnets.evaluators.image_judge:ImageJudgeEvaluator",

@@ -17,27 +17,34 @@ all processes together) when `judge_dir` holds no finished run.
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxnets.configs.mnist_cnn import get_config as mnist_cnn_config
+from jaxnets import storage
+
+from jaxnets.config import load_config
 from jaxnets.data import load_dataset
 from jaxnets.errors import UserError
 from jaxnets.evaluators.base import EvalContext, Evaluator
 from jaxnets.images import class_coverage, frechet_distance
 from jaxnets.tasks import TASKS
 from jaxnets.tasks.common import heldout_images
-from jaxnets.train import checkpoint as ckpt
-from jaxnets.train import resume, storage
-from jaxnets.train.optim import OptimizerFactory
+
+
+# Loaded as a config file (like experiments/), not imported: configs sit above the trainer.
+JUDGE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "configs", "mnist_cnn.py")
 
 
 def judge_config():
     """The classifier config: experiments/mnist_cnn.py's smoke preset, shipped in the package
     (jaxnets/configs/mnist_cnn.py) so that an installed wheel can train the judge."""
-    config = mnist_cnn_config("smoke")
+    config = load_config(JUDGE_CONFIG + ":smoke")
     config.train.progress = False
     config.train.report = False
     return config
@@ -70,21 +77,12 @@ class ImageJudge:
         dataset = load_dataset(config.data.name, **config.data.options)
         task = TASKS.get(config.task)(config, dataset)
         with jax.default_device(jax.local_devices()[0]):   # a private copy on this process
-            module = task.build(nnx.Rngs(config.seed), OptimizerFactory(config))
-        graphdef, state = nnx.split(module)
-        pure = state.to_pure_dict()
-        checkpointer = ckpt.Checkpointer(judge_dir, config.train.keep_checkpoints, read_only=True)
-        try:
-            found = resume.restore_newest_good(checkpointer, pure, ckpt.signature(pure),
-                                               read_only=True, log=lambda m: None)
-        finally:
-            checkpointer.close()
-        if found is None:
-            raise UserError(f"The image judge in {judge_dir!r} has no checkpoint to load.")
-        nnx.replace_by_pure_dict(state, found[1])
+            state = task.build(nnx.Rngs(config.seed), _no_optimizer)
+        model = state.model
+        _load_params(model, judge_dir)
         final = json.loads(storage.read_text(storage.join(judge_dir, "final.json")))
         accuracy = float((final.get("metrics") or {}).get("eval/accuracy") or float("nan"))
-        return cls(nnx.merge(graphdef, state).model, accuracy, batch_size)
+        return cls(model, accuracy, batch_size)
 
     def features_and_probs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images = np.asarray(images, np.float32)
@@ -108,6 +106,44 @@ class ImageJudge:
         if reference is not None:
             out["frechet"] = frechet_distance(feats, self.features_and_probs(reference)[0])
         return out
+
+
+def _no_optimizer(module, section="optim"):
+    """The judge only predicts: its optimizer state is neither built for real nor loaded."""
+    return nnx.Optimizer(module, optax.sgd(0.0), wrt=nnx.Param)
+
+
+def _path(keys) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)
+
+
+def _load_params(model: nnx.Module, judge_dir: str) -> None:
+    """Fill `model`'s parameters from the newest checkpoint of `judge_dir` (its "state" item,
+    saved by the trainer as {"model": ..., "opt": ...}), read as host arrays: read-only, no
+    collective, every process alike."""
+    root = storage.resolve(judge_dir) / "checkpoints"
+    steps = sorted(int(d.name) for d in root.iterdir() if d.name.isdigit()) if root.exists() else []
+    if not steps:
+        raise UserError(f"The image judge in {judge_dir!r} has no checkpoint to load.")
+    where = root / str(steps[-1]) / "state"
+    try:
+        with ocp.PyTreeCheckpointer() as reader:
+            tree = reader.metadata(where).item_metadata.tree
+            restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+            saved = reader.restore(where, args=ocp.args.PyTreeRestore(restore_args=restore))
+    except Exception as e:   # noqa: BLE001 - any failure: the judge must be retrained or fixed
+        raise UserError(f"The image judge's checkpoint {where} cannot be read ({type(e).__name__}: "
+                        f"{str(e)[:200]}); retrain it: remove {judge_dir!r} and run again.") from e
+    by_path = {_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved["model"])[0]}
+    params = nnx.state(model, nnx.Param)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params.to_pure_dict())
+    missing = [_path(p) for p, _ in leaves if _path(p) not in by_path]
+    if missing:
+        raise UserError(f"The image judge's checkpoint {where} lacks {missing[:3]}: it holds "
+                        f"another model; remove {judge_dir!r} to retrain the judge.")
+    values = [np.asarray(by_path[_path(p)]).astype(x.dtype) for p, x in leaves]
+    nnx.replace_by_pure_dict(params, jax.tree_util.tree_unflatten(treedef, values))
+    nnx.update(model, params)
 
 
 class ImageJudgeEvaluator(Evaluator):

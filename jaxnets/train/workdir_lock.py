@@ -25,7 +25,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxnets.errors import UserError
-from jaxnets.train import storage
+from jaxnets import storage
 
 LOCK_NAME = "jaxnets.lock"
 HEARTBEAT_S = 20.0
