@@ -35,6 +35,8 @@ def repo_dir(name: str) -> str:
 
 
 def cmd_train(argv: list[str]) -> int:
+    from jaxnets.train.preemption import install_early_handlers   # imports JAX: delayed until here
+    install_early_handlers()   # a SIGTERM/SIGINT while starting up is honoured once training runs
     parser = argparse.ArgumentParser(prog="jaxnets train", description="Train an experiment config.")
     parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
     parser.add_argument("--workdir", required=False, help="checkpoints, logs, final.json (resumes if present)")

@@ -18,6 +18,7 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import flags
 
 from jaxnets.errors import UserError
 
@@ -66,6 +67,7 @@ class Checkpointer:
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self.read_only = read_only
         _quiet_orbax_thread_tracebacks()
+        use_coordination_service_barriers()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -249,6 +251,22 @@ class _DropOrbaxTaskErrors(logging.Filter):
                 return False
             tb = tb.tb_next
         return True
+
+
+def use_coordination_service_barriers() -> None:
+    """Make orbax synchronise processes through JAX's coordination service (the distributed
+    client's barriers), not through `sync_global_devices`, its default: that one is a device
+    program with a collective, and orbax runs it from its background save thread while the
+    training thread runs steps with their own collectives. On CPU (gloo) the two programs' all-
+    reduces then pair up in different orders on different processes, and both processes wait
+    forever (gdb: one device in gloo's waitRecv, the other in waitSend); that was the hang of
+    `jaxnets launch --processes 2 --devices-per-process 2 -- train ...` after its first
+    checkpoint. orbax's own documentation says the client's barriers are safe from background
+    threads."""
+    if not flags.FLAGS.is_parsed():   # absl flags with their defaults (grain needs them parsed too)
+        flags.FLAGS.mark_as_parsed()
+    if "experimental_orbax_use_distributed_barrier" in flags.FLAGS:
+        flags.FLAGS.experimental_orbax_use_distributed_barrier = True
 
 
 def _quiet_orbax_thread_tracebacks() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -36,6 +35,7 @@ from jaxnets.train import guard, resume, workdir_lock
 from jaxnets.train.best import BestKeeper
 from jaxnets.train.metric_log import MetricWriter, Progress, log_line
 from jaxnets.train.optim import OptimizerFactory
+from jaxnets.train.preemption import PreemptionWatch
 from jaxnets.train.profiling import StepProfiler
 
 
@@ -248,7 +248,7 @@ class Trainer:
                     if checkpointer.latest_step() != step:
                         checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=True)
                     checkpointer.wait()
-                    print(f"SIGTERM: saved checkpoint at step {step} in {checkpointer.directory}"
+                    print(f"Stop requested (SIGTERM/SIGINT): saved checkpoint at step {step} in {checkpointer.directory}"
                           f"{' (all processes agreed on this step)' if preempted.distributed else ''}; "
                           "run the same command again to resume.", flush=True)
                     return {"step": step, "preempted": True}
@@ -393,39 +393,6 @@ class Trainer:
     def _mean(pending: list[dict]) -> dict[str, float]:
         values = jax.device_get(pending)
         return {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
-
-
-class PreemptionWatch:
-    """`watch(step)` -> True when the run should save and stop at `step`.
-
-    Multi-process: JAX's preemption sync point. JAX's own SIGTERM notifier tells the
-    coordination service, and every process then returns True at the same step, so all of them
-    save one checkpoint together (an orbax save is a collective: a lone saver would deadlock).
-    A Python SIGTERM handler would silently replace that notifier, so none is installed there.
-    Single process: a Python handler that only sets a flag (read between steps).
-    """
-
-    def __init__(self):
-        from jax._src import distributed
-        self.distributed = distributed.global_state.preemption_sync_manager is not None
-        self.flag = False
-        self.previous = None
-        if not self.distributed:
-            self.previous = signal.signal(signal.SIGTERM, self._on_signal)
-
-    def _on_signal(self, sig, frame):
-        self.flag = True
-
-    def __call__(self, step: int) -> bool:
-        if self.distributed:
-            from jax.experimental import multihost_utils
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.flag
-
-    def close(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-            self.previous = None
 
 
 # Dense bf16 peak FLOP/s per chip, for model FLOP utilisation (train/mfu).
