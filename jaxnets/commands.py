@@ -20,7 +20,11 @@ import json
 import os
 import sys
 
+from jaxnets import storage
 from jaxnets.errors import UserError
+
+MAX_SAMPLES = 2500      # sample: one 50 x 50 grid
+MAX_GENERATE = 100_000  # generate: characters
 
 
 # ---------------------------------------------------------------------------- the workdir
@@ -104,9 +108,10 @@ def cmd_eval(argv: list[str]) -> int:
 
     metrics = {f"eval/{k}": float(v) if np.ndim(v) == 0 else np.asarray(v).tolist()
                for k, v in trainer.evaluate(split).items()}
-    out = os.path.join(args.workdir, f"eval_{split}.json")
-    with open(out, "w") as f:
-        json.dump({"step": step, "split": split, "metrics": metrics}, f, indent=1)
+    out = storage.join(args.workdir, f"eval_{split}.json")
+    # Atomic (temporary file renamed over the target): a symlink planted there is replaced, not followed.
+    storage.write_text(out, json.dumps({"step": step, "split": split, "metrics": metrics}, indent=1))
+    print(f"Evaluated checkpoint step {step} on split {split!r}")
     for k, v in metrics.items():
         print(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}")
     print(f"Wrote {out}")
@@ -124,8 +129,9 @@ def cmd_sample(argv: list[str]) -> int:
     parser.add_argument("--label", type=int, default=None, help="DDPM (class): the digit to draw")
     parser.add_argument("--prompt", default=None, help="DDPM (text): the prompt")
     args = _parse(parser, argv)
-    if args.num < 1:
-        raise UserError(f"--num must be at least 1, got {args.num}.")
+    if not 1 <= args.num <= MAX_SAMPLES:
+        raise UserError(f"--num must be between 1 and {MAX_SAMPLES} (one PNG grid, sampled in one "
+                        f"batch), got {args.num}.")
     trainer, _ = open_workdir(args.workdir)
     images = sample_images(trainer, args)
     from jaxnets import images as imlib
@@ -214,8 +220,8 @@ def cmd_generate(argv: list[str]) -> int:
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = _parse(parser, argv)
-    if args.length < 1:
-        raise UserError(f"--length must be at least 1, got {args.length}.")
+    if not 1 <= args.length <= MAX_GENERATE:
+        raise UserError(f"--length must be between 1 and {MAX_GENERATE} characters, got {args.length}.")
     trainer, _ = open_workdir(args.workdir)
     task = trainer.task
     if not hasattr(task, "sample_context"):
