@@ -83,7 +83,7 @@ def test_image_judge_under_two_processes_matches_one_process(tmp_path):
     common = ["--config", "experiments/vae_mnist.py:smoke", f"--config.evals.judge.judge_dir={judge_dir}",
               "--config.train.steps=3", "--config.train.log_every=1", "--config.train.report=False",
               "--config.train.progress=False"]
-    multi = run_cli("launch", "--processes", "2", "--", "train", *common, "--workdir",
+    multi = run_cli("launch", "--processes", "2", "--devices-per-process", "1", "--", "train", *common, "--workdir",
                     str(tmp_path / "multi"), timeout=600)
     assert multi.returncode == 0, multi.stdout[-3000:] + multi.stderr[-3000:]
     single = run_cli("train", *common, "--workdir", str(tmp_path / "single"),
