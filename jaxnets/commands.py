@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 
 from jaxnets import storage
@@ -33,16 +32,15 @@ def read_workdir_config(workdir: str):
     starts here). Nothing in the workdir is changed."""
     import ml_collections
 
-    root = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(workdir):
+    root = storage.join(workdir, "checkpoints")
+    if not storage.isdir(workdir):
         raise UserError(f"Workdir {workdir!r} does not exist; pass the --workdir of a `jaxnets train` run.")
-    steps = sorted(int(d) for d in os.listdir(root) if d.isdigit()
-                   and os.path.isfile(os.path.join(root, d, "meta", "metadata"))) \
-        if os.path.isdir(root) else []
+    steps = sorted(int(d) for d in storage.listdir(root) if d.isdigit()
+                   and storage.exists(storage.join(root, d, "meta", "metadata")))
     for step in reversed(steps):
         try:
-            with open(os.path.join(root, str(step), "meta", "metadata")) as f:
-                config = ml_collections.ConfigDict(json.loads(json.load(f)["config"]))
+            meta = json.loads(storage.read_text(storage.join(root, str(step), "meta", "metadata")))
+            config = ml_collections.ConfigDict(json.loads(meta["config"]))
         except (ValueError, KeyError, TypeError) as e:   # damaged: the restore falls back past it
             print(f"Checkpoint {root}/{step} has unreadable metadata ({type(e).__name__}); "
                   "reading an older one.", file=sys.stderr)
@@ -136,7 +134,7 @@ def cmd_sample(argv: list[str]) -> int:
     images = sample_images(trainer, args)
     from jaxnets import images as imlib
 
-    out = args.out or os.path.join(args.workdir, "cli_samples.png")
+    out = args.out or storage.join(args.workdir, "cli_samples.png")
     imlib.save_grid(images, out, min(10, len(images)), f"{len(images)} samples")
     print(f"Wrote {out} ({len(images)} images)")
     return 0

@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import flags
 
+from jaxnets import storage
 from jaxnets.errors import UserError
 
 
@@ -64,7 +65,7 @@ class Checkpointer:
     """`read_only`: for the commands on a trained workdir: nothing is created, renamed or saved."""
 
     def __init__(self, workdir: str, keep: int, read_only: bool = False):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = storage.join(workdir, "checkpoints")   # local (absolute), gs:// or s3://
         self.read_only = read_only
         _quiet_orbax_thread_tracebacks()
         use_coordination_service_barriers()
@@ -86,21 +87,19 @@ class Checkpointer:
 
     def set_aside(self) -> list[str]:
         """Checkpoints earlier runs moved aside as damaged (`corrupt-STEP`)."""
-        if not os.path.isdir(self.directory):
-            return []
-        return sorted(d for d in os.listdir(self.directory) if d.startswith(SET_ASIDE))
+        return [d for d in storage.listdir(self.directory) if d.startswith(SET_ASIDE)]
 
     def move_aside(self, step: int) -> str:
         """Rename checkpoint `step` to `corrupt-STEP` (nothing is deleted). The dash matters:
         orbax reads digit-only names and `PREFIX_STEP` names as steps, so `corrupt-150` stays
         invisible to the manager, its step listing and its max_to_keep clean-up."""
-        source = os.path.join(self.directory, str(step))
-        target = os.path.join(self.directory, f"corrupt-{step}")
+        source = storage.join(self.directory, str(step))
+        target = storage.join(self.directory, f"corrupt-{step}")
         n = 1
-        while os.path.exists(target):
+        while storage.exists(target):
             n += 1
-            target = os.path.join(self.directory, f"corrupt-{step}-{n}")
-        os.rename(source, target)
+            target = storage.join(self.directory, f"corrupt-{step}-{n}")
+        storage.rename_dir(source, target)
         self.manager.reload()
         return target
 
@@ -123,29 +122,27 @@ class Checkpointer:
         if jax.process_index() != 0 or self.read_only:
             return
         for step in sorted(self._unsealed - {exclude}):
-            part = os.path.join(self.directory, str(step))
+            part = storage.join(self.directory, str(step))
             try:
-                files = {os.path.relpath(os.path.join(root, f), part): os.path.getsize(os.path.join(root, f))
-                         for root, _, names in os.walk(part) for f in names if f != SEAL}
+                files = {rel: n for rel, n in storage.file_sizes(part).items() if rel != SEAL}
             except FileNotFoundError:   # removed by max_to_keep meanwhile
                 files = {}
             if files:
-                write_json(os.path.join(part, SEAL), {"files": files})
+                write_json(storage.join(part, SEAL), {"files": files})
             self._unsealed.discard(step)
 
     def verify_files(self, step: int) -> None:
         """Raise IntegrityError if a file recorded at save time is missing or changed size."""
-        part = os.path.join(self.directory, str(step))
-        if not os.path.exists(os.path.join(part, SEAL)):
+        part = storage.join(self.directory, str(step))
+        if not storage.exists(storage.join(part, SEAL)):
             return
-        with open(os.path.join(part, SEAL)) as f:
-            files = json.load(f)["files"]
+        files = json.loads(storage.read_text(storage.join(part, SEAL)))["files"]
+        now = storage.file_sizes(part)
         for rel, size in sorted(files.items()):
-            path = os.path.join(part, rel)
-            if not os.path.exists(path):
+            if rel not in now:
                 raise IntegrityError(f"file {rel} is missing")
-            if os.path.getsize(path) != size:
-                raise IntegrityError(f"file {rel} is {os.path.getsize(path)} bytes, {size} when saved")
+            if now[rel] != size:
+                raise IntegrityError(f"file {rel} is {now[rel]} bytes, {size} when saved")
 
     def restore(self, step: int, abstract_pure: dict, expected_signature: str) -> tuple[dict, dict]:
         self.verify_files(step)
@@ -312,7 +309,4 @@ def write_json(path: str, obj) -> None:
     clean = strict_json(json.loads(json.dumps(obj, default=float)), bad=bad)
     if bad and isinstance(clean, dict):
         clean["nonfinite"] = bad
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(clean, f, indent=2, allow_nan=False)
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(clean, indent=2, allow_nan=False))

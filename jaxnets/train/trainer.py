@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxnets import storage
 from jaxnets.config import validate_config
 from jaxnets.data import load_dataset
 from jaxnets.data.pipeline import TrainIterator, eval_batches
@@ -41,11 +42,10 @@ from jaxnets.train.profiling import StepProfiler
 
 def check_workdir(workdir: str) -> None:
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        storage.makedirs(workdir)   # a local folder, or a gs:// / s3:// prefix
+        probe = storage.join(workdir, f".write_test.{os.getpid()}")
+        storage.write_text(probe, "ok")
+        storage.remove(probe)
     except OSError as e:
         raise UserError(f"Cannot write to workdir {workdir!r} ({e.strerror or e}). Choose a "
                         "directory you can create and write, e.g. --workdir runs/NAME.") from None
@@ -325,7 +325,7 @@ class Trainer:
             # compile), all compilation in the process, and the steps after the first.
             final.update({**timing, "compile_s": runtime.compile_seconds()} if step > start else {})
             if self.is_main:
-                ckpt.write_json(os.path.join(self.workdir, "final.json"), final)
+                ckpt.write_json(storage.join(self.workdir, "final.json"), final)
             return final
         finally:
             data.close()
