@@ -47,7 +47,7 @@ def read_workdir_config(workdir: str):
             continue
         config.train.progress = False
         return config, step
-    raise UserError(f"Workdir {workdir!r} holds no readable checkpoint (no {root}/STEP/meta); "
+    raise UserError(f"Workdir {workdir!r} holds no checkpoint with readable metadata ({root}/STEP/meta); "
                     "train into it first with `jaxnets train --config ... --workdir W`.")
 
 
