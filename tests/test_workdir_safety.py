@@ -1,14 +1,11 @@
-"""Never lose progress, one writer per workdir, read-only commands, ranks that die with their
-launcher, CPU thread settings (issue #23 items 1-3, 6): real `jaxnets` subprocesses on a tiny
-CNN over sklearn's 8x8 digits."""
+"""Never lose progress, one writer per workdir, read-only commands, CPU thread settings (issue
+#23 items 1-3, 6): real `jaxnets` subprocesses on a tiny CNN over sklearn's 8x8 digits. Concurrent
+runs, permission errors, launcher kills and cloud workdirs are fault cases: tests/test_faults.py."""
 import glob
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -49,48 +46,15 @@ def test_damaged_workdir_is_refused_on_every_rerun_until_starting_over_is_asked(
     assert faults.train_steps(workdir) == list(range(1, faults.STEPS + 1))
 
 
-def test_unreadable_checkpoint_stops_with_exit_2_and_nothing_moved(tmp_path):
-    if shutil.which("setpriv") is None:
-        pytest.skip("needs util-linux's setpriv to drop root's file-permission override")
-    workdir = str(tmp_path / "w")
-    assert faults.run(workdir).returncode == 0
-    os.remove(os.path.join(workdir, "final.json"))
-    newest = os.path.join(workdir, "checkpoints", str(faults.STEPS))
-    for path in glob.glob(os.path.join(newest, "state", "**", "d", "*"), recursive=True):
-        os.chmod(path, 0)
-    before = _listing(os.path.join(workdir, "checkpoints"))
-    argv = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps", "-all",
-            *faults.command(workdir)]
-    out = subprocess.run(argv, cwd=faults.REPO, env=faults._env(), text=True, capture_output=True,
-                         timeout=300)
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert "PERMISSION_DENIED" in out.stderr and newest in out.stderr and "nothing was moved" in out.stderr
-    assert _listing(os.path.join(workdir, "checkpoints")) == before
-
-
-def test_second_writer_exits_2_naming_the_first_and_a_dead_holder_is_taken_over(tmp_path):
-    workdir = str(tmp_path / "w")
-    slow = subprocess.Popen(faults.command(workdir), cwd=faults.REPO, text=True,
-                            env=faults._env({"JAXNETS_FAULT_STEP_DELAY_S": "0.2"}),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    lock = os.path.join(workdir, LOCK_NAME)
-    deadline = time.time() + 120
-    while not (os.path.exists(lock) and os.path.getsize(lock)):
-        assert slow.poll() is None and time.time() < deadline, slow.communicate()
-        time.sleep(0.1)
-    t0 = time.time()
-    second = faults.run(workdir)
-    assert second.returncode == 2 and time.time() - t0 < 30, second.stderr
-    assert f"pid {slow.pid}" in second.stderr and "in use" in second.stderr
-    out, err = slow.communicate(timeout=600)
-    assert slow.returncode == 0, err
-    # A holder killed without releasing leaves its record; the next run takes over and says so.
-    with open(lock, "w") as f:
+def test_a_dead_holders_lock_is_taken_over_with_a_message(tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    with open(workdir / LOCK_NAME, "w") as f:   # what a holder killed by SIGKILL leaves behind
         json.dump({"host": "elsewhere", "pid": 999999, "started": 0}, f)
-    os.remove(os.path.join(workdir, "final.json"))
-    third = faults.run(workdir)
-    assert third.returncode == 0, third.stderr
-    assert "Taking over the lock" in third.stdout and "pid 999999" in third.stdout
+    out = faults.run(str(workdir))
+    assert out.returncode == 0, out.stderr
+    assert "Taking over the lock" in out.stdout and "pid 999999" in out.stdout
+    assert os.path.getsize(workdir / LOCK_NAME) == 0   # released at the end
 
 
 def test_eval_with_a_damaged_newest_checkpoint_changes_nothing_and_names_its_step(tmp_path):
@@ -107,31 +71,6 @@ def test_eval_with_a_damaged_newest_checkpoint_changes_nothing_and_names_its_ste
     assert _listing(os.path.join(workdir, "checkpoints")) == before
     assert f"Evaluated checkpoint step {steps[-2]}" in out.stdout
     assert json.load(open(os.path.join(workdir, "eval_test.json")))["step"] == steps[-2]
-
-
-def test_ranks_die_within_seconds_of_a_killed_launcher(tmp_path):
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "jaxnets.cli", "launch", "--processes", "2", "--devices-per-process", "1",
-         "--", "train", *faults.TINY, "--workdir", str(tmp_path / "w")],
-        cwd=faults.REPO, env=faults._env({"JAXNETS_FAULT_STEP_DELAY_S": "0.2"}), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    metrics = tmp_path / "w" / "metrics.jsonl"
-    deadline = time.time() + 240
-    while not (metrics.exists() and metrics.stat().st_size):   # training is under way
-        assert launcher.poll() is None and time.time() < deadline, launcher.stdout.read()
-        time.sleep(0.2)
-    ranks = [int(p) for p in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
-                                             text=True).stdout.split()]
-    assert len(ranks) == 2
-    launcher.send_signal(signal.SIGKILL)
-    launcher.wait()
-    deadline = time.time() + 10
-    alive = ranks
-    while alive and time.time() < deadline:
-        alive = [r for r in ranks if os.path.exists(f"/proc/{r}") and
-                 open(f"/proc/{r}/stat").read().split()[2] != "Z"]
-        time.sleep(0.2)
-    assert not alive, f"ranks {alive} outlived their launcher"
 
 
 @pytest.mark.parametrize("flags,processes,cores,expected", [
