@@ -1,8 +1,9 @@
-"""`jaxnets train|list|bench`.
+"""`jaxnets train|tune|list|bench`.
 
     jaxnets train --config experiments/mnist_cnn.py:smoke --workdir runs/x [--config.KEY=VALUE ...]
     jaxnets train --config experiments/mnist_cnn.py:smoke --print_layout   (where every array lives)
     jaxnets launch --processes 2 --devices-per-process 2 -- train --config ... --workdir runs/x
+    jaxnets tune --config experiments/resnet_cifar.py:smoke --out kernels.json   (kernel table)
     jaxnets list
     jaxnets bench train_step --json          (runs `python -m benchmarks.train_step --json`)
 
@@ -17,12 +18,22 @@ import os
 import subprocess
 import sys
 import textwrap
+import traceback
 
+from jaxnets import options
 from jaxnets.commands import COMMANDS as WORKDIR_COMMANDS
+from jaxnets.data import DATASETS
 from jaxnets.errors import UserError
-from jaxnets.parallel import cpu_threads
-from jaxnets.parallel.launch import die_with_launcher
-from jaxnets.runtime import auto_cpu_devices, cpu_devices_setting
+from jaxnets.models import MODELS
+from jaxnets.evaluators import pending_runs
+from jaxnets.parallel.launch import die_with_launcher, launch
+from jaxnets.platform import kernel_table, tune
+from jaxnets.platform.devices import auto_cpu_devices, cpu_devices_setting
+from jaxnets.platform import cpu_threads
+from jaxnets.platform.install import install_process_settings
+from jaxnets.tasks import TASKS
+from jaxnets.train.preemption import install_early_handlers
+from jaxnets.train.trainer import Trainer, train
 
 EXIT_USAGE = 2
 
@@ -34,8 +45,28 @@ def repo_dir(name: str) -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name)
 
 
+def _config_from(parser, argv):
+    """(args, config) from `--config FILE[:ARG]` and `--config.KEY=VALUE` overrides."""
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for item in rest:
+        if not item.startswith("--config."):
+            raise UserError(f"Unrecognised argument {item!r}. Settings are changed with "
+                            "--config.KEY=VALUE (e.g. --config.train.steps=100).")
+        overrides.append(item[len("--config."):])
+    return args, options.resolve(args.config, overrides)
+
+
+def _cpu_devices_for(config) -> None:
+    """Before JAX starts: the CPU device layout the experiment asks for (config.cpu_devices)."""
+    try:
+        auto_cpu_devices([config.data.batch_size, config.data.eval_batch_size],
+                         config.get("cpu_devices"), limit=config.get("mesh_devices", 0))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def cmd_train(argv: list[str]) -> int:
-    from jaxnets.train.preemption import install_early_handlers   # imports JAX: delayed until here
     install_early_handlers()   # a SIGTERM/SIGINT while starting up is honoured once training runs
     parser = argparse.ArgumentParser(prog="jaxnets train", description="Train an experiment config.")
     parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
@@ -44,33 +75,16 @@ def cmd_train(argv: list[str]) -> int:
     parser.add_argument("--print_layout", action="store_true",
                         help="print the mesh and the sharding of every parameter and optimizer "
                              "state array, then exit (nothing is trained or allocated)")
-    args, rest = parser.parse_known_args(argv)
-    overrides = []
-    for item in rest:
-        if not item.startswith("--config."):
-            raise UserError(f"Unrecognised argument {item!r}. Settings are changed with "
-                            "--config.KEY=VALUE (e.g. --config.train.steps=100).")
-        overrides.append(item[len("--config."):])
-
-    from jaxnets.config import apply_overrides, load_config
-    config = apply_overrides(load_config(args.config), overrides)
+    args, config = _config_from(parser, argv)
     if args.print_config:
-        print(config)
+        print(options.describe(config))
         return 0
     if args.print_layout:
-        from jaxnets.train.trainer import Trainer
         print(Trainer(config, None, layout_only=True).layout_table())
         return 0
     if not args.workdir:
         raise UserError("--workdir is required: the directory for checkpoints, logs and final.json.")
-    # Before JAX starts: the CPU device layout the experiment asks for (config.cpu_devices).
-    try:
-        auto_cpu_devices([config.data.batch_size, config.data.eval_batch_size],
-                         config.get("cpu_devices"), limit=config.get("mesh_devices", 0))
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    from jaxnets.evaluators import pending_runs
-    from jaxnets.train.trainer import train
+    _cpu_devices_for(config)
     # Models the evaluators measure with (the image judge) are trained first, once, by every
     # process of the job together; a finished one is only loaded (read-only) by the evaluator.
     for run_config, run_dir in pending_runs(config):
@@ -85,11 +99,22 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
-def cmd_list(argv: list[str]) -> int:
-    from jaxnets.data import DATASETS
-    from jaxnets.models import MODELS
-    from jaxnets.tasks import TASKS
+def cmd_tune(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="jaxnets tune", description="Time the kernel choices of an experiment on this machine "
+        "and write the kernel table runs read with --config.platform.kernel_table=PATH.")
+    parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
+    parser.add_argument("--out", required=True, help="the kernel table to write (JSON)")
+    args, config = _config_from(parser, argv)
+    _cpu_devices_for(config)
+    config.platform.kernel_table = ""   # time every shape afresh
+    table = tune.tune(Trainer(config, None, layout_only=True), "jaxnets tune " + " ".join(argv))
+    kernel_table.save(table, args.out)
+    print(f"Wrote {args.out}: {len(table[kernel_table.FILTER_GRAD])} filter-gradient choice(s)")
+    return 0
 
+
+def cmd_list(argv: list[str]) -> int:
     exp_dir = repo_dir("experiments")
     experiments = sorted(f[:-3] for f in os.listdir(exp_dir) if f.endswith(".py") and not f.startswith("_")) \
         if os.path.isdir(exp_dir) else []
@@ -133,11 +158,14 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 def cmd_launch(argv: list[str]) -> int:
-    from jaxnets.parallel.launch import launch
     return launch(argv)
 
 
-COMMANDS = {"train": cmd_train, "launch": cmd_launch, "list": cmd_list, "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "tune": cmd_tune, "launch": cmd_launch, "list": cmd_list,
+            "bench": cmd_bench}
+# Commands that run programs here install the process-wide settings (jaxnets.platform.install);
+# list, bench and launch run none themselves.
+NO_PROCESS_SETTINGS = ("list", "bench", "launch")
 COMMANDS.update(WORKDIR_COMMANDS)   # eval, sample, generate, translate, export: jaxnets/commands.py
 
 
@@ -157,11 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip(), file=sys.stderr)
         return EXIT_USAGE if argv and argv[0] not in ("-h", "--help") else 0
+    if argv[0] not in NO_PROCESS_SETTINGS:
+        install_process_settings()
     try:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as e:
         if debug:
-            import traceback
             traceback.print_exc()
         print("error: " + textwrap.fill(str(e), width=100, subsequent_indent="  "), file=sys.stderr)
         return e.exit_code

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from benchmarks.faults import suite as faults
-from jaxnets.parallel import cpu_threads
+from jaxnets.platform import cpu_threads
 from jaxnets.train.workdir_lock import LOCK_NAME
 
 

@@ -61,7 +61,7 @@ def run_one(name, weights, steps, judge_dir, workroot):
     x_in = (x > 0.5).astype(np.float32)
     codes = np.asarray(jax.jit(lambda v: vae.encode(v)[0])(x_in))
     decode = jax.jit(vae.mean_image)
-    prior = np.asarray(decode(jax.random.normal(jax.random.key(0), (1000, 2))))
+    prior = trainer.task.sample(trainer.module(), 1000, seed=0)   # the task's prior sampler
     pick = one_of_each_digit(labels, 2)
     recon = np.asarray(decode(codes[pick]))
     judge = trained_judge(judge_dir)

@@ -2,7 +2,7 @@
 
     python -m benchmarks.cpu_layout [--rounds 3] [--depths 20] [--out FILE]
 
-The evidence behind `jaxnets.runtime.auto_cpu_devices`' rule: each round runs
+The evidence behind `jaxnets.platform.devices.auto_cpu_devices`' rule: each round runs
 `python -m benchmarks.resnet_step --cpu-devices N` for N = 0 (JAX's one device, its intra-op
 pool over all cores) and N = cores (per-core devices, the batch sharded over them), as
 subprocesses, and records the load average beside each, so the effect of other jobs on the

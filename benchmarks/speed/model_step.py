@@ -22,6 +22,7 @@ import jax
 from benchmarks.common import report, time_fn
 from jaxnets.config import apply_overrides, load_config
 from jaxnets.data.pipeline import TrainIterator
+from jaxnets.platform.install import install_process_settings
 from jaxnets.train.trainer import Trainer, peak_flops_per_device
 
 SIZES = {
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     parser.add_argument("--out", help="also write the JSON report here")
     args = parser.parse_args()
+    install_process_settings()   # malloc, compilation cache: as `jaxnets train` does
     spec, overrides = SIZES[(args.model, args.tiny)]
     config = apply_overrides(load_config(spec), overrides + ["train.report=False",
                                                              "train.progress=False"])

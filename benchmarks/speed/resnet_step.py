@@ -32,7 +32,6 @@ XLA flags that only take effect process-wide (XLA_FLAGS) are timed with step mod
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -43,6 +42,7 @@ import tempfile
 import time
 
 from benchmarks.common import ROOT, machine, now, peer_script
+from benchmarks.peak import efficiency
 
 PEER = peer_script("torch_resnet20.py")
 COMPARE_VARIANTS = {"default": {}, "avx2": {"JAXNETS_NATIVE_ISA": "avx2"},
@@ -64,7 +64,7 @@ def parse_args(argv=None):
     ap.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for this run")
     ap.add_argument("--cpu-devices", default="auto",
                     help="'auto' (default, as experiments/resnet_cifar.py sets it): one single-threaded CPU device "
-                         "per core, batch sharded over them (jaxnets.runtime.auto_cpu_devices); "
+                         "per core, batch sharded over them (jaxnets.platform.devices.auto_cpu_devices); "
                          "N > 0: N such devices; 0: JAX's default single multi-threaded device")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
@@ -75,8 +75,6 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "resnet_step.json"),
                     help="--compare: where the report goes")
     ap.add_argument("--pin", help="--compare: run both pinned to this CPU core (taskset), torch with 1 thread")
-    ap.add_argument("--same-allocator", action="store_true",
-                    help="--compare: also run PyTorch with jaxnets' malloc settings (what the allocator alone is worth)")
     ap.add_argument("jax_args", nargs="*", help="--compare: extra arguments for each step-mode run")
     args = ap.parse_args(argv)
     if args.depths is None:
@@ -159,11 +157,25 @@ def time_step(step, warmup, iters):
     return 1e3 * statistics.median(times), 1e3 * min(times)
 
 
+def train_step_flops(trainer, batch: int) -> float:
+    """Model FLOPs of one train step: 3x the forward pass (its input and weight gradients cost
+    one forward each), the forward counted by XLA's cost analysis of the model's own program."""
+    import jax
+    from flax import nnx
+    graphdef, params = nnx.split(trainer.module().model)
+    image = jax.ShapeDtypeStruct((batch, *trainer.dataset.info["image_shape"]), jax.numpy.float32)
+    cost = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)).lower(params, image).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost   # a list in older jax
+    return 3.0 * float(cost["flops"])
+
+
 def run_step_mode(args):
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     # jax is imported here, after XLA_FLAGS and the CPU device layout are set.
-    from jaxnets.runtime import auto_cpu_devices, one_device_per_core
+    from jaxnets.platform.devices import auto_cpu_devices, one_device_per_core
+    from jaxnets.platform.install import install_process_settings
+    install_process_settings()   # malloc, compilation cache: as `jaxnets train` does
     if args.cpu_devices == "auto":
         auto_cpu_devices([args.batch], "auto")
     elif int(args.cpu_devices) > 0:
@@ -179,9 +191,11 @@ def run_step_mode(args):
             step().block_until_ready()
             compile_s = time.perf_counter() - t0
             ms, best = time_step(step, args.warmup, args.iters)
+            flops = train_step_flops(trainer, args.batch)
         results.append({"name": f"resnet{depth}", "batch": args.batch, "ms_per_step": ms,
                         "min_ms_per_step": best, "images_per_s": args.batch / ms * 1e3,
-                        "compile_s": compile_s})
+                        "compile_s": compile_s, "flops_per_step": flops,
+                        **efficiency(flops, ms, args.dtype)})
         if not args.json:
             print(f"resnet{depth}: {ms:.1f} ms/step (min {best:.1f}), "
                   f"{args.batch / ms * 1e3:.0f} img/s, first step {compile_s:.1f} s", file=sys.stderr)
@@ -197,7 +211,7 @@ def last_json(cmd: list[str], pin: str | None = None, tuned_allocator: bool = Fa
               env_extra: dict | None = None) -> dict:
     env = {**os.environ, **(env_extra or {})}
     if tuned_allocator:
-        from jaxnets.runtime import GLIBC_TUNABLES  # a constant; jaxnets.runtime imports jax
+        from jaxnets.platform.allocator import GLIBC_TUNABLES  # a constant; jaxnets.platform imports jax
         env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
     if pin is not None:   # one core each, one compute thread for torch: per-core efficiency
         cmd = ["taskset", "-c", pin, *cmd]
@@ -229,8 +243,8 @@ def run_compare(args, argv):
     for i in range(args.rounds):
         load = os.getloadavg()[0]
         rd = {"load_avg_1min": load, "torch": last_json([args.peer_python, PEER, "--json"], args.pin)}
-        if args.same_allocator:
-            rd["torch_tuned_allocator"] = last_json([args.peer_python, PEER, "--json"], args.pin, True)
+        # PyTorch as a user gets it, and given jaxnets' malloc settings (the lead is not the allocator's).
+        rd["torch_tuned_allocator"] = last_json([args.peer_python, PEER, "--json"], args.pin, True)
         peer = by_result_name(rd["torch"])
         for v in args.variants:
             rd[v] = last_json([sys.executable, "-m", "benchmarks.speed.resnet_step", "--json", *step_mode_argv(args)],
@@ -252,12 +266,23 @@ def write_compare(args, argv, rounds) -> dict:
     med = statistics.median
     summary = []
     for n in names:
-        s = {"name": n, "torch_ms_per_step": med(by_result_name(rd["torch"])[n]["ms_per_step"] for rd in rounds)}
+        s = {"name": n, "torch_ms_per_step": med(by_result_name(rd["torch"])[n]["ms_per_step"] for rd in rounds),
+             "torch_same_alloc_ms_per_step": med(by_result_name(rd["torch_tuned_allocator"])[n]["ms_per_step"]
+                                                 for rd in rounds)}
         for v in args.variants:
             s[f"{v}_ms_per_step"] = med(by_result_name(rd[v])[n]["ms_per_step"] for rd in rounds)
             s[f"ratio_{v}_over_torch"] = med(rd[f"ratio_{v}"][n] for rd in rounds)
+        flops = by_result_name(rounds[0][args.variants[0]])[n].get("flops_per_step")
+        s["flops_per_step"] = flops
+        for v in args.variants:
+            s.update(efficiency(flops, s[f"{v}_ms_per_step"], args.dtype, prefix=f"{v}_"))
+        s.update(efficiency(flops, s["torch_ms_per_step"], args.dtype, prefix="torch_"))
         if "default" in args.variants:
             s["ms_per_step"], s["ratio_jaxnets_over_torch"] = s["default_ms_per_step"], s["ratio_default_over_torch"]
+            s["fraction_of_peak"] = s["default_fraction_of_peak"]
+            s["ratio_jaxnets_over_torch_same_alloc"] = med(
+                by_result_name(rd["default"])[n]["ms_per_step"]
+                / by_result_name(rd["torch_tuned_allocator"])[n]["ms_per_step"] for rd in rounds)
             if "xla" in args.variants:   # per round: the native path against XLA's alone
                 s["ratio_default_over_xla"] = med(by_result_name(rd["default"])[n]["ms_per_step"]
                                                   / by_result_name(rd["xla"])[n]["ms_per_step"] for rd in rounds)
@@ -293,30 +318,21 @@ LEVERS = {  # name -> (model keywords, step, donate, compiler options)
 }
 
 
-def lever_patches():
-    """Levers that switch off one of jaxnets' own CPU paths while their step is traced and compiled:
-    name -> (module, attribute, value)."""
-    import jaxnets.models.resnet as resnet_module  # imports jax: only in --levers mode
-    import jaxnets.nn.conv as conv_module
-    from jaxnets.kernels import conv_filter_grad
-    return {"xla_filter_grad": (conv_filter_grad, "supported", lambda x, g: False),
-            "no_fold": (conv_module, "FOLD_MAX_CHANNELS", 0),
-            "no_barrier": (resnet_module, "materialize", lambda x: x)}
+def lever_lowering(name):
+    """The platform's CPU lowering with the lever's one CPU path switched off (the choices are
+    arguments of the model: jaxnets.nn.lowering.Lowering)."""
+    import dataclasses
 
-
-@contextlib.contextmanager
-def patched(name):
-    patches = lever_patches()
-    if name not in patches:
-        yield
-        return
-    module, attr, value = patches[name]
-    saved = getattr(module, attr)
-    setattr(module, attr, value)
-    try:
-        yield
-    finally:
-        setattr(module, attr, saved)
+    from jaxnets.platform.lowering_rule import lowering_for  # imports jax: only in --levers mode
+    lowering = lowering_for()
+    if name == "xla_filter_grad":
+        return dataclasses.replace(lowering, conv=dataclasses.replace(
+            lowering.conv, default_filter_grad="xla", filter_grad=()))
+    if name == "no_fold":
+        return dataclasses.replace(lowering, conv=dataclasses.replace(lowering.conv, fold=False))
+    if name == "no_barrier":
+        return dataclasses.replace(lowering, fusion_barriers=False)
+    return lowering
 
 
 def make_lever(name, depth, batch, workdir):
@@ -333,7 +349,8 @@ def make_lever(name, depth, batch, workdir):
         args = argparse.Namespace(shortcut="B", batch=batch, dtype="float32", step="trainer")
         return build_step(make_trainer(depth, args, workdir), args)
     kwargs = {k: (jnp.dtype(v) if k == "dtype" else v) for k, v in kwargs.items()}
-    model = ResNet(depth, 10, **{"shortcut": "B", **kwargs}, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    model = ResNet(depth, 10, **{"shortcut": "B", **kwargs}, lowering=lever_lowering(name),
+                   rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
     rng = np.random.default_rng(0)
@@ -375,10 +392,9 @@ def run_levers(args):
         with tempfile.TemporaryDirectory() as workdir:
             steps = {}
             for name in names:
-                with patched(name):
-                    steps[name] = make_lever(name, depth, args.batch, workdir)
-                    for _ in range(2):                       # compile + warm up
-                        steps[name]().block_until_ready()
+                steps[name] = make_lever(name, depth, args.batch, workdir)
+                for _ in range(2):                           # compile + warm up
+                    steps[name]().block_until_ready()
             times = {name: [] for name in steps}
             for _ in range(args.rounds):
                 for name, step in steps.items():

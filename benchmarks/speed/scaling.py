@@ -119,8 +119,8 @@ def on_paper(size: str, state) -> list[dict]:
     import numpy as np
     from flax import nnx
 
-    from jaxnets.nn.partitioning import DEFAULT_RULES
-    from jaxnets.parallel import mesh as meshlib
+    from jaxnets.parallel import sharding
+    from jaxnets.parallel.sharding import DEFAULT_RULES
     params = sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(state, nnx.Param)))
     cfg = PAPER_MODELS[size]
     rows = []
@@ -128,10 +128,10 @@ def on_paper(size: str, state) -> list[dict]:
         for n in DEVICE_COUNTS:
             axes = axes_for(n)
             mesh = jax.sharding.AbstractMesh(tuple(axes.values()), tuple(axes))
-            layout_rows = meshlib.state_layout(mesh, state, DEFAULT_RULES)
+            layout_rows = sharding.state_layout(mesh, state, DEFAULT_RULES)
             state_bytes = 0.0
             for r in layout_rows:
-                split = meshlib.shard_count(mesh, r["spec"])
+                split = sharding.shard_count(mesh, r["spec"])
                 itemsize = np.dtype(r["dtype"]).itemsize if r["dtype"] else 4
                 nbytes = math.prod(r["shape"]) * itemsize / split
                 # gradients are laid out like their parameters: count them once more

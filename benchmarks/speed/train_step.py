@@ -17,6 +17,7 @@ import jax
 from benchmarks.common import report, time_fn
 from jaxnets.config import load_config
 from jaxnets.data.pipeline import TrainIterator
+from jaxnets.platform.install import install_process_settings
 from jaxnets.train.trainer import Trainer
 
 
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
+    install_process_settings()   # malloc, compilation cache: as `jaxnets train` does
 
     config = load_config("experiments/mnist_cnn.py")
     config.data.batch_size = args.batch

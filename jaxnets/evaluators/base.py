@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxnets.nn.partitioning import axis_rules
+from jaxnets.parallel.sharding import axis_rules
 
 
 @dataclass

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxnets.nn.partitioning import Conv, ConvTranspose, Linear, Param
+from jaxnets.nn.layers import Conv, ConvTranspose, Linear, Param
 
 
 class MLPEncoder(nnx.Module):

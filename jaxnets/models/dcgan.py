@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxnets.nn.partitioning import BatchNorm, Conv, ConvTranspose, Linear
+from jaxnets.nn.layers import BatchNorm, Conv, ConvTranspose, Linear
 
 
 class DCGANGenerator(nnx.Module):

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnets.nn.attention import dot_product_attention
-from jaxnets.nn.partitioning import Embed, Linear, lookup
+from jaxnets.nn.layers import Embed, Linear, lookup
+from jaxnets.nn.lowering import PLAIN, Lowering
 from jaxnets.nn.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 
 CELLS = {"lstm": LSTM, "gru": GRU, "rnn": SimpleRNN}
@@ -40,7 +41,7 @@ class Seq2SeqLSTM(nnx.Module):
     def __init__(self, vocab_size: int, *, rngs: nnx.Rngs, embed_dim: int = 64, hidden: int = 128,
                  bidirectional_encoder: bool = True, dropout: float = 0.0, pad_id: int = 0,
                  dtype: Any = None, unroll: int = 1, attention_impl: str = "auto",
-                 cell: str = "lstm", attention: bool = True):
+                 cell: str = "lstm", attention: bool = True, lowering: Lowering = PLAIN):
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}.")
         self.pad_id, self.dtype, self.attention_impl = pad_id, dtype, attention_impl
@@ -58,7 +59,8 @@ class Seq2SeqLSTM(nnx.Module):
         if attention:
             self.attn = Linear(hidden, enc, axes=("mlp", "embed"), use_bias=False, rngs=rngs, dtype=dtype)     # W_a
             self.combine = Linear(enc + hidden, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)         # W_c
-        self.out = Linear(hidden, vocab_size, axes=("mlp", "vocab"), rngs=rngs, dtype=dtype)               # W_o
+        self.out = Linear(hidden, vocab_size, axes=("mlp", "vocab"), rngs=rngs, dtype=dtype,                # W_o
+                          dot_general=lowering.dot_general)
         self.dropout = nnx.Dropout(dropout)
 
     # ------------------------------------------------------------------ pieces

@@ -13,8 +13,8 @@ cross-attention to the encoder output (decoder of the encoder-decoder model only
 position-wise feed-forward block, each wrapped in a residual connection with LayerNorm before
 (pre-LN, default: stable without warm-up tricks) or after (post-LN, as in the paper).
 `scan_layers=True` stores the layers' parameters stacked and runs them with one lax.scan
-(one compiled layer, fast compiles for deep stacks; on CPU, stacks of up to 12 layers are
-unrolled: `jaxnets.runtime.layer_scan_unroll`); `remat=True` recomputes each layer's
+(one compiled layer, fast compiles for deep stacks; `lowering.unroll_layers` unrolls short
+stacks, as jaxnets.platform asks on CPU); `remat=True` recomputes each layer's
 activations in the backward pass (jax.checkpoint) to trade compute for memory.
 Source padding (`pad_id`) is masked through segment ids, which every attention
 implementation honours, including the fused kernel. Decoding: decoding.py.
@@ -27,23 +27,27 @@ from flax import nnx
 
 from jaxnets.nn.attention import MultiHeadAttention
 from jaxnets.nn.embedding import TokenEmbedding
-from jaxnets.nn.partitioning import LayerNorm, Linear, constrain
-from jaxnets.runtime import layer_scan_unroll
+from jaxnets.nn.layers import LayerNorm, Linear
+from jaxnets.nn.lowering import PLAIN, Lowering
+from jaxnets.parallel.sharding import constrain
 
 
 class TransformerLayer(nnx.Module):
     def __init__(self, d_model: int, num_heads: int, d_ff: int, *, cross_attention=False,
                  dropout=0.1, pre_ln=True, num_kv_heads=None, activation="relu",
-                 attention_impl="auto", dtype=None, rngs: nnx.Rngs):
+                 attention_impl="auto", dtype=None, lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         mha = lambda: MultiHeadAttention(d_model, num_heads, num_kv_heads=num_kv_heads,
-                                         implementation=attention_impl, dtype=dtype, rngs=rngs)
+                                         implementation=attention_impl, dtype=dtype,
+                                         lowering=lowering, rngs=rngs)
         norm = lambda: LayerNorm(d_model, dtype=dtype, rngs=rngs)
         self.pre_ln, self.activation = pre_ln, getattr(jax.nn, activation)
         self.self_attention, self.self_norm = mha(), norm()
         self.cross_attention = mha() if cross_attention else None
         self.cross_norm = norm() if cross_attention else None
-        self.ff_in = Linear(d_model, d_ff, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.ff_out = Linear(d_ff, d_model, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
+        dense = lambda i, o, axes: Linear(i, o, axes=axes, dtype=dtype,
+                                          dot_general=lowering.dot_general, rngs=rngs)
+        self.ff_in = dense(d_model, d_ff, ("embed", "mlp"))
+        self.ff_out = dense(d_ff, d_model, ("mlp", "embed"))
         self.ff_norm = norm()
         self.dropout = nnx.Dropout(dropout)
 
@@ -95,8 +99,9 @@ def make_layers(n, scan, make_layer, rngs):
 
 
 def run_layers(layers, x, *, num_layers, scan, remat, train=False, rngs=None, cache=None,
-               **kwargs):
-    """Apply the stack; `cache` leaves are stacked [num_layers, ...]. Returns (x, new_cache)."""
+               unroll=1, **kwargs):
+    """Apply the stack; `cache` leaves are stacked [num_layers, ...]. Returns (x, new_cache).
+    `unroll`: of the lax.scan when `scan` (see `Lowering.scan_unroll`)."""
     dropout_key = rngs.dropout() if (train and rngs is not None) else None
     keys = jax.random.split(dropout_key, num_layers) if dropout_key is not None else None
 
@@ -114,7 +119,7 @@ def run_layers(layers, x, *, num_layers, scan, remat, train=False, rngs=None, ca
         def body(x, xs):
             return apply_split(graphdef, *xs[:1], x, *xs[1:])
 
-        return jax.lax.scan(body, x, (state, cache, keys), unroll=layer_scan_unroll(num_layers))
+        return jax.lax.scan(body, x, (state, cache, keys), unroll=unroll)
     new_caches = []
     for i, layer in enumerate(layers):
         layer_cache = None if cache is None else jax.tree.map(lambda a: a[i], cache)
@@ -133,22 +138,24 @@ class _Stack(nnx.Module):
 
     def __init__(self, vocab_size, *, d_model, num_heads, num_layers, d_ff, cross_attention,
                  dropout, pre_ln, num_kv_heads, positions, max_len, activation, scan_layers,
-                 remat, attention_impl, dtype, rngs, embedding=None):
+                 remat, attention_impl, dtype, rngs, lowering=PLAIN, embedding=None):
         self.embed = embedding or TokenEmbedding(vocab_size, d_model, positions=positions,
                                                  max_len=max_len, dropout=dropout, dtype=dtype,
                                                  rngs=rngs)
         make = lambda r: TransformerLayer(
             d_model, num_heads, d_ff, cross_attention=cross_attention, dropout=dropout,
             pre_ln=pre_ln, num_kv_heads=num_kv_heads, activation=activation,
-            attention_impl=attention_impl, dtype=dtype, rngs=r)
+            attention_impl=attention_impl, dtype=dtype, lowering=lowering, rngs=r)
         self.layers = make_layers(num_layers, scan_layers, make, rngs)
+        self.unroll = lowering.scan_unroll(num_layers)
         self.final_norm = LayerNorm(d_model, dtype=dtype, rngs=rngs) if pre_ln else None
         self.num_layers, self.scan_layers, self.remat = num_layers, scan_layers, remat
 
     def __call__(self, tokens, *, positions=None, train=False, rngs=None, cache=None, **kwargs):
         x = self.embed(tokens, positions=positions, train=train, rngs=rngs)
         x, cache = run_layers(self.layers, x, num_layers=self.num_layers, scan=self.scan_layers,
-                              remat=self.remat, train=train, rngs=rngs, cache=cache, **kwargs)
+                              remat=self.remat, train=train, rngs=rngs, cache=cache,
+                              unroll=self.unroll, **kwargs)
         return (self.final_norm(x) if self.final_norm is not None else x), cache
 
 
@@ -165,18 +172,20 @@ class Transformer(nnx.Module):
                  dropout=0.1, pre_ln=True, num_kv_heads=None, positions="sinusoidal",
                  max_len=1024, activation="relu", pad_id: int | None = 0, tie_output=True,
                  max_decode_len=64, scan_layers=False, remat=False, attention_impl="auto",
-                 dtype=None, rngs: nnx.Rngs):
+                 dtype=None, lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         tgt_vocab_size = target_vocab_size or vocab_size
         common = _stack_options(d_model=d_model, num_heads=num_heads, d_ff=d_ff, dropout=dropout,
                                 pre_ln=pre_ln, num_kv_heads=num_kv_heads, positions=positions,
                                 max_len=max_len, activation=activation, scan_layers=scan_layers,
-                                remat=remat, attention_impl=attention_impl, dtype=dtype, rngs=rngs)
+                                remat=remat, attention_impl=attention_impl, dtype=dtype,
+                                lowering=lowering, rngs=rngs)
         self.encoder = _Stack(vocab_size, num_layers=num_layers, cross_attention=False,
                               **common)
         self.decoder = _Stack(tgt_vocab_size, num_layers=num_decoder_layers or num_layers,
                               cross_attention=True, **common)
         self.output = None if tie_output else Linear(d_model, tgt_vocab_size, axes=("embed", "vocab"),
-                                                     dtype=dtype, rngs=rngs)
+                                                     dtype=dtype, dot_general=lowering.dot_general,
+                                                     rngs=rngs)
         self.pad_id, self.max_decode_len = pad_id, max_decode_len
 
     def _logits(self, h):
@@ -223,14 +232,16 @@ class TransformerLM(nnx.Module):
     def __init__(self, vocab_size: int, *, d_model=256, num_heads=4, num_layers=4, d_ff=None,
                  dropout=0.1, pre_ln=True, num_kv_heads=None, positions="learned", max_len=1024,
                  activation="gelu", tie_output=True, scan_layers=False, remat=False,
-                 attention_impl="auto", dtype=None, rngs: nnx.Rngs):
+                 attention_impl="auto", dtype=None, lowering: Lowering = PLAIN,
+                 rngs: nnx.Rngs):
         self.decoder = _Stack(vocab_size, **_stack_options(
             d_model=d_model, num_heads=num_heads, num_layers=num_layers, d_ff=d_ff,
             cross_attention=False, dropout=dropout, pre_ln=pre_ln, num_kv_heads=num_kv_heads,
             positions=positions, max_len=max_len, activation=activation, scan_layers=scan_layers,
-            remat=remat, attention_impl=attention_impl, dtype=dtype, rngs=rngs))
+            remat=remat, attention_impl=attention_impl, dtype=dtype, lowering=lowering, rngs=rngs))
         self.output = None if tie_output else Linear(d_model, vocab_size, axes=("embed", "vocab"),
-                                                     dtype=dtype, rngs=rngs)
+                                                     dtype=dtype, dot_general=lowering.dot_general,
+                                                     rngs=rngs)
 
     def _logits(self, h):
         logits = self.decoder.embed.attend(h) if self.output is None else self.output(h)

@@ -33,8 +33,9 @@ import numpy as np
 from flax import nnx
 
 from jaxnets.nn.attention import MultiHeadAttention
-from jaxnets.nn.conv import conv_general_dilated
-from jaxnets.nn.partitioning import Conv, Embed, GroupNorm, LayerNorm, Linear, Param, lookup
+from jaxnets.nn.conv import conv_function
+from jaxnets.nn.layers import Conv, Embed, GroupNorm, LayerNorm, Linear, Param, lookup
+from jaxnets.nn.lowering import PLAIN, Lowering
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PROMPT_WORDS = ("a", "an", "the", "of", "handwritten", "digit", "number", "picture", "image",
@@ -108,24 +109,24 @@ class TextEncoder(nnx.Module):
         return self.final_norm(h)
 
 
-def conv3x3(cin, cout, **kwargs):
-    """3x3 'SAME' convolution; on CPU through jaxnets.nn.conv (folded narrow layers, native filter
-    gradient), elsewhere plain lax."""
-    return Conv(cin, cout, (3, 3), conv_general_dilated=conv_general_dilated, **kwargs)
+def conv3x3(cin, cout, *, lowering: Lowering = PLAIN, **kwargs):
+    """3x3 'SAME' convolution; through jaxnets.nn.conv where `lowering.conv` asks (CPU: folded
+    narrow layers, native filter gradient), else plain lax."""
+    return Conv(cin, cout, (3, 3), conv_general_dilated=conv_function(lowering.conv), **kwargs)
 
 
 class ResBlock(nnx.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int = 8, *, dtype=None,
-                 rngs: nnx.Rngs):
+                 lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         self.norm1 = GroupNorm(in_ch, num_groups=min(groups, in_ch), dtype=dtype, rngs=rngs)
-        self.conv1 = conv3x3(in_ch, out_ch, dtype=dtype, rngs=rngs)
+        self.conv1 = conv3x3(in_ch, out_ch, dtype=dtype, lowering=lowering, rngs=rngs)
         # The time/condition embedding sets a per-channel scale and shift of the second norm
         # (ADM's "scale-shift norm"): a multiplicative path lets the class steer every feature.
         self.emb = Linear(emb_dim, 2 * out_ch, axes=("embed", "conv_out"), dtype=dtype, rngs=rngs)
         self.norm2 = GroupNorm(out_ch, num_groups=min(groups, out_ch), dtype=dtype, rngs=rngs)
         # Zero-initialised last conv: each block starts as the identity (skip) map.
         self.conv2 = conv3x3(out_ch, out_ch, kernel_init=nnx.initializers.zeros, dtype=dtype,
-                             rngs=rngs)
+                             lowering=lowering, rngs=rngs)
         self.skip = Conv(in_ch, out_ch, (1, 1), dtype=dtype, rngs=rngs) if in_ch != out_ch else None
 
     def __call__(self, x, emb):
@@ -169,7 +170,7 @@ class UNet(nnx.Module):
                  conditioning: str | None = None, num_classes: int = 10,
                  text_dim: int = 64, text_layers: int = 2, text_bag_of_words: bool = True,
                  patch_size: int = 1, text_conditioning: str = "pooled", *, dtype=None,
-                 rngs: nnx.Rngs):
+                 lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         if conditioning not in (None, "class", "text"):
             raise ValueError(f"conditioning must be None, 'class' or 'text', got {conditioning!r}")
         # "pooled": the prompt's [CLS] vector (+ bag of words) joins the time embedding;
@@ -199,24 +200,24 @@ class UNet(nnx.Module):
             self.word_embed = (Embed(self.tokenizer.vocab_size, emb_dim, dtype=dtype, rngs=rngs)
                                if text_bag_of_words and not self.cross else None)
         chs = [channels * m for m in channel_mults]
-        self.conv_in = conv3x3(c, channels, dtype=dtype, rngs=rngs)
+        self.conv_in = conv3x3(c, channels, dtype=dtype, lowering=lowering, rngs=rngs)
         ins = [channels, *chs[:-1]]
-        self.down = nnx.List([ResBlock(a, b, emb_dim, dtype=dtype, rngs=rngs) for a, b in zip(ins, chs)])
-        self.downsample = nnx.List([conv3x3(c_, c_, strides=2, dtype=dtype, rngs=rngs)
+        self.down = nnx.List([ResBlock(a, b, emb_dim, dtype=dtype, lowering=lowering, rngs=rngs) for a, b in zip(ins, chs)])
+        self.downsample = nnx.List([conv3x3(c_, c_, strides=2, dtype=dtype, lowering=lowering, rngs=rngs)
                                     for c_ in chs[:-1]])
-        self.mid1 = ResBlock(chs[-1], chs[-1], emb_dim, dtype=dtype, rngs=rngs)
+        self.mid1 = ResBlock(chs[-1], chs[-1], emb_dim, dtype=dtype, lowering=lowering, rngs=rngs)
         self.mid_attn = SelfAttention2D(chs[-1], dtype=dtype, rngs=rngs) if attention else None
-        self.mid2 = ResBlock(chs[-1], chs[-1], emb_dim, dtype=dtype, rngs=rngs)
+        self.mid2 = ResBlock(chs[-1], chs[-1], emb_dim, dtype=dtype, lowering=lowering, rngs=rngs)
         ups_in = [chs[-1], *chs[:0:-1]]            # channels arriving at each level, top-down
-        self.up = nnx.List([ResBlock(a + b, b, emb_dim, dtype=dtype, rngs=rngs)
+        self.up = nnx.List([ResBlock(a + b, b, emb_dim, dtype=dtype, lowering=lowering, rngs=rngs)
                             for a, b in zip(ups_in, chs[::-1])])
-        self.upsample = nnx.List([conv3x3(c_, c_, dtype=dtype, rngs=rngs) for c_ in chs[:0:-1]])
+        self.upsample = nnx.List([conv3x3(c_, c_, dtype=dtype, lowering=lowering, rngs=rngs) for c_ in chs[:0:-1]])
         if self.cross:
             self.cross_mid = CrossAttention2D(chs[-1], text_dim, dtype=dtype, rngs=rngs)
             self.cross_up = nnx.List([CrossAttention2D(b, text_dim, dtype=dtype, rngs=rngs) for b in chs[::-1]])
         self.norm_out = GroupNorm(channels, num_groups=min(8, channels), dtype=dtype, rngs=rngs)
         self.conv_out = conv3x3(channels, c, kernel_init=nnx.initializers.zeros,
-                                 dtype=dtype, rngs=rngs)
+                                 dtype=dtype, lowering=lowering, rngs=rngs)
 
     def null_condition(self) -> jax.Array:
         """The 'no condition' input for classifier-free guidance (broadcasts against a batch)."""

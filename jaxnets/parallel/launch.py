@@ -7,7 +7,7 @@ JAXNETS_COORDINATOR=127.0.0.1:PORT (a free port), JAXNETS_NUM_PROCESSES and JAXN
 set, so `jax.distributed.initialize` joins them over localhost (gloo collectives on CPU); the
 coordinator listens on 127.0.0.1 only. `--devices-per-process K` gives each rank K forced CPU
 devices (what a host with K accelerators looks like), with thread settings that cannot deadlock
-XLA's CPU collectives (jaxnets/parallel/cpu_threads.py). Output lines are prefixed with
+XLA's CPU collectives (jaxnets/platform/cpu_threads.py). Output lines are prefixed with
 "[rank] ". The launcher exits with the first non-zero exit status of any rank (0 when all
 succeed); when one rank fails, the others get SIGTERM and, after `--grace` seconds, SIGKILL, so
 a broken job never hangs. SIGTERM or SIGINT to the launcher is passed on to every rank (a
@@ -30,7 +30,7 @@ import threading
 import time
 
 from jaxnets.errors import UserError
-from jaxnets.parallel import cpu_threads
+from jaxnets.platform import cpu_threads
 
 LAUNCHER_PID = "JAXNETS_LAUNCHER_PID"
 PR_SET_PDEATHSIG = 1   # <linux/prctl.h>

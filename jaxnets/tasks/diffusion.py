@@ -31,8 +31,10 @@ from flax import nnx
 
 from jaxnets import ddpm as dm
 from jaxnets import images as imlib
-from jaxnets.models.unet import NUMBER_WORDS
-from jaxnets.tasks.base import State, Task
+from jaxnets.errors import UserError
+from jaxnets.models import model_options
+from jaxnets.models.unet import NUMBER_WORDS, PromptTokenizer
+from jaxnets.tasks.base import Inference, State, Task
 from jaxnets.tasks.common import (build_task_model, heldout_images, image_model_defaults,
                                   to_unit_range, write_report)
 
@@ -50,24 +52,24 @@ class DiffusionTask(Task):
                "sampler": "ddim", "sample_steps": 50, "eta": 0.0, "clip_x0": 1.0, "guidance": 3.0,
                "guidance_scales": (0.0, 1.0, 3.0, 5.0), "num_samples": 200,
                "prompt_templates": TRAIN_TEMPLATES}
+    entry_points = frozenset({"sample", "export"})
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        o = config.task_options
-        self.schedule = dm.make_schedule(o.get("schedule", "cosine"), o.get("num_steps", 1000))
-        self.conditioning = config.model.get("conditioning", None)
+        o = self.opts
+        self.schedule = dm.make_schedule(o["schedule"], o["num_steps"])
+        self.conditioning = {**model_options(config.model.name), **config.model}["conditioning"]
         self.num_classes = dataset.info.get("num_classes", 10)
-        self.p_uncond = o.get("p_uncond", 0.1)
-        self.ema_decay = o.get("ema_decay", 0.999)
-        self.sampler = o.get("sampler", "ddim")
-        self.sample_steps, self.eta, self.clip_x0 = o.get("sample_steps", 50), o.get("eta", 0.0), o.get("clip_x0", 1.0)
-        self.guidance = o.get("guidance", 3.0)
-        self.guidance_scales = tuple(o.get("guidance_scales", (0.0, 1.0, 3.0, 5.0)))
-        self.num_samples = o.get("num_samples", 200)    # per scored set, a multiple of 10
+        self.p_uncond = o["p_uncond"]
+        self.ema_decay = o["ema_decay"]
+        self.sampler = o["sampler"]
+        self.sample_steps, self.eta, self.clip_x0 = o["sample_steps"], o["eta"], o["clip_x0"]
+        self.guidance = o["guidance"]
+        self.guidance_scales = tuple(o["guidance_scales"])
+        self.num_samples = o["num_samples"]    # per scored set, a multiple of 10
         if self.conditioning == "text":
-            from jaxnets.models.unet import PromptTokenizer
             self.tokenizer = PromptTokenizer()
-            templates = o.get("prompt_templates", TRAIN_TEMPLATES)
+            templates = o["prompt_templates"]
             # (classes, templates, max_len): the train step picks a random template per example
             self.prompt_table = np.stack([self.tokenizer.encode(prompts_for(t)) for t in templates], 1)
 
@@ -116,16 +118,18 @@ class DiffusionTask(Task):
         return {"loss": float(sums["loss_sum"] / sums["count"])}
 
     # ------------------------------------------------------------------ sampling
-    def sampler_fn(self, model, n: int, trajectory: bool = False):
+    def sampler_fn(self, model, n: int, trajectory: bool = False, steps: int | None = None):
         """A jitted (cond, scale, rng) -> images in [0, 1]; the whole chain is one lax.scan.
-        trajectory=True: (images, {"t", "x_t", "x0"}) with every step's x_t and predicted x_0."""
+        trajectory=True: (images, {"t", "x_t", "x0"}) with every step's x_t and predicted x_0.
+        steps: DDIM sampling steps (default: task_options.sample_steps)."""
         graphdef, params = nnx.split(model)
-        sample = jax.jit(self.sample_program(graphdef, n, trajectory))
+        sample = jax.jit(self.sample_program(graphdef, n, trajectory, steps))
         return lambda cond, scale, rng: jax.tree.map(np.asarray, sample(params, cond, jnp.float32(scale), rng))
 
-    def sample_program(self, graphdef, n: int, trajectory: bool = False):
+    def sample_program(self, graphdef, n: int, trajectory: bool = False, steps: int | None = None):
         """The pure (params, cond, scale, rng) -> images of `sampler_fn`, not yet compiled."""
         shape = (n, *self.dataset.info["image_shape"])
+        sample_steps = self.sample_steps if steps is None else steps
 
         def sample(params, cond, scale, rng):
             net = nnx.merge(graphdef, params)
@@ -140,7 +144,7 @@ class DiffusionTask(Task):
                 out = dm.ddpm_sample(self.schedule, eps_fn, x_T, chain_rng, clip_x0=self.clip_x0,
                                      trajectory=trajectory)
             else:
-                out = dm.ddim_sample(self.schedule, eps_fn, x_T, chain_rng, num_sample_steps=self.sample_steps,
+                out = dm.ddim_sample(self.schedule, eps_fn, x_T, chain_rng, num_sample_steps=sample_steps,
                                      eta=self.eta, clip_x0=self.clip_x0, trajectory=trajectory)
             to_unit = lambda x: jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
             if trajectory:
@@ -178,6 +182,42 @@ class DiffusionTask(Task):
         if self.conditioning == "text":
             return jnp.asarray(self.tokenizer.encode(prompts_for(template))[labels])
         return None
+
+    def sample(self, state, n: int, seed: int = 0, *, steps: int | None = None, guidance: float | None = None,
+               label: int | None = None, prompt: str | None = None) -> np.ndarray:
+        """n images from the EMA denoiser. Conditioned on class labels: `label` (default digits
+        0..9 in turn); on text: `prompt` (default "a handwritten {word}" for 0..9 in turn);
+        guidance: the classifier-free guidance scale (default task_options.guidance)."""
+        if steps is not None and steps < 1:
+            raise UserError(f"The number of sampling steps must be at least 1, got {steps}.")
+        model = state.ema
+        sample = self.sampler_fn(model, n, steps=steps)
+        key = jax.random.key(seed)
+        if self.conditioning is None:
+            if label is not None or prompt is not None:
+                raise UserError("This DDPM is unconditional: drop --label/--prompt.")
+            return sample(None, 0.0, key)
+        scale = self.guidance if guidance is None else guidance
+        digits = np.arange(n) % 10
+        if self.conditioning == "class":
+            if prompt is not None:
+                raise UserError("This DDPM is conditioned on class labels: use --label D, not --prompt.")
+            labels = np.full(n, label, np.int32) if label is not None else digits
+            return sample(self.conditions_for(model, labels), scale, key)
+        if label is not None:
+            raise UserError("This DDPM is conditioned on text: use --prompt, not --label.")
+        if prompt is None:
+            return sample(self.conditions_for(model, digits, SEEN_PROMPT), scale, key)
+        return sample(np.repeat(self.tokenizer.encode(prompt), n, axis=0), scale, key)
+
+    def inference_fn(self, state):
+        """The EMA noise predictor eps(x_t, t[, condition])."""
+        x = np.zeros((1, *self.dataset.info["image_shape"]), np.float32)
+        inputs = [("x_t", x), ("t", np.zeros((1,), np.int32))]
+        if self.conditioning is None:
+            return Inference("unet", state.ema, lambda m, x, t: m(x, t), inputs)
+        cond = np.asarray(self.conditions_for(state.ema, np.zeros(1, np.int32), "{word}"))
+        return Inference("unet", state.ema, lambda m, x, t, c: m(x, t, c), [*inputs, ("condition", cond)])
 
     def report(self, state, workdir):
         model, n = state.ema, self.num_samples

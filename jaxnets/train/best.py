@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import math
 
+import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 
 from jaxnets import storage
 from jaxnets.errors import UserError
@@ -119,7 +121,6 @@ class BestKeeper:
 
 def restore_best(trainer) -> int:
     """Load WORKDIR/best's state into `trainer` (a `jaxnets.train.Trainer`); returns its step."""
-    from flax import nnx
     directory = storage.join(trainer.workdir, BEST_DIR)
     manager = ocp.CheckpointManager(directory, item_names=("state", "meta"))
     try:
@@ -130,7 +131,6 @@ def restore_best(trainer) -> int:
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if meta.get("signature") != ckpt.signature(pure):
             raise UserError(f"{directory}/{step} holds a different model than this config builds.")
-        import jax
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                               ckpt.to_saveable(pure))
         restored = manager.restore(step, args=ocp.args.Composite(

@@ -10,18 +10,16 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import logging
 import os
 import re
-import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import flags
 
 from jaxnets import storage
 from jaxnets.errors import UserError
+from jaxnets.train.metric_log import strict_json
 
 
 def _is_key(x) -> bool:
@@ -67,8 +65,6 @@ class Checkpointer:
     def __init__(self, workdir: str, keep: int, read_only: bool = False):
         self.directory = storage.join(workdir, "checkpoints")   # local (absolute), gs:// or s3://
         self.read_only = read_only
-        _quiet_orbax_thread_tracebacks()
-        use_coordination_service_barriers()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -214,83 +210,6 @@ class _storage_errors:
             "the newest one.") from error
 
 
-class _DropOrbaxTraceback(logging.Filter):
-    """orbax logs a failed background save with its traceback before the error reaches the
-    trainer, which reports it as one paragraph; keep orbax's one-line log, drop the traceback
-    (`jaxnets --debug` keeps it)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and "orbax" in record.pathname and not os.environ.get("JAXNETS_DEBUG"):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-class _DropReadOnlyNotice(logging.Filter):
-    """orbax warns that a read-only CheckpointManager's directory is read only: it is on purpose
-    (the commands on a trained workdir and the evaluators' models never write checkpoints)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Given directory is read only")
-
-
-class _DropOrbaxTaskErrors(logging.Filter):
-    """When one write of a save fails, orbax's other write tasks fail the same way and nobody
-    awaits them: asyncio logs each ("Task exception was never retrieved", with a traceback)
-    whenever the garbage collector reaches it, before or after the trainer's one-paragraph
-    error. Those records are dropped unless debugging; asyncio's other records pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if os.environ.get("JAXNETS_DEBUG") or not record.exc_info:
-            return True
-        tb = record.exc_info[2]
-        while tb is not None:
-            if "orbax" in tb.tb_frame.f_code.co_filename:
-                return False
-            tb = tb.tb_next
-        return True
-
-
-def use_coordination_service_barriers() -> None:
-    """Make orbax synchronise processes through JAX's coordination service (the distributed
-    client's barriers), not through `sync_global_devices`, its default: that one is a device
-    program with a collective, and orbax runs it from its background save thread while the
-    training thread runs steps with their own collectives. On CPU (gloo) the two programs' all-
-    reduces then pair up in different orders on different processes, and both processes wait
-    forever (gdb: one device in gloo's waitRecv, the other in waitSend); that was the hang of
-    `jaxnets launch --processes 2 --devices-per-process 2 -- train ...` after its first
-    checkpoint. orbax's own documentation says the client's barriers are safe from background
-    threads."""
-    if not flags.FLAGS.is_parsed():   # absl flags with their defaults (grain needs them parsed too)
-        flags.FLAGS.mark_as_parsed()
-    if "experimental_orbax_use_distributed_barrier" in flags.FLAGS:
-        flags.FLAGS.experimental_orbax_use_distributed_barrier = True
-
-
-def _quiet_orbax_thread_tracebacks() -> None:
-    for name, kind in (("absl", _DropOrbaxTraceback), ("absl", _DropReadOnlyNotice),
-                       ("asyncio", _DropOrbaxTaskErrors)):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, kind) for f in logger.filters):
-            logger.addFilter(kind())
-    if not getattr(sys.unraisablehook, "jaxnets_quiet", False):
-        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
-
-
-def _quiet_unraisable(previous):
-    """After a save fails, TensorStore's pending callbacks still try to reach orbax's closed
-    event loop and each print an 'Event loop is closed' traceback as an unraisable exception:
-    noise after the real error (reported as one paragraph), dropped unless debugging."""
-
-    def hook(unraisable):
-        if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
-                and not os.environ.get("JAXNETS_DEBUG")):
-            return
-        previous(unraisable)
-
-    hook.jaxnets_quiet = True
-    return hook
-
-
 def param_digest(params_pure: dict) -> str:
     """sha256 over every parameter array (path, dtype, shape, bytes) in sorted path order."""
     h = hashlib.sha256()
@@ -303,8 +222,6 @@ def param_digest(params_pure: dict) -> str:
 
 def write_json(path: str, obj) -> None:
     """Atomic, strict JSON: NaN/Infinity become null and a dict gets their names in "nonfinite"."""
-    from jaxnets.train.metric_log import strict_json
-
     bad: list[str] = []
     clean = strict_json(json.loads(json.dumps(obj, default=float)), bad=bad)
     if bad and isinstance(clean, dict):

@@ -10,6 +10,7 @@ import tempfile
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from jaxnets import storage
 
@@ -73,7 +74,7 @@ class MetricWriter:
             if resume_step is not None and os.path.exists(self.path):
                 _truncate_rows(self.path, resume_step)
             self._file = open(self.path, "a")
-        from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # heavy (protobuf): only when a run writes metrics
         tb_dir = storage.join(workdir, "tensorboard")
         # TensorBoard hides events with step >= purge_step from older event files.
         purge = resume_step + 1 if resume_step is not None and storage.isdir(tb_dir) else None
@@ -141,7 +142,6 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool):
         self.bar = None
         if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
     def update(self, step: int, postfix: dict | None = None) -> None:

@@ -26,10 +26,10 @@ from jaxnets.data.pipeline import TrainIterator, eval_batches
 from jaxnets.data.memory import host_rss_peak_kib
 from jaxnets.errors import UserError
 from jaxnets.evaluators import EvalContext, build_evaluators
-from jaxnets.nn.partitioning import axis_rules
 from jaxnets.parallel import mesh as meshlib
-from jaxnets import runtime
-from jaxnets.runtime import tune_host_allocator
+from jaxnets.parallel import sharding
+from jaxnets.parallel.sharding import axis_rules
+from jaxnets.platform import compile_cache
 from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
 from jaxnets.train import guard, resume, workdir_lock
@@ -63,8 +63,6 @@ class Trainer:
         validate_config(config)
         if not layout_only and not read_only:
             check_workdir(workdir)
-        tune_host_allocator()   # reuse freed pages instead of faulting in each step's buffers
-        runtime.enable_compilation_cache()   # a repeated run loads its compiled programs
         self.joined = meshlib.maybe_initialize_distributed()
         self.is_main = jax.process_index() == 0
         # One writer per workdir, taken before any real work so a second run stops in seconds.
@@ -83,7 +81,8 @@ class Trainer:
     def _setup(self, config, layout_only: bool) -> None:
         self.mesh = meshlib.make_mesh(dict(config.mesh), config.mesh_devices)
         self.rules = tuple(config.sharding_rules)
-        dp = meshlib.data_parallel_size(self.mesh)
+        meshlib.check_input_feed(self.mesh, self.rules)   # every process reads its own share
+        dp = sharding.data_parallel_size(self.mesh, self.rules)
         for key in ("batch_size", "eval_batch_size"):
             if config.data[key] % dp:
                 raise UserError(
@@ -112,14 +111,15 @@ class Trainer:
     def _build_state(self, allocate: bool = True) -> None:
         build = lambda: self.task.build(nnx.Rngs(self.config.seed), self.optimizers)
         # Logical names are resolved by our rules (with divisibility fallbacks, in
-        # meshlib.state_layout), never by flax's eager sharding.
+        # sharding.state_layout), never by flax's eager sharding.
         with nnx.use_eager_sharding(False):
             abstract = nnx.eval_shape(build)
         self.graphdef, abstract_state = nnx.split(abstract)
-        self.layout = meshlib.state_layout(self.mesh, abstract_state, self.rules)
-        self.state_sharding = meshlib.state_shardings(self.mesh, abstract_state, self.rules)
-        self.batch_sharding = meshlib.batch_sharding(self.mesh)
-        self.replicated = meshlib.replicated(self.mesh)
+        self.abstract_state = abstract_state
+        self.layout = sharding.state_layout(self.mesh, abstract_state, self.rules)
+        self.state_sharding = sharding.state_shardings(self.mesh, abstract_state, self.rules)
+        self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
+        self.replicated = sharding.replicated(self.mesh)
         if not allocate:
             return
         with nnx.use_eager_sharding(False):
@@ -127,7 +127,7 @@ class Trainer:
             self.state = jax.jit(lambda: nnx.split(build())[1], out_shardings=self.state_sharding)()
 
     def layout_table(self) -> str:
-        return meshlib.format_layout(self.mesh, self.layout)
+        return sharding.format_layout(self.mesh, self.layout)
 
     def module(self) -> nnx.Module:
         """The current state as an NNX object (for reports, research code and tests)."""
@@ -260,7 +260,7 @@ class Trainer:
                 if step == start + 1:   # the first step, compiled: timed apart from the others
                     jax.block_until_ready(pending[-1])
                     first_done = time.time()
-                    timing = {"time_to_first_step_s": first_done - runtime.PROCESS_START, "steps_s": 0.0}
+                    timing = {"time_to_first_step_s": first_done - compile_cache.PROCESS_START, "steps_s": 0.0}
                 progress.update(step)
                 if step % c.train.log_every == 0 or step == total:
                     logged = self._mean(pending)
@@ -323,7 +323,7 @@ class Trainer:
                      **self.data_summary(data)}
             # Where a run's time goes: start-up to the first step done (imports, data, init,
             # compile), all compilation in the process, and the steps after the first.
-            final.update({**timing, "compile_s": runtime.compile_seconds()} if step > start else {})
+            final.update({**timing, "compile_s": compile_cache.compile_seconds()} if step > start else {})
             if self.is_main:
                 ckpt.write_json(storage.join(self.workdir, "final.json"), final)
             return final

@@ -1,4 +1,5 @@
-"""jaxnets.runtime.tune_host_allocator: freed large buffers are reused without page faults."""
+"""jaxnets.platform: the malloc settings (freed large buffers reused without page faults) and the
+CPU device layout."""
 import os
 import subprocess
 import sys
@@ -8,8 +9,8 @@ import pytest
 
 PROBE = textwrap.dedent("""
     import ctypes, os, resource, sys
-    from jaxnets import runtime
-    applied = runtime.tune_host_allocator()
+    from jaxnets.platform import allocator
+    applied = allocator.tune_host_allocator()
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
@@ -45,12 +46,12 @@ def test_tuned_allocator_reuses_freed_pages():
 def test_one_device_per_core_splits_the_host_before_backend_init_only():
     probe = textwrap.dedent("""
         import jax
-        from jaxnets import runtime
-        n = runtime.one_device_per_core(3)
+        from jaxnets.platform import devices
+        n = devices.one_device_per_core(3)
         print(n, jax.device_count(), "xla_cpu_multi_thread_eigen=false" in __import__("os").environ["XLA_FLAGS"])
         try:
             import os; os.environ["XLA_FLAGS"] = ""   # forget the flag: now the init check must fire
-            runtime.one_device_per_core(2)
+            devices.one_device_per_core(2)
         except RuntimeError as e:
             print("refused")
     """)
@@ -61,7 +62,7 @@ def test_one_device_per_core_splits_the_host_before_backend_init_only():
 
 
 def test_even_split_takes_the_largest_dividing_count():
-    from jaxnets.runtime import even_split
+    from jaxnets.platform.devices import even_split
     assert even_split([128, 256], 2) == 2
     assert even_split([128], 16) == 16
     assert even_split([96, 100], 12) == 4      # 12, 8, 6 do not divide both; 4 does
@@ -73,10 +74,10 @@ def test_even_split_takes_the_largest_dividing_count():
     ("", "auto", 128), ("auto", "1", 128), ("", "auto", 3), ("1", "auto", 128), ("", None, 128)])
 def test_auto_cpu_devices_follows_the_setting(env_setting, config_setting, batch):
     """JAXNETS_CPU_DEVICES wins over the config's cpu_devices; the config default is "1"."""
-    from jaxnets.runtime import even_split, usable_cores
+    from jaxnets.platform.devices import even_split, usable_cores
     probe = textwrap.dedent(f"""
-        from jaxnets import runtime
-        n = runtime.auto_cpu_devices([{batch}], {config_setting!r})
+        from jaxnets.platform import devices
+        n = devices.auto_cpu_devices([{batch}], {config_setting!r})
         import jax
         print(n, jax.device_count())
     """)
@@ -94,3 +95,31 @@ def test_malformed_cpu_devices_setting_exits_2():
     run = subprocess.run([sys.executable, "-m", "jaxnets.cli", "list"], capture_output=True,
                          text=True, env=env)
     assert run.returncode == 2 and "JAXNETS_CPU_DEVICES" in run.stderr
+
+
+def test_constructing_a_trainer_changes_nothing_global(tmp_path):
+    """Process-wide settings are the CLI's (jaxnets.platform.install): a Trainer built in a
+    notebook leaves malloc, JAX's compilation cache, loggers and sys.unraisablehook alone."""
+    probe = textwrap.dedent(f"""
+        import logging, sys
+        import jax
+        from jaxnets.config import apply_overrides, load_config
+        from jaxnets.platform import allocator
+        from jaxnets.train.trainer import Trainer
+        def snapshot():
+            return (sys.unraisablehook, jax.config.jax_compilation_cache_dir, allocator._applied,
+                    [list(logging.getLogger(n).filters) for n in ("absl", "asyncio")])
+        before = snapshot()
+        config = apply_overrides(load_config("experiments/mnist_cnn.py:smoke"), ["train.steps=1"])
+        Trainer(config, {str(tmp_path / "w")!r})
+        print("unchanged" if snapshot() == before else f"changed: {{before}} -> {{snapshot()}}")
+        from jaxnets.platform.install import install_process_settings
+        install_process_settings()
+        print("installed" if snapshot() != before else "install did nothing")
+    """)
+    env = {**os.environ, "JAXNETS_CACHE": str(tmp_path / "cache")}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split()[-2:] == ["unchanged", "installed"], run.stdout
