@@ -32,7 +32,7 @@ from jaxnets.platform.devices import auto_cpu_devices, cpu_devices_setting
 from jaxnets.platform import cpu_threads
 from jaxnets.platform.install import install_process_settings
 from jaxnets.tasks import TASKS
-from jaxnets.train.preemption import install_early_handlers
+from jaxnets.train.preemption import install_early_handlers, uninstall_early_handlers
 from jaxnets.train.trainer import Trainer, train
 
 EXIT_USAGE = 2
@@ -68,6 +68,13 @@ def _cpu_devices_for(config) -> None:
 
 def cmd_train(argv: list[str]) -> int:
     install_early_handlers()   # a SIGTERM/SIGINT while starting up is honoured once training runs
+    try:
+        return _train(argv)
+    finally:
+        uninstall_early_handlers()
+
+
+def _train(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="jaxnets train", description="Train an experiment config.")
     parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
     parser.add_argument("--workdir", required=False, help="checkpoints, logs, final.json (resumes if present)")

@@ -38,6 +38,14 @@ def install_early_handlers() -> None:
             _early_installed[sig] = signal.signal(sig, _record)
 
 
+def uninstall_early_handlers() -> None:
+    """Put back the handlers `install_early_handlers` replaced (the run is over)."""
+    for sig, previous in _early_installed.items():
+        signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+    _early_installed.clear()
+    _early.clear()
+
+
 class PreemptionWatch:
     """`watch(step)` -> True when the run should save and stop at `step` (see the module doc)."""
 
