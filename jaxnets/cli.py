@@ -178,7 +178,8 @@ COMMANDS.update(WORKDIR_COMMANDS)   # eval, sample, generate, translate, export:
 
 def main(argv: list[str] | None = None) -> int:
     die_with_launcher()   # a rank of `jaxnets launch` never outlives it
-    cpu_threads.apply(os.environ)   # before JAX starts: forced CPU devices that cannot deadlock
+    # Before JAX starts: CPU thread settings that cannot deadlock (for the ranks of a local launch too).
+    cpu_threads.apply(os.environ, int(os.environ.get("JAXNETS_LOCAL_PROCESSES", "1")))
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv and argv[:1] != ["bench"]   # bench passes its flags on
     argv = argv if not debug else [a for a in argv if a != "--debug"]

@@ -30,9 +30,9 @@ import threading
 import time
 
 from jaxnets.errors import UserError
-from jaxnets.platform import cpu_threads
 
 LAUNCHER_PID = "JAXNETS_LAUNCHER_PID"
+LOCAL_PROCESSES = "JAXNETS_LOCAL_PROCESSES"   # ranks on this machine (jaxnets/platform/cpu_threads.py)
 PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
 
 
@@ -51,7 +51,7 @@ def rank_env(rank: int, processes: int, port: int, devices: int | None) -> dict[
                          if not f.startswith("--xla_force_host_platform_device_count"))
         env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
         env.setdefault("JAX_PLATFORMS", "cpu")
-    cpu_threads.apply(env, processes)
+    env[LOCAL_PROCESSES] = str(processes)   # the ranks pick CPU thread settings for this many
     return env
 
 
