@@ -43,6 +43,7 @@ DATASETS = Registry("dataset", {
     "shakespeare": "jaxnets.data.offline:shakespeare",
     "image_folder": "jaxnets.data.image_folder:image_folder",
     "token_file": "jaxnets.data.token_file:token_file",
+    "array_record": "jaxnets.data.array_record_files:array_record",
     "tfds": "jaxnets.data.tfds_source:tfds_dataset",
     "cifar10": "jaxnets.data.tfds_source:cifar10",
     "mnist": "jaxnets.data.tfds_source:mnist",
