@@ -147,3 +147,14 @@ def save(report_: dict, filename: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report_, indent=1) + "\n")
     return path
+
+
+def trained_judge(judge_dir: str):
+    """The image judge of jaxnets/evaluators, trained into `judge_dir` first if it is not there
+    (benchmarks sit above the CLI and may train, as `jaxnets train` does for its evaluators)."""
+    from jaxnets.evaluators.image_judge import ImageJudge, judge_config   # JAX: only when asked
+    from jaxnets.train.trainer import train
+
+    if not os.path.isfile(os.path.join(judge_dir, "final.json")):
+        train(judge_config(), judge_dir)
+    return ImageJudge.load(judge_dir)
