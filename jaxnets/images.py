@@ -34,9 +34,9 @@ def _grid_array(images: np.ndarray, ncol: int, pad: int = 1) -> np.ndarray:
 def save_figure(panels: Sequence[tuple[str, np.ndarray, int]], path: str, *,
                 row_labels: Sequence[str] | None = None, scale: float = 0.18) -> str:
     """panels: (title, images (N, H, W, C) in [0, 1], ncol). Writes one PNG, returns its path."""
-    import matplotlib
+    import matplotlib  # heavy (~0.5 s): only when a report draws a figure
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display backend
 
     grids = [(title, _grid_array(images, ncol)) for title, images, ncol in panels]
     widths = [g.shape[1] for _, g in grids]
@@ -66,7 +66,7 @@ def save_grid(images: np.ndarray, path: str, ncol: int = 10, title: str = "",
 
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    from scipy import linalg
+    from scipy import linalg  # heavy: only when a judge scores samples
 
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)

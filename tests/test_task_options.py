@@ -91,6 +91,10 @@ def test_dict_valued_overrides_check_their_keys():
     assert dict(c.model) == {"name": "rnn_lm", "hidden": 32}
     with pytest.raises(UserError, match=r"'seqlen'.*knows:.*seq_len"):
         options.resolve(LM + ":smoke", ["data.options={'seqlen': 64}"])
+    c = options.resolve(LM + ":smoke", ["data={'name': 'shakespeare', 'batch_size': 8}"])
+    assert c.data.batch_size == 8 and c.data.eval_split == "test"   # merged into the fixed section
+    with pytest.raises(UserError, match=r"'batchsize'.*knows:.*batch_size"):
+        options.resolve(LM + ":smoke", ["data={'name': 'shakespeare', 'batchsize': 8}"])
 
 
 def test_mesh_axis_names_are_validated():

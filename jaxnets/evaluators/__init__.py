@@ -18,7 +18,7 @@ Adding one: a class with `__init__(self, name, options, task, dataset)`, `enable
 """
 from __future__ import annotations
 
-from jaxnets.evaluators.base import EvalContext, Evaluator
+from jaxnets.evaluators.evaluator import EvalContext, Evaluator
 from jaxnets.registry import Registry
 from jaxnets import storage
 

@@ -30,7 +30,7 @@ from jaxnets import storage
 from jaxnets.config import load_config
 from jaxnets.data import load_dataset
 from jaxnets.errors import UserError
-from jaxnets.evaluators.base import EvalContext, Evaluator
+from jaxnets.evaluators.evaluator import EvalContext, Evaluator
 from jaxnets.images import class_coverage, frechet_distance
 from jaxnets.tasks import TASKS
 from jaxnets.tasks.common import heldout_images

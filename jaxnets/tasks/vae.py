@@ -207,7 +207,7 @@ def _save_panels(panels, workdir, name):
 def _scatter(named_codes, labels, workdir, name):
     import matplotlib  # heavy: only for the 2-D latent figure of a report
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display backend
 
     fig, axes = plt.subplots(1, len(named_codes), figsize=(5 * len(named_codes), 4.5), squeeze=False)
     for ax, (title, codes) in zip(axes[0], named_codes):

@@ -25,6 +25,7 @@ import json
 import re
 
 import jax
+from jax.experimental import multihost_utils
 
 from jaxnets.errors import UserError
 from jaxnets.train.checkpoint import IntegrityError
@@ -156,7 +157,6 @@ def _move_aside(checkpointer, step: int) -> str:
     # Every process must see the same checkpoint list, but only one may rename the directory.
     multi = jax.process_count() > 1
     if multi:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(f"jaxnets_corrupt_{step}_before")
     moved = f"{checkpointer.directory}/corrupt-{step}"
     if jax.process_index() == 0:

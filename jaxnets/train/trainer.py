@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from jaxnets import storage
 from jaxnets.config import validate_config
@@ -180,7 +181,6 @@ class Trainer:
     def param_digest(self) -> str:
         params = nnx.state(self.module(), nnx.Param).to_pure_dict()
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             params = multihost_utils.process_allgather(params, tiled=True)
         return ckpt.param_digest(params)
 
@@ -345,7 +345,6 @@ class Trainer:
         """
         if jax.process_count() == 1:
             return self.task.report(self.module(), self.workdir) or {}
-        from jax.experimental import multihost_utils
         saveable = ckpt.to_saveable(self.state.to_pure_dict())
         host = multihost_utils.process_allgather(saveable, tiled=True)
         report = {}
@@ -373,7 +372,6 @@ class Trainer:
         # int32 (JAX's default integer): memory in KiB fits, bytes would not.
         mine = np.array([data.examples_read, host_rss_peak_kib()], np.int32)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 2)
         else:
             every = mine[None]
