@@ -1,7 +1,8 @@
-"""`jaxnets train|list|bench`.
+"""`jaxnets train|compile|launch|list|bench` (and the workdir commands).
 
     jaxnets train --config experiments/mnist_cnn.py:smoke --workdir runs/x [--config.KEY=VALUE ...]
     jaxnets train --config experiments/mnist_cnn.py:smoke --print_layout   (where every array lives)
+    jaxnets compile --config experiments/lm_7b.py --target tpu:v5p-64 --config.mesh.fsdp=64 [--json]
     jaxnets launch --processes 2 --devices-per-process 2 -- train --config ... --workdir runs/x
     jaxnets list
     jaxnets bench train_step --json          (runs `python -m benchmarks.train_step --json`)
@@ -13,6 +14,7 @@ non-finite steps exits with status 3; anything else is a bug and keeps its trace
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -41,12 +43,7 @@ def cmd_train(argv: list[str]) -> int:
                         help="print the mesh and the sharding of every parameter and optimizer "
                              "state array, then exit (nothing is trained or allocated)")
     args, rest = parser.parse_known_args(argv)
-    overrides = []
-    for item in rest:
-        if not item.startswith("--config."):
-            raise UserError(f"Unrecognised argument {item!r}. Settings are changed with "
-                            "--config.KEY=VALUE (e.g. --config.train.steps=100).")
-        overrides.append(item[len("--config."):])
+    overrides = _config_overrides(rest)
 
     from jaxnets.config import apply_overrides, load_config
     config = apply_overrides(load_config(args.config), overrides)
@@ -73,6 +70,38 @@ def cmd_train(argv: list[str]) -> int:
     print(f"Done: step {final['step']}; " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
           + f"\nWrote {os.path.join(args.workdir, 'final.json')}")
     return 0
+
+
+def cmd_compile(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="jaxnets compile", description="Compile the train step `jaxnets train` would run for "
+        "a target (a TPU slice, or N host CPU devices) without allocating it; report its memory "
+        "per device (and whether it fits), FLOPs, collectives and a roofline bound.")
+    parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
+    parser.add_argument("--target", required=True,
+                        help="tpu:v5p-N, tpu:v5e-N, tpu:v6e-N, tpu:v4-N (N chips) or cpu:N")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args, rest = parser.parse_known_args(argv)
+    overrides = _config_overrides(rest)
+    from jaxnets.parallel.targets import parse_target, prepare
+    target = parse_target(args.target)
+    prepare(target)   # before JAX starts: forced host devices, libtpu beside other processes
+    from jaxnets.config import apply_overrides, load_config
+    config = apply_overrides(load_config(args.config), overrides)
+    from jaxnets.parallel.compile import compile_for_target, format_report
+    report = compile_for_target(config, target)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def _config_overrides(rest: list[str]) -> list[str]:
+    overrides = []
+    for item in rest:
+        if not item.startswith("--config."):
+            raise UserError(f"Unrecognised argument {item!r}. Settings are changed with "
+                            "--config.KEY=VALUE (e.g. --config.train.steps=100).")
+        overrides.append(item[len("--config."):])
+    return overrides
 
 
 def cmd_list(argv: list[str]) -> int:
@@ -112,7 +141,7 @@ def cmd_launch(argv: list[str]) -> int:
     return launch(argv)
 
 
-COMMANDS = {"train": cmd_train, "launch": cmd_launch, "list": cmd_list, "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "compile": cmd_compile, "launch": cmd_launch, "list": cmd_list, "bench": cmd_bench}
 COMMANDS.update(WORKDIR_COMMANDS)   # eval, sample, generate, translate, export: jaxnets/commands.py
 
 

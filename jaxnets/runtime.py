@@ -20,10 +20,12 @@ only imports jaxnets modules can call it once at start-up. It is a no-op off gli
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import pathlib
+import threading
 import time
 
 # When jaxnets.runtime was first imported (`jaxnets train` imports it first thing): the start
@@ -250,6 +252,34 @@ def auto_cpu_devices(batch_sizes, value: str | None = None, limit: int = 0) -> i
     return one_device_per_core(None if setting == "cores" else int(setting))
 
 
+class _Target(threading.local):
+    platform: str | None = None
+
+
+_target = _Target()
+
+
+@contextlib.contextmanager
+def tracing_for(platform: str):
+    """While active, `target_platform()` is `platform`: the trainer holds it while tracing its
+    steps for its mesh's devices, which are a TPU slice's when `jaxnets compile` targets one
+    from this CPU (where `jax.default_backend()` stays "cpu")."""
+    saved, _target.platform = _target.platform, platform
+    try:
+        yield
+    finally:
+        _target.platform = saved
+
+
+def target_platform() -> str:
+    """The platform the program being traced will run on ("cpu", "gpu", "tpu"): what kernels
+    and backend-specific paths are chosen by, never `jax.default_backend()` directly."""
+    if _target.platform is not None:
+        return _target.platform
+    import jax
+    return jax.default_backend()
+
+
 # Layer stacks up to this deep are unrolled on CPU (compile time grows with the depth).
 _CPU_UNROLL_MAX_LAYERS = 12
 
@@ -264,7 +294,6 @@ def layer_scan_unroll(num_layers: int) -> int:
     activations keep their own buffers while its parameters stay stacked. GPU/TPU keep the
     loop: one compiled layer, fast compiles for deep stacks.
     """
-    import jax
-    if jax.default_backend() == "cpu" and num_layers <= _CPU_UNROLL_MAX_LAYERS:
+    if target_platform() == "cpu" and num_layers <= _CPU_UNROLL_MAX_LAYERS:
         return max(num_layers, 1)
     return 1

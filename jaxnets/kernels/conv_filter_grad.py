@@ -27,13 +27,13 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxnets.kernels import native
-from jaxnets.runtime import single_threaded_cpu
+from jaxnets.runtime import single_threaded_cpu, target_platform
 
 NAME = "conv3x3_filter_grad"
 
 
 def supported(x, g) -> bool:
-    return (jax.default_backend() == "cpu" and x.ndim == 4 and g.ndim == 4
+    return (target_platform() == "cpu" and x.ndim == 4 and g.ndim == 4
             and x.dtype == jnp.float32 and g.dtype == jnp.float32
             and x.shape[:3] == g.shape[:3] and g.shape[-1] % 16 == 0
             and native.ffi_target(NAME, "Conv3x3FilterGrad") is not None)
@@ -66,7 +66,7 @@ def conv3x3_filter_grad(x, g):
     """[3, 3, C, O] filter gradient of a 3x3 stride-1 'same' NHWC convolution (see module)."""
     if not supported(x, g):
         raise ValueError(f"conv3x3_filter_grad: unsupported operands {x.shape} {x.dtype}, "
-                         f"{g.shape} {g.dtype} on {jax.default_backend()} (see `supported`)")
+                         f"{g.shape} {g.dtype} on {target_platform()} (see `supported`)")
     return _differentiable(x, g)
 
 

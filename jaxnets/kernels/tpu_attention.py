@@ -9,10 +9,11 @@ interpret mode (`force_tpu_interpret_mode`), which is how the CPU tests check it
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas.ops.tpu import flash_attention as upstream
+
+from jaxnets.runtime import target_platform
 
 # The upstream kernel tiles sequences in blocks of 128 (its default BlockSizes).
 BLOCK = 128
@@ -44,7 +45,7 @@ def tpu_flash_attention(q, k, v, *, causal=False, q_segment_ids=None, kv_segment
         return upstream.flash_attention(to_bhtd(q), to_bhtd(k), to_bhtd(v), segment_ids=segments,
                                         causal=causal, sm_scale=scale)
 
-    if jax.default_backend() == "tpu":
+    if target_platform() == "tpu":
         out = call()
     else:
         with pltpu.force_tpu_interpret_mode():

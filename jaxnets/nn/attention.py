@@ -44,6 +44,8 @@ from jax.sharding import PartitionSpec as P
 from jaxnets.kernels.masks import split_heads_of_mask, structured_mask
 from jaxnets.nn import partitioning
 from jaxnets.nn.partitioning import Linear, constrain
+from jaxnets.nn.rotary import apply_rotary
+from jaxnets.runtime import target_platform
 
 IMPLEMENTATIONS = ("xla", "blockwise", "pallas", "pallas_tpu", "cudnn", "auto")
 
@@ -135,7 +137,7 @@ def per_shard(kernel, q, k, v, q_seg, kv_seg, kv_lengths):
 
 def choose_implementation(q, k, v, *, mask=None, segment_ids=None) -> str:
     """The fastest implementation that honours these inputs on the default backend."""
-    backend = jax.default_backend()
+    backend = target_platform()
     if backend == "tpu":
         from jaxnets.kernels.tpu_attention import supports
         return "pallas_tpu" if mask is None and supports(q, k) else "xla"
@@ -287,9 +289,9 @@ def _fold_lengths_into_segments(q, k, q_seg, kv_seg, kv_lengths):
 
 
 def _cudnn_attention(q, k, v, *, causal, mask, q_segment_ids, kv_segment_ids, kv_lengths, scale):
-    if jax.default_backend() != "gpu":
+    if target_platform() != "gpu":
         raise ValueError("implementation='cudnn' needs an NVIDIA GPU (the default backend is "
-                         f"{jax.default_backend()!r}); use 'blockwise' or 'xla' here.")
+                         f"{target_platform()!r}); use 'blockwise' or 'xla' here.")
     if q.dtype not in (jnp.bfloat16, jnp.float16):
         raise ValueError(f"implementation='cudnn' takes float16/bfloat16 inputs, got {q.dtype}.")
     if causal and q.shape[1] != k.shape[1]:
@@ -351,9 +353,10 @@ class MultiHeadAttention(nnx.Module):
 
     def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
                  head_dim: int | None = None, context_features: int | None = None,
-                 use_bias: bool = True, implementation: str = "auto", dtype=None,
-                 rngs: nnx.Rngs):
+                 use_bias: bool = True, implementation: str = "auto", rotary_base=None,
+                 dtype=None, rngs: nnx.Rngs):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
+        self.rotary_base = rotary_base   # rotate q and k by their positions (nn/rotary.py)
         self.head_dim = head_dim or d_model // num_heads
         self.implementation = implementation
         # Logical axes: projections split by head over "tensor" (Megatron: no communication
@@ -375,13 +378,22 @@ class MultiHeadAttention(nnx.Module):
         return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
     def __call__(self, x, context=None, *, causal=False, mask=None, segment_ids=None,
-                 kv_lengths=None, kv=None, cache=None, cache_index=None):
+                 kv_lengths=None, kv=None, cache=None, cache_index=None, positions=None):
+        """`positions` ([T] or [B, T]; default arange(T), offset by `cache_index` when
+        decoding) place queries and keys for rotary attention; ignored without it."""
         b, t, _ = x.shape
         q = constrain(self.query(x).reshape(b, t, self.num_heads, self.head_dim),
                       ("batch", None, "heads", None))
         if kv is None:
             kv = self.project_kv(x if context is None else context)
         k, v = kv
+        if self.rotary_base is not None:
+            if context is not None:
+                raise ValueError("Rotary positions are for self-attention (q and k share positions).")
+            if positions is None:
+                positions = jnp.arange(t) + (0 if cache_index is None else cache_index)
+            q = apply_rotary(q, positions, base=self.rotary_base)
+            k = apply_rotary(k, positions, base=self.rotary_base)
         if cache is not None:
             if context is not None or causal or mask is not None:
                 raise ValueError("A KV cache is for causal self-attention: pass only x, cache and "

@@ -48,14 +48,16 @@ def mesh_shape(axes: dict[str, int], num_devices: int) -> dict[str, int]:
     return dict(zip(names, sizes))
 
 
-def make_mesh(axes: dict[str, int], num_devices: int = 0) -> Mesh:
-    """A mesh over the first `num_devices` devices (0: all) with Auto axis types.
+def make_mesh(axes: dict[str, int], num_devices: int = 0, devices: list | None = None) -> Mesh:
+    """A mesh over the first `num_devices` of `devices` (default jax.devices(); 0: all) with
+    Auto axis types.
 
     Auto (not jax.make_mesh's default Explicit) so that XLA's partitioner places every op from
     the parameter and batch shardings, and custom kernels need shard_map only where they are
     called. `mesh_devices=1` means one device, whatever the axes say (the reference run).
     """
-    devices = jax.devices()
+    every = list(devices) if devices is not None else jax.devices()
+    devices = every
     if num_devices:
         if num_devices > len(devices):
             raise UserError(f"mesh_devices={num_devices} but only {len(devices)} devices are present.")
@@ -64,9 +66,10 @@ def make_mesh(axes: dict[str, int], num_devices: int = 0) -> Mesh:
         axes = {name: 1 for name in axes} or {"data": 1}
     shape = mesh_shape(axes, len(devices))
     types = (jax.sharding.AxisType.Auto,) * len(shape)
-    if len(devices) == len(jax.devices()):
+    if len(devices) == len(every):
         # jax.make_mesh orders devices by their physical topology (ICI rings, hosts).
-        return jax.make_mesh(tuple(shape.values()), tuple(shape), axis_types=types)
+        return jax.make_mesh(tuple(shape.values()), tuple(shape), axis_types=types,
+                             devices=every)
     return Mesh(np.asarray(devices).reshape(tuple(shape.values())), tuple(shape), axis_types=types)
 
 
@@ -127,16 +130,23 @@ def shard_count(mesh, spec: P) -> int:
                      for e in spec if e is not None)
 
 
-def format_layout(mesh: Mesh, rows: list[dict]) -> str:
-    """The table `jaxnets train --print_layout` prints: where every array of the state lives."""
-    lines = [f"mesh {dict(mesh.shape)} over {mesh.size} devices"]
-    width = max(len(r["path"]) for r in rows)
+def layout_bytes(mesh: Mesh, rows: list[dict]) -> tuple[int, int]:
+    """(global bytes, bytes per device) of a `state_layout`: what `state_bytes` reads from the
+    allocated arrays, known before anything is allocated (a PRNG key counts its 8 data bytes)."""
     total = per_device = 0
     for r in rows:
         itemsize = np.dtype(r["dtype"]).itemsize if r["dtype"] and "key" not in r["dtype"] else 8
         nbytes = math.prod(r["shape"]) * itemsize
-        split = shard_count(mesh, r["spec"])
-        total, per_device = total + nbytes, per_device + nbytes // split
+        total, per_device = total + nbytes, per_device + nbytes // shard_count(mesh, r["spec"])
+    return total, per_device
+
+
+def format_layout(mesh: Mesh, rows: list[dict]) -> str:
+    """The table `jaxnets train --print_layout` prints: where every array of the state lives."""
+    lines = [f"mesh {dict(mesh.shape)} over {mesh.size} devices"]
+    width = max(len(r["path"]) for r in rows)
+    total, per_device = layout_bytes(mesh, rows)
+    for r in rows:
         names = "(" + ", ".join(str(n) for n in r["names"]) + ")" if r["names"] else "-"
         spec = "P(" + ", ".join(repr(e) for e in r["spec"]) + ")"
         note = ("   !! " + "; ".join(r["notes"])) if r["notes"] else ""

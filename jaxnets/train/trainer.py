@@ -22,6 +22,7 @@ from jaxnets.data import load_dataset
 from jaxnets.data.pipeline import TrainIterator, eval_batches, prefetch
 from jaxnets.errors import UserError
 from jaxnets.nn.partitioning import axis_rules
+from jaxnets.parallel import chips
 from jaxnets.parallel import mesh as meshlib
 from jaxnets import runtime
 from jaxnets.runtime import tune_host_allocator
@@ -49,18 +50,22 @@ def check_workdir(workdir: str) -> None:
 class Trainer:
     """Builds everything from a config; `run()` trains, evaluates, checkpoints and reports."""
 
-    def __init__(self, config, workdir: str | None, *, layout_only: bool = False):
-        """`layout_only`: stop after the abstract state and its shardings (for `--print_layout`):
-        nothing is allocated, no workdir is needed."""
+    def __init__(self, config, workdir: str | None, *, layout_only: bool = False,
+                 devices: list | None = None):
+        """`layout_only`: build the abstract state, its shardings and the jitted steps, and
+        allocate nothing (for `--print_layout` and `jaxnets compile`, which lowers the very
+        step `run()` would call); no workdir is needed. `devices`: what the mesh spans (default
+        `jax.devices()`); `jaxnets compile` passes a target topology's abstract devices."""
         self.config, self.workdir = config, workdir
         validate_config(config)
         if not layout_only:
             check_workdir(workdir)
-        tune_host_allocator()   # reuse freed pages instead of faulting in each step's buffers
-        runtime.enable_compilation_cache()   # a repeated run loads its compiled programs
-        self.joined = meshlib.maybe_initialize_distributed()
+            tune_host_allocator()   # reuse freed pages instead of faulting in each step's buffers
+            runtime.enable_compilation_cache()   # a repeated run loads its compiled programs
+        # A target topology's devices belong to no job this process could join.
+        self.joined = meshlib.maybe_initialize_distributed() if devices is None else "abstract"
         self.is_main = jax.process_index() == 0
-        self.mesh = meshlib.make_mesh(dict(config.mesh), config.mesh_devices)
+        self.mesh = meshlib.make_mesh(dict(config.mesh), config.mesh_devices, devices=devices)
         self.rules = tuple(config.sharding_rules)
         dp = meshlib.data_parallel_size(self.mesh)
         for key in ("batch_size", "eval_batch_size"):
@@ -83,8 +88,7 @@ class Trainer:
         self.task = TASKS.get(config.task)(config, self.dataset)
         self.optimizers = OptimizerFactory(config)
         self._build_state(allocate=not layout_only)
-        if not layout_only:
-            self._compile_steps()
+        self._compile_steps()   # jax.jit objects only: nothing is traced or compiled yet
 
     # ---------------------------------------------------------------- state and shardings
     def _build_state(self, allocate: bool = True) -> None:
@@ -94,6 +98,7 @@ class Trainer:
         with nnx.use_eager_sharding(False):
             abstract = nnx.eval_shape(build)
         self.graphdef, abstract_state = nnx.split(abstract)
+        self.abstract_state = abstract_state
         self.layout = meshlib.state_layout(self.mesh, abstract_state, self.rules)
         self.state_sharding = meshlib.state_shardings(self.mesh, abstract_state, self.rules)
         self.batch_sharding = meshlib.batch_sharding(self.mesh)
@@ -103,6 +108,20 @@ class Trainer:
         with nnx.use_eager_sharding(False):
             # Initialise directly into the target shardings: no host copy of the parameters.
             self.state = jax.jit(lambda: nnx.split(build())[1], out_shardings=self.state_sharding)()
+
+    def abstract_step_args(self) -> tuple:
+        """(state, batch, step) of one train step as `jax.ShapeDtypeStruct`s carrying the
+        shardings the step takes: `jit_train_step.lower(*these)` needs no allocated array."""
+        state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                             self.abstract_state, self.state_sharding)
+        split = self.dataset.splits[self.config.data.train_split]
+        batch = {}
+        for key, field in split.items():
+            example = np.asarray(field[:1])
+            batch[key] = jax.ShapeDtypeStruct((self.config.data.batch_size,) + example.shape[1:],
+                                              example.dtype, sharding=self.batch_sharding)
+        step = jax.ShapeDtypeStruct((), jnp.int32, sharding=self.replicated)
+        return state, batch, step
 
     def layout_table(self) -> str:
         return meshlib.format_layout(self.mesh, self.layout)
@@ -114,9 +133,12 @@ class Trainer:
     def _compile_steps(self) -> None:
         graphdef, task, seed = self.graphdef, self.task, self.config.seed
         mesh, rules = self.mesh, self.rules
+        # Kernels are chosen for the mesh's devices (a TPU slice's under `jaxnets compile`).
+        platform = mesh.devices.flat[0].platform
 
         def train_step(state, batch, step):
-            with axis_rules(mesh, rules):   # activation constraints, kernels under shard_map
+            # activation constraints, kernels under shard_map, kernels for the target
+            with axis_rules(mesh, rules), runtime.tracing_for(platform):
                 module = nnx.merge(graphdef, state)
                 rng = jax.random.fold_in(jax.random.key(seed), step)
                 metrics = task.train_step(module, batch, rng)
@@ -125,7 +147,7 @@ class Trainer:
         train_step = guard.guarded(train_step)   # a non-finite step leaves the state as it was
 
         def eval_step(state, batch):
-            with axis_rules(mesh, rules):
+            with axis_rules(mesh, rules), runtime.tracing_for(platform):
                 return task.eval_step(nnx.merge(graphdef, state), batch)
 
         self.jit_train_step = jax.jit(
@@ -355,14 +377,9 @@ class PreemptionWatch:
             self.previous = None
 
 
-# Dense bf16 peak FLOP/s per chip, for model FLOP utilisation (train/mfu).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
-              "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6e": 918e12}
-
-
 def peak_flops_per_device() -> float | None:
-    kind = jax.devices()[0].device_kind
-    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+    """Dense bf16 peak FLOP/s of this process's device (jaxnets.parallel.chips), for train/mfu."""
+    return chips.peak_flops(jax.devices()[0].device_kind)
 
 
 def _jsonable(metrics: dict) -> dict:
