@@ -1,8 +1,11 @@
-"""Datasets: a registry of loaders returning in-memory or random-access splits.
+"""Datasets: a registry of loaders returning splits as random-access sources.
 
-A loader returns a `Dataset`: named splits, each a dict of equally long arrays (or
-random-access sources), plus `info` (num_classes, shapes, vocabulary, ...). The input
-pipeline (`jaxnets.data.pipeline`) shuffles, batches and shards them.
+A loader returns a `Dataset`: named splits, each a `jaxnets.data.source.Source` (a dict of
+equally long in-memory arrays becomes an `ArraySource`; image folders, token files, TFDS and
+ArrayRecord files are opened, never loaded), plus `info` (num_classes, shapes, vocabulary,
+...) and optional host transforms run per record by the pipeline's readers (decode + random
+crop for training, resize + centre crop for evaluation). The input pipeline
+(`jaxnets.data.pipeline`) shuffles, batches, shards and decodes them, in Grain workers.
 """
 from __future__ import annotations
 
@@ -11,18 +14,27 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from jaxnets.data.source import Source, Transform, as_source
 from jaxnets.registry import Registry
 
 
 @dataclasses.dataclass
 class Dataset:
     name: str
-    splits: Mapping[str, Mapping[str, Any]]   # split -> field -> array-like with len()
+    splits: Mapping[str, Any]   # split -> Source (a mapping field -> array becomes an ArraySource)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    train_transform: Transform | None = None   # (record, generator) -> record, per training example
+    eval_transform: Transform | None = None    # (record, None) -> record, per evaluated example
+
+    def __post_init__(self):
+        self.splits = {name: as_source(split) for name, split in self.splits.items()}
 
     def size(self, split: str) -> int:
-        first = next(iter(self.splits[split].values()))
-        return len(first)
+        return len(self.splits[split])
+
+    def source_kind(self, split: str) -> str:
+        source: Source = self.splits[split]
+        return source.kind
 
 
 DATASETS = Registry("dataset", {

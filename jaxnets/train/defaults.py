@@ -21,7 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 128                        # global batch, over all devices and hosts
     c.data.eval_batch_size = 512                   # global eval batch (the last one is padded and masked)
     c.data.augment = ()                            # e.g. ("crop:4", "flip"), applied by the task
-    c.data.prefetch = 2                            # batches prepared ahead on a host thread
+    c.data.prefetch = 2                            # batches prepared ahead (per worker with workers > 0)
+    c.data.workers = 0                             # decoding worker processes (Grain mp_prefetch); 0: in-process
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"                         # sgd | momentum | adam | adamw

@@ -19,7 +19,8 @@ from flax import nnx
 
 from jaxnets.config import validate_config
 from jaxnets.data import load_dataset
-from jaxnets.data.pipeline import TrainIterator, eval_batches, prefetch
+from jaxnets.data.pipeline import TrainIterator, eval_batches
+from jaxnets.data.memory import host_rss_peak_kib
 from jaxnets.errors import UserError
 from jaxnets.nn.partitioning import axis_rules
 from jaxnets.parallel import chips
@@ -169,7 +170,10 @@ class Trainer:
         split = split or self.config.data.eval_split
         totals = None
         for batch in eval_batches(self.dataset.splits[split], self.config.data.eval_batch_size,
-                                  process_index=jax.process_index(), process_count=jax.process_count()):
+                                  process_index=jax.process_index(), process_count=jax.process_count(),
+                                  transform=self.dataset.eval_transform,
+                                  workers=self.config.data.get("workers", 0),
+                                  prefetch=self.config.data.prefetch):
             sums = self.jit_eval_step(self.state, self.put_batch(batch))
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         return self.task.summarize(jax.device_get(totals))
@@ -217,8 +221,10 @@ class Trainer:
         monitor = guard.NonFiniteMonitor(c.train.get("max_nonfinite_steps", 5))
         data = TrainIterator(self.dataset.splits[c.data.train_split], c.data.batch_size, c.seed,
                              process_index=jax.process_index(), process_count=jax.process_count(),
-                             start_step=start)
-        batches = prefetch(data, c.data.prefetch)
+                             start_step=start, transform=self.dataset.train_transform,
+                             workers=c.data.get("workers", 0), prefetch=c.data.prefetch,
+                             stop_step=total)
+        batches = data
         preempted = PreemptionWatch()
         delay = float(os.environ.get("JAXNETS_FAULT_STEP_DELAY_S", "0"))   # fault tests: a slow host
         progress = Progress(total, start, enabled=c.train.progress and self.is_main)
@@ -287,6 +293,7 @@ class Trainer:
                     checkpointer.save(step, self.state.to_pure_dict(), self._meta(step),
                                       force=step == total or best.stopped)
             checkpointer.wait()
+            data.close()   # worker processes end here: their peak memory is then measurable
             if not eval_metrics and c.data.eval_split:
                 eval_metrics = {f"eval/{k}": v for k, v in self.evaluate().items()}
             if c.train.report:
@@ -295,7 +302,8 @@ class Trainer:
                 writer.write(step, {k: v for k, v in report.items()
                                     if np.ndim(v) == 0 and not isinstance(v, str)})
             final = {"step": step, "metrics": _jsonable(eval_metrics), "param_digest": self.param_digest(),
-                     "parallel": self.parallel_summary(), **best.summary()}
+                     "parallel": self.parallel_summary(), **best.summary(),
+                     **self.data_summary(data)}
             # Where a run's time goes: start-up to the first step done (imports, data, init,
             # compile), all compilation in the process, and the steps after the first.
             final.update({**timing, "compile_s": runtime.compile_seconds()} if step > start else {})
@@ -303,6 +311,7 @@ class Trainer:
                 ckpt.write_json(os.path.join(self.workdir, "final.json"), final)
             return final
         finally:
+            data.close()
             preempted.close()
             profiler.close()
             progress.close()
@@ -330,6 +339,22 @@ class Trainer:
             report = self.task.report(nnx.merge(self.graphdef, state), self.workdir) or {}
         multihost_utils.sync_global_devices("jaxnets report")
         return report   # empty on the other processes: logs and final.json come from process 0
+
+    def data_summary(self, data: TrainIterator) -> dict[str, Any]:
+        """final.json's "data" (records each process read, decoding workers, source kind) and
+        "host_rss_peak_bytes": the peak resident memory of the largest process, its finished
+        decoding workers included (every process joins this gather)."""
+        # int32 (JAX's default integer): memory in KiB fits, bytes would not.
+        mine = np.array([data.examples_read, host_rss_peak_kib()], np.int32)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 2)
+        else:
+            every = mine[None]
+        return {"data": {"examples_read": [int(x) for x in every[:, 0]],
+                         "workers": int(self.config.data.get("workers", 0)),
+                         "source": self.dataset.source_kind(self.config.data.train_split)},
+                "host_rss_peak_bytes": int(every[:, 1].max()) * 1024}
 
     def parallel_summary(self) -> dict[str, Any]:
         """final.json's "parallel": the mesh and where the state's bytes live (from the arrays)."""
