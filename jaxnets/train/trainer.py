@@ -19,7 +19,8 @@ from flax import nnx
 
 from jaxnets.config import validate_config
 from jaxnets.data import load_dataset
-from jaxnets.data.pipeline import TrainIterator, eval_batches
+from jaxnets.data.pipeline import TrainIterator, eval_batches, read_records
+from jaxnets.data.source import as_source
 from jaxnets.data.memory import host_rss_peak_kib
 from jaxnets.errors import UserError
 from jaxnets.nn.partitioning import axis_rules
@@ -115,12 +116,12 @@ class Trainer:
         shardings the step takes: `jit_train_step.lower(*these)` needs no allocated array."""
         state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                              self.abstract_state, self.state_sharding)
-        split = self.dataset.splits[self.config.data.train_split]
-        batch = {}
-        for key, field in split.items():
-            example = np.asarray(field[:1])
-            batch[key] = jax.ShapeDtypeStruct((self.config.data.batch_size,) + example.shape[1:],
-                                              example.dtype, sharding=self.batch_sharding)
+        # One record read and transformed as training reads it: the batch's fields and shapes.
+        source = as_source(self.dataset.splits[self.config.data.train_split])
+        one = read_records(source, np.zeros(1, np.int64), self.dataset.train_transform, [[0, 0]])
+        batch = {key: jax.ShapeDtypeStruct((self.config.data.batch_size,) + np.shape(v)[1:],
+                                           np.asarray(v).dtype, sharding=self.batch_sharding)
+                 for key, v in one.items()}
         step = jax.ShapeDtypeStruct((), jnp.int32, sharding=self.replicated)
         return state, batch, step
 
