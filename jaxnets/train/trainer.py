@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import time
 from typing import Any
 
@@ -180,11 +181,9 @@ class Trainer:
         return self.task.summarize(jax.device_get(totals))
 
     def param_digest(self) -> str:
-        params = nnx.state(self.module(), nnx.Param).to_pure_dict()
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            params = multihost_utils.process_allgather(params, tiled=True)
-        return ckpt.param_digest(params)
+        """final.json's digest of the parameters, reduced where they live (every process calls
+        it; nothing is gathered): equal for equal parameters on any mesh or process count."""
+        return ckpt.param_digest(nnx.state(self.module(), nnx.Param).to_pure_dict())
 
     # ---------------------------------------------------------------- checkpoints
     def _meta(self, step: int) -> dict:
@@ -321,25 +320,20 @@ class Trainer:
             best.close()
 
     def report(self) -> dict[str, Any]:
-        """`task.report` (sampling, decoding, judges, plots) on process 0, on a host copy.
+        """`task.report` (sampling, decoding, judges, plots) on every process, on the sharded state.
 
-        With several processes the state is a global array that no single process may compute
-        on alone; every process joins one all-gather, process 0 runs the report on its first
-        local device (files are written once), and the others wait at a barrier.
+        Nothing is gathered: the report's programs run on the state where it lives, as one SPMD
+        program over all processes (so every process must run them). Process 0 writes into the
+        workdir; the others write the same files into a scratch folder that is then deleted,
+        and return nothing (logs and final.json come from process 0).
         """
         if jax.process_count() == 1:
             return self.task.report(self.module(), self.workdir) or {}
         from jax.experimental import multihost_utils
-        saveable = ckpt.to_saveable(self.state.to_pure_dict())
-        host = multihost_utils.process_allgather(saveable, tiled=True)
-        report = {}
-        if self.is_main:
-            local = jax.device_put(host, jax.local_devices()[0])
-            state = jax.tree.map(lambda x: x, self.state)   # same structure, values replaced below
-            nnx.replace_by_pure_dict(state, ckpt.from_saveable(local, self.state.to_pure_dict()))
-            report = self.task.report(nnx.merge(self.graphdef, state), self.workdir) or {}
-        multihost_utils.sync_global_devices("jaxnets report")
-        return report   # empty on the other processes: logs and final.json come from process 0
+        with tempfile.TemporaryDirectory(prefix="jaxnets-report-") as scratch:
+            report = self.task.report(self.module(), self.workdir if self.is_main else scratch) or {}
+            multihost_utils.sync_global_devices("jaxnets report")
+        return report if self.is_main else {}
 
     def data_summary(self, data: TrainIterator) -> dict[str, Any]:
         """final.json's "data" (records each process read, decoding workers, source kind) and
