@@ -1,9 +1,10 @@
-"""`jaxnets train|compile|launch|list|bench` (and the workdir commands).
+"""`jaxnets train|compile|tune|launch|list|bench` (and the workdir commands).
 
     jaxnets train --config experiments/mnist_cnn.py:smoke --workdir runs/x [--config.KEY=VALUE ...]
     jaxnets train --config experiments/mnist_cnn.py:smoke --print_layout   (where every array lives)
     jaxnets compile --config experiments/lm_7b.py --target tpu:v5p-64 --config.mesh.fsdp=64 [--json]
     jaxnets launch --processes 2 --devices-per-process 2 -- train --config ... --workdir runs/x
+    jaxnets tune --config experiments/resnet_cifar.py:smoke --out kernels.json   (kernel table)
     jaxnets list
     jaxnets bench train_step --json          (runs `python -m benchmarks.train_step --json`)
 
@@ -19,10 +20,22 @@ import os
 import subprocess
 import sys
 import textwrap
+import traceback
 
+from jaxnets import options
 from jaxnets.commands import COMMANDS as WORKDIR_COMMANDS
+from jaxnets.data import DATASETS
 from jaxnets.errors import UserError
-from jaxnets.runtime import auto_cpu_devices, cpu_devices_setting
+from jaxnets.models import MODELS
+from jaxnets.parallel.compile import format_report
+from jaxnets.parallel.launch import launch
+from jaxnets.parallel.targets import parse_target, prepare
+from jaxnets.platform import kernel_table, tune
+from jaxnets.platform.devices import auto_cpu_devices, cpu_devices_setting
+from jaxnets.platform.install import install_process_settings
+from jaxnets.tasks import TASKS
+from jaxnets.train.ahead_of_time import compile_for_target
+from jaxnets.train.trainer import Trainer, train
 
 EXIT_USAGE = 2
 
@@ -34,6 +47,27 @@ def repo_dir(name: str) -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name)
 
 
+def _config_from(parser, argv):
+    """(args, config) from `--config FILE[:ARG]` and `--config.KEY=VALUE` overrides."""
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for item in rest:
+        if not item.startswith("--config."):
+            raise UserError(f"Unrecognised argument {item!r}. Settings are changed with "
+                            "--config.KEY=VALUE (e.g. --config.train.steps=100).")
+        overrides.append(item[len("--config."):])
+    return args, options.resolve(args.config, overrides)
+
+
+def _cpu_devices_for(config) -> None:
+    """Before JAX starts: the CPU device layout the experiment asks for (config.cpu_devices)."""
+    try:
+        auto_cpu_devices([config.data.batch_size, config.data.eval_batch_size],
+                         config.get("cpu_devices"), limit=config.get("mesh_devices", 0))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def cmd_train(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="jaxnets train", description="Train an experiment config.")
     parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
@@ -42,27 +76,16 @@ def cmd_train(argv: list[str]) -> int:
     parser.add_argument("--print_layout", action="store_true",
                         help="print the mesh and the sharding of every parameter and optimizer "
                              "state array, then exit (nothing is trained or allocated)")
-    args, rest = parser.parse_known_args(argv)
-    overrides = _config_overrides(rest)
-
-    from jaxnets.config import apply_overrides, load_config
-    config = apply_overrides(load_config(args.config), overrides)
+    args, config = _config_from(parser, argv)
     if args.print_config:
-        print(config)
+        print(options.describe(config))
         return 0
     if args.print_layout:
-        from jaxnets.train.trainer import Trainer
         print(Trainer(config, None, layout_only=True).layout_table())
         return 0
     if not args.workdir:
         raise UserError("--workdir is required: the directory for checkpoints, logs and final.json.")
-    # Before JAX starts: the CPU device layout the experiment asks for (config.cpu_devices).
-    try:
-        auto_cpu_devices([config.data.batch_size, config.data.eval_batch_size],
-                         config.get("cpu_devices"), limit=config.get("mesh_devices", 0))
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    from jaxnets.train.trainer import train
+    _cpu_devices_for(config)
     final = train(config, args.workdir)
     if final.get("preempted"):
         return 0
@@ -81,41 +104,35 @@ def cmd_compile(argv: list[str]) -> int:
     parser.add_argument("--target", required=True,
                         help="tpu:v5p-N, tpu:v5e-N, tpu:v6e-N, tpu:v4-N (N chips) or cpu:N")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args, rest = parser.parse_known_args(argv)
-    overrides = _config_overrides(rest)
-    from jaxnets.parallel.targets import parse_target, prepare
+    args, config = _config_from(parser, argv)
     target = parse_target(args.target)
     prepare(target)   # before JAX starts: forced host devices, libtpu beside other processes
-    from jaxnets.config import apply_overrides, load_config
-    config = apply_overrides(load_config(args.config), overrides)
-    from jaxnets.parallel.compile import compile_for_target, format_report
     report = compile_for_target(config, target)
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 
 
-def _config_overrides(rest: list[str]) -> list[str]:
-    overrides = []
-    for item in rest:
-        if not item.startswith("--config."):
-            raise UserError(f"Unrecognised argument {item!r}. Settings are changed with "
-                            "--config.KEY=VALUE (e.g. --config.train.steps=100).")
-        overrides.append(item[len("--config."):])
-    return overrides
+def cmd_tune(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="jaxnets tune", description="Time the kernel choices of an experiment on this machine "
+        "and write the kernel table runs read with --config.platform.kernel_table=PATH.")
+    parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
+    parser.add_argument("--out", required=True, help="the kernel table to write (JSON)")
+    args, config = _config_from(parser, argv)
+    _cpu_devices_for(config)
+    config.platform.kernel_table = ""   # time every shape afresh
+    table = tune.tune(Trainer(config, None, layout_only=True), "jaxnets tune " + " ".join(argv))
+    kernel_table.save(table, args.out)
+    print(f"Wrote {args.out}: {len(table[kernel_table.FILTER_GRAD])} filter-gradient choice(s)")
+    return 0
 
 
 def cmd_list(argv: list[str]) -> int:
-    from jaxnets.data import DATASETS
-    from jaxnets.models import MODELS
-    from jaxnets.tasks import TASKS
-
     exp_dir = repo_dir("experiments")
     experiments = sorted(f[:-3] for f in os.listdir(exp_dir) if f.endswith(".py") and not f.startswith("_")) \
         if os.path.isdir(exp_dir) else []
     bench_dir = repo_dir("benchmarks")
-    benchmarks = sorted(f[:-3] for f in os.listdir(bench_dir) if f.endswith(".py")
-                        and not f.startswith("_") and f != "common.py") \
-        if os.path.isdir(bench_dir) else []
+    benchmarks = benchmark_names(bench_dir)
     for title, names in (("datasets", DATASETS.names()), ("models", MODELS.names()),
                          ("tasks", TASKS.names()), (f"experiments ({exp_dir})", experiments),
                          (f"benchmarks ({bench_dir})", benchmarks)):
@@ -125,23 +142,43 @@ def cmd_list(argv: list[str]) -> int:
     return 0
 
 
+def benchmark_names(bench_dir: str) -> list[str]:
+    """Runnable as `python -m benchmarks.NAME`: modules of the rooms (speed/, course/, ..., served
+    under their flat name by benchmarks/__init__.py), packages with a __main__.py, top-level modules."""
+    if not os.path.isdir(bench_dir):
+        return []
+    names = set()
+    for entry in os.listdir(bench_dir):
+        path = os.path.join(bench_dir, entry)
+        if entry.endswith(".py") and not entry.startswith("_") and entry != "common.py":
+            names.add(entry[:-3])
+        elif os.path.isfile(os.path.join(path, "__main__.py")):
+            names.add(entry)
+        elif os.path.isfile(os.path.join(path, "__init__.py")) and entry != "peers":  # peers: torch venv
+            names.update(f[:-3] for f in os.listdir(path) if f.endswith(".py") and not f.startswith("_"))
+    return sorted(names - {"suite"})
+
+
 def cmd_bench(argv: list[str]) -> int:
     if not argv:
         raise UserError("Name a benchmark: `jaxnets bench NAME [ARGS]`; `jaxnets list` shows them.")
     name, rest = argv[0], argv[1:]
     bench_dir = repo_dir("benchmarks")
-    if not os.path.isfile(os.path.join(bench_dir, name + ".py")):
+    if name not in benchmark_names(bench_dir):
         raise UserError(f"Unknown benchmark {name!r} in {bench_dir}; `jaxnets list` shows them.")
     return subprocess.call([sys.executable, "-m", f"benchmarks.{name}", *rest],
                            cwd=os.path.dirname(os.path.abspath(bench_dir)))
 
 
 def cmd_launch(argv: list[str]) -> int:
-    from jaxnets.parallel.launch import launch
     return launch(argv)
 
 
-COMMANDS = {"train": cmd_train, "compile": cmd_compile, "launch": cmd_launch, "list": cmd_list, "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "compile": cmd_compile, "tune": cmd_tune, "launch": cmd_launch, "list": cmd_list,
+            "bench": cmd_bench}
+# Commands that run programs here install the process-wide settings (jaxnets.platform.install);
+# list, bench and launch run none themselves.
+NO_PROCESS_SETTINGS = ("list", "bench", "launch")
 COMMANDS.update(WORKDIR_COMMANDS)   # eval, sample, generate, translate, export: jaxnets/commands.py
 
 
@@ -159,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip(), file=sys.stderr)
         return EXIT_USAGE if argv and argv[0] not in ("-h", "--help") else 0
+    if argv[0] not in NO_PROCESS_SETTINGS:
+        install_process_settings()
     try:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as e:
         if debug:
-            import traceback
             traceback.print_exc()
         print("error: " + textwrap.fill(str(e), width=100, subsequent_indent="  "), file=sys.stderr)
         return e.exit_code

@@ -11,6 +11,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAXNETS_NATIVE_AUTOTUNE", "0")
 # Compiled programs persist between test runs (JAX's compilation cache under $JAXNETS_CACHE/xla;
 # JAXNETS_COMPILATION_CACHE=0 turns it off), as for `jaxnets train`.
-from jaxnets.runtime import enable_compilation_cache  # noqa: E402  (after XLA_FLAGS)
+from jaxnets.platform.compile_cache import enable_compilation_cache  # noqa: E402  (after XLA_FLAGS)
 
 enable_compilation_cache()

@@ -17,8 +17,9 @@ from jaxnets import cli
 from jaxnets.config import apply_overrides, load_config
 from jaxnets.errors import UserError
 from jaxnets.parallel import hlo
-from jaxnets.parallel.compile import compile_for_target, compile_with_text
+from jaxnets.parallel.compile import compile_with_text
 from jaxnets.parallel.targets import parse_target
+from jaxnets.train.ahead_of_time import compile_for_target
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
 

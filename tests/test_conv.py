@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxnets.nn.conv import conv3x3, conv_general_dilated, materialize
+from jaxnets.nn.conv import conv3x3, conv_function, materialize
+from jaxnets.nn.lowering import ConvLowering
+
+conv_general_dilated = conv_function(ConvLowering())   # the CPU path, as jaxnets.platform gives it
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -40,7 +43,7 @@ def test_conv3x3_matches_numpy_float64(c, o, width, fold):
     rng = np.random.default_rng(c * 100 + o)
     x, w = rng.normal(size=(2, 5, width, c)), rng.normal(size=(3, 3, c, o))
     g = rng.normal(size=(2, 5, width, o))
-    f = jax.jit(lambda x, w: conv3x3(x, w, None, fold))
+    f = jax.jit(lambda x, w: conv3x3(x, w, None, ConvLowering(fold=fold)))
     y, vjp = jax.vjp(f, jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
     dx, dw = vjp(jnp.asarray(g, jnp.float32))
     ref_dx, ref_dw = np_conv_grads(x, w, g)
@@ -57,7 +60,7 @@ def test_folded_conv_float64_is_exact_to_rounding():
         x, w = jnp.asarray(rng.normal(size=(2, 6, 8, 16))), jnp.asarray(rng.normal(size=(3, 3, 16, 16)))
         g = jnp.asarray(rng.normal(size=(2, 6, 8, 16)))
         direct = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
-        folded = lambda x, w: conv3x3(x, w, None, True)
+        folded = lambda x, w: conv3x3(x, w, None, ConvLowering(fold=True))
         assert " pad[" in str(jax.make_jaxpr(folded)(x, w))        # the folded path ran
         for a, b in zip(jax.vjp(direct, x, w)[1](g), jax.vjp(folded, x, w)[1](g)):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12)
@@ -66,13 +69,16 @@ def test_folded_conv_float64_is_exact_to_rounding():
 
 
 def test_fold_follows_single_threaded_devices(monkeypatch):
-    """Unforced, the fold is taken on single-threaded XLA:CPU devices only (where it pays)."""
+    """The platform asks for the fold on single-threaded XLA:CPU devices only (where it pays),
+    and the layer folds only the narrow, even-width inputs it is asked to."""
     from jaxnets.nn import conv
+    from jaxnets.platform.lowering_rule import cpu_conv_lowering
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
-    assert conv._foldable(16, 8, None) and not conv._foldable(16, 7, None)
-    assert not conv._foldable(32, 8, None) and not conv._foldable(16, 8, False)
+    assert cpu_conv_lowering().fold is True
     monkeypatch.setenv("XLA_FLAGS", "")
-    assert not conv._foldable(16, 8, None) and conv._foldable(16, 8, True)
+    assert cpu_conv_lowering().fold is False
+    assert conv._foldable(16, 8, True) and not conv._foldable(16, 7, True)
+    assert not conv._foldable(32, 8, True) and not conv._foldable(16, 8, False)
 
 
 def _takes_own_path(fn, *args):
@@ -96,7 +102,7 @@ def test_dispatch_takes_only_3x3_stride1_same(shape, kernel, stride, padding, ou
     dn = lax.conv_dimension_numbers(shape, kernel, NHWC)
     ours_fn = lambda x, w: conv_general_dilated(x, w, stride, padding, dimension_numbers=dn)
     ref = lambda x, w: lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=dn)
-    assert _takes_own_path(ours_fn, x, w) == (ours and jax.default_backend() == "cpu")
+    assert _takes_own_path(ours_fn, x, w) == ours
     np.testing.assert_allclose(np.asarray(jax.jit(ours_fn)(x, w)), np.asarray(ref(x, w)),
                                rtol=1e-5, atol=1e-4)
     g = jnp.asarray(rng.normal(size=ref(x, w).shape), jnp.float32)

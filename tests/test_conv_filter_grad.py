@@ -42,7 +42,9 @@ def test_agrees_with_lax_inside_a_gradient():
     if native.load(conv_filter_grad.NAME) is None:
         pytest.skip("no native kernel on this machine (no compiler)")
     from jax import lax
-    from jaxnets.nn.conv import conv_general_dilated
+    from jaxnets.nn.conv import conv_function
+    from jaxnets.nn.lowering import ConvLowering
+    conv_general_dilated = conv_function(ConvLowering())
     dn = ("NHWC", "HWIO", "NHWC")
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 32))
     w = jax.random.normal(jax.random.key(1), (3, 3, 32, 32))
@@ -56,7 +58,9 @@ def test_agrees_with_lax_inside_a_gradient():
 def test_per_example_gradients_under_vmap():
     """vmap of a gradient (per-example gradients) works: the batched call falls back to XLA."""
     from jax import lax
-    from jaxnets.nn.conv import conv_general_dilated
+    from jaxnets.nn.conv import conv_function
+    from jaxnets.nn.lowering import ConvLowering
+    conv_general_dilated = conv_function(ConvLowering())
     dn = ("NHWC", "HWIO", "NHWC")
     x = jax.random.normal(jax.random.key(0), (3, 2, 6, 6, 16))
     w = jax.random.normal(jax.random.key(1), (3, 3, 16, 16))
@@ -78,7 +82,9 @@ def test_second_order_gradients_match_lax():
     """grad of grad (a Hessian-vector product) through the native op equals lax's: the op's own
     derivatives are taken through XLA's form."""
     from jax import lax
-    from jaxnets.nn.conv import conv_general_dilated
+    from jaxnets.nn.conv import conv_function
+    from jaxnets.nn.lowering import ConvLowering
+    conv_general_dilated = conv_function(ConvLowering())
     dn = ("NHWC", "HWIO", "NHWC")
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 16))
     w = 0.1 * jax.random.normal(jax.random.key(1), (3, 3, 16, 16))
@@ -112,7 +118,9 @@ CHECK = """
     import warnings, jax, jax.numpy as jnp, numpy as np
     from jax import lax
     from jaxnets.kernels import conv_filter_grad
-    from jaxnets.nn.conv import conv_general_dilated
+    from jaxnets.nn.conv import conv_function
+    from jaxnets.nn.lowering import ConvLowering
+    conv_general_dilated = conv_function(ConvLowering())
     x, w = jnp.ones((2, 6, 6, 16)), jnp.ones((3, 3, 16, 16))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -200,7 +208,9 @@ def test_sharded_batch_runs_per_shard_and_sums():
     if native._compiler() is None:
         pytest.skip("no C++ compiler")
     code = TWO_DEVICES + """
-        from jaxnets.nn.conv import conv_general_dilated
+        from jaxnets.nn.conv import conv_function
+        from jaxnets.nn.lowering import ConvLowering
+        conv_general_dilated = conv_function(ConvLowering())
         x = jax.random.normal(jax.random.key(0), (8, 8, 8, 32))
         w = jax.random.normal(jax.random.key(1), (3, 3, 32, 32))
         loss = lambda conv: lambda w, x: jnp.sum(jnp.tanh(conv(x, w, (1, 1), ((1, 1), (1, 1)),

@@ -1,11 +1,13 @@
 """The CPU back-end seam: fusion barriers, folded convolutions, the native filter gradient,
-malloc tuning and per-core devices apply on CPU only; a GPU/TPU process gets none of them."""
+malloc tuning and per-core devices apply on CPU only; a GPU/TPU process gets none of them.
+The choice is the platform's (`lowering_for(backend=...)`), passed to the model as an argument."""
 import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from jaxnets import runtime
+from jaxnets.platform import allocator, devices
+from jaxnets.platform.lowering_rule import lowering_for
 from jaxnets.models.resnet import ResNet
 
 import re
@@ -24,11 +26,10 @@ def _train_step_jaxpr(model):
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="compares against the CPU program")
 @pytest.mark.parametrize("backend", ["gpu", "tpu"])
-def test_accelerator_backend_gets_no_cpu_tricks(monkeypatch, backend):
-    model = ResNet(depth=8, width=16, rngs=nnx.Rngs(0))
-    on_cpu = _train_step_jaxpr(model)
+def test_accelerator_backend_gets_no_cpu_tricks(backend):
+    on_cpu = _train_step_jaxpr(ResNet(depth=8, width=16, lowering=lowering_for(), rngs=nnx.Rngs(0)))
     assert "custom_vjp_call" in on_cpu          # the barrier and conv3x3's own VJP, on CPU
-    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    model = ResNet(depth=8, width=16, lowering=lowering_for(backend=backend), rngs=nnx.Rngs(0))
     elsewhere = _train_step_jaxpr(model)
     assert not [p for p in CPU_ONLY_PRIMITIVES if p in elsewhere], elsewhere[:2000]
     assert "jaxnets_" not in elsewhere
@@ -38,8 +39,15 @@ def test_accelerator_backend_gets_no_cpu_tricks(monkeypatch, backend):
 
 
 def test_accelerator_process_keeps_default_malloc_and_devices(monkeypatch):
-    monkeypatch.setattr(runtime, "accelerator_expected", lambda: True)
-    monkeypatch.setattr(runtime, "_applied", None)
-    monkeypatch.setattr(runtime, "one_device_per_core", lambda *a: pytest.fail("per-core devices on GPU"))
-    assert runtime.tune_host_allocator() is False
-    assert runtime.auto_cpu_devices([128], "auto") == 1
+    monkeypatch.setattr(allocator, "accelerator_expected", lambda: True)
+    monkeypatch.setattr(devices, "accelerator_expected", lambda: True)
+    monkeypatch.setattr(allocator, "_applied", None)
+    monkeypatch.setattr(devices, "one_device_per_core", lambda *a: pytest.fail("per-core devices on GPU"))
+    assert allocator.tune_host_allocator() is False
+    assert devices.auto_cpu_devices([128], "auto") == 1
+
+
+def test_plain_lowering_is_the_default():
+    """A model built without a lowering (research code, any backend) gets no CPU path."""
+    plain = _train_step_jaxpr(ResNet(depth=8, width=16, rngs=nnx.Rngs(0)))
+    assert not [p for p in CPU_ONLY_PRIMITIVES if p in plain]

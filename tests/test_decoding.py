@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxnets.models.diffusion import PromptTokenizer, TextEncoder
-from jaxnets.models.seq2seq import Seq2SeqLSTM
+from jaxnets.models.unet import PromptTokenizer, TextEncoder
+from jaxnets.models.seq2seq_lstm import Seq2SeqLSTM
 from jaxnets.models.transformer import TransformerLM
-from jaxnets.models.transformer_decoding import beam_search
+from jaxnets.models.decoding import beam_search
 from jaxnets.tasks.language_model import sample_cached, sample_window
 from jaxnets.tasks.seq2seq import decode
 

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from benchmarks import degradation
+from benchmarks.course import degradation
 
 
 def test_degradation_tiny_end_to_end(tmp_path):

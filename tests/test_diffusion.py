@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxnets import diffusion as dm
+from jaxnets import ddpm as dm
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
@@ -175,7 +175,7 @@ def _diffusion_task(conditioning, p_uncond=0.1):
 
 
 def test_condition_dropout_uses_the_null_condition_at_rate_p_uncond():
-    from jaxnets.models.diffusion import PromptTokenizer
+    from jaxnets.models.unet import PromptTokenizer
 
     task, _, _, labels = _diffusion_task("text", p_uncond=0.3)
     null = PromptTokenizer().encode("")[0]

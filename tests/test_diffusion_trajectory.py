@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxnets import diffusion as dm
+from jaxnets import ddpm as dm
 
 
 def _oracle(sched, x0):

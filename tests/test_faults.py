@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import faults
+from benchmarks.faults import suite as faults
 from helpers import tiny_config
 from jaxnets.errors import TrainingDiverged, UserError
 from jaxnets.train import guard
 from jaxnets.train.checkpoint import write_json
-from jaxnets.train.logging import MetricWriter
+from jaxnets.train.metric_log import MetricWriter
 from jaxnets.train.trainer import train
 
 

@@ -7,7 +7,7 @@ from flax import nnx
 from scipy import stats
 
 from jaxnets.models import autoencoder as ae
-from jaxnets.models.diffusion import PromptTokenizer, UNet, sinusoidal_time_embedding
+from jaxnets.models.unet import PromptTokenizer, UNet, sinusoidal_time_embedding
 
 
 def _init(ctor):
@@ -114,7 +114,7 @@ def test_prompt_tokenizer_and_text_conditioned_unet():
 
 
 def test_patch_folding_matches_a_pixel_loop_and_the_unet_keeps_the_image_shape():
-    from jaxnets.models.diffusion import _fold, _unfold
+    from jaxnets.models.unet import _fold, _unfold
 
     x = np.random.default_rng(0).normal(size=(2, 6, 4, 3))
     ref = np.zeros((2, 3, 2, 12))

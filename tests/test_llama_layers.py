@@ -9,7 +9,7 @@ from flax import nnx
 
 from jaxnets.models.transformer import TransformerLM
 from jaxnets.nn.mlp import SwiGLU
-from jaxnets.nn.partitioning import RMSNorm
+from jaxnets.nn.layers import RMSNorm
 from jaxnets.nn.rotary import apply_rotary
 
 

@@ -1,5 +1,4 @@
-"""Per-ISA builds of the native kernels, the forced-ISA switch, and the kernel-or-XLA choice."""
-import json
+"""Per-ISA builds of the native kernels, the forced-ISA switch, and ISA-independent target names."""
 
 import jax
 import jax.numpy as jnp
@@ -62,53 +61,12 @@ def test_runnable_isas_follow_cpu_flags(monkeypatch):
     assert native.runnable_isas() == ["portable"]
 
 
-def test_faster_times_once_and_keeps_the_choice(tmp_path, monkeypatch):
-    import time
-    monkeypatch.setenv("JAXNETS_CACHE", str(tmp_path))
-    monkeypatch.setenv("JAXNETS_NATIVE_AUTOTUNE", "1")
-    monkeypatch.setattr(native, "_choices", None)
-    calls = {"slow": 0, "quick": 0}
-
-    def candidate(name, seconds):
-        def make():
-            def call():
-                calls[name] += 1
-                time.sleep(seconds)
-            return call
-        return make
-    assert native.faster("k", {"slow": candidate("slow", 0.01), "quick": candidate("quick", 0.0)}) == "quick"
-    assert calls["slow"] == calls["quick"] > 1
-    saved = json.loads(native._choices_file().read_text())
-    assert saved["k"]["choice"] == "quick" and saved["k"]["slow_ms"] > saved["k"]["quick_ms"]
-    # A new process reads the file and times nothing.
-    monkeypatch.setattr(native, "_choices", None)
-    boom = lambda: (_ for _ in ()).throw(AssertionError("timed again"))
-    assert native.faster("k", {"slow": boom, "quick": boom}) == "quick"
-    # Autotuning off: the first candidate (the kernel), untimed.
-    monkeypatch.setenv("JAXNETS_NATIVE_AUTOTUNE", "0")
-    assert native.faster("other", {"slow": boom, "quick": boom}) == "slow"
-
-
-def test_failed_timing_falls_back_to_the_first(tmp_path, monkeypatch):
-    monkeypatch.setenv("JAXNETS_CACHE", str(tmp_path))
-    monkeypatch.setenv("JAXNETS_NATIVE_AUTOTUNE", "1")
-    monkeypatch.setattr(native, "_choices", None)
-    def broken():
-        raise RuntimeError("no")
-    with pytest.warns(UserWarning, match="could not time"):
-        assert native.faster("k", {"kernel": broken, "xla": broken}) == "kernel"
-
-
 @cpu_only
-def test_preferred_inside_a_traced_step(tmp_path, monkeypatch):
-    """The choice is timed while a gradient is being traced (concrete operands of its own)."""
+def test_machine_build_has_one_name_on_every_isa():
+    """The machine's own build registers as `jaxnets_<name>` whatever its ISA, so a program calling
+    it is the same text on AVX-512, AVX2 or ARM hosts; an explicit ISA gets its own name."""
     if native.load(conv_filter_grad.NAME) is None:
         pytest.skip("no native kernel on this machine (no compiler)")
-    monkeypatch.setenv("JAXNETS_CACHE", str(tmp_path))
-    monkeypatch.setenv("JAXNETS_NATIVE_AUTOTUNE", "1")
-    monkeypatch.setattr(native, "_choices", None)
-    seen = []
-    jax.jit(lambda x, g: seen.append(conv_filter_grad.preferred(x, g)) or x.sum())(
-        jnp.ones((2, 8, 8, 16)), jnp.ones((2, 8, 8, 16)))
-    (entry,) = json.loads(native._choices_file().read_text()).values()
-    assert seen == [entry["choice"] == "native"] and entry["native_ms"] > 0 and entry["xla_ms"] > 0
+    assert native.ffi_target(conv_filter_grad.NAME, "Conv3x3FilterGrad") == "jaxnets_conv3x3_filter_grad"
+    isa = native.runnable_isas()[-1]
+    assert native.ffi_target(conv_filter_grad.NAME, "Conv3x3FilterGrad", isa) == f"jaxnets_conv3x3_filter_grad_{isa}"

@@ -10,7 +10,7 @@ from flax import nnx
 from jaxnets.data import Dataset
 from jaxnets.data.synthetic import BOS, EOS, PAD, addition, copy_memory, reversal
 from jaxnets.models.rnn import RNNClassifier, RNNTagger
-from jaxnets.models.seq2seq import Seq2SeqLSTM
+from jaxnets.models.seq2seq_lstm import Seq2SeqLSTM
 from jaxnets.tasks.base import State
 from jaxnets.tasks.language_model import LanguageModelTask
 from jaxnets.tasks.seq2seq import Seq2SeqTask
@@ -88,7 +88,7 @@ def test_language_model_bits_per_char_closed_form_and_sampling():
     np.testing.assert_allclose(out["loss"], expect, rtol=1e-5)
     np.testing.assert_allclose(out["bits_per_char"], expect / math.log(2), rtol=1e-5)
     # Sampling at a low temperature follows the oracle past the 4-token window (sliding).
-    toks = task.sample(state.model, [2], length=11, temperature=0.01)
+    toks = task.sample_tokens(state.model, [2], length=11, temperature=0.01)
     np.testing.assert_array_equal(toks, (np.arange(3, 14)) % V)
 
 

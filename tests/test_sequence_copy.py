@@ -7,7 +7,7 @@ from flax import nnx
 from jaxnets.data import load_dataset
 from jaxnets.data.synthetic import BOS, EOS
 from jaxnets.errors import UserError
-from jaxnets.models.seq2seq import Seq2SeqLSTM
+from jaxnets.models.seq2seq_lstm import Seq2SeqLSTM
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -8,7 +8,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxnets.data.pipeline import TrainIterator
-from jaxnets.nn import partitioning
+from jaxnets.parallel import sharding
 from jaxnets.nn.attention import dot_product_attention, reference_attention_numpy
 from jaxnets.parallel import mesh as meshlib
 from jaxnets.train.trainer import Trainer
@@ -53,13 +53,13 @@ def test_every_parameter_names_its_axes(name):
 def test_rules_resolve_with_divisibility_fallback():
     mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
-    rules = partitioning.DEFAULT_RULES
-    assert partitioning.resolve(("embed", "heads"), (64, 32), mesh, rules)[0] == P("fsdp", "tensor")
-    spec, notes = partitioning.resolve(("vocab", "embed"), (11, 16), mesh, rules)
+    rules = sharding.DEFAULT_RULES
+    assert sharding.resolve(("embed", "heads"), (64, 32), mesh, rules)[0] == P("fsdp", "tensor")
+    spec, notes = sharding.resolve(("vocab", "embed"), (11, 16), mesh, rules)
     assert spec == P(None, "fsdp") and "11" in notes[0]          # 11 rows: not split, said so
-    assert partitioning.resolve(("batch", None), (8, 3), mesh, rules)[0] == P(("data", "fsdp"))
+    assert sharding.resolve(("batch", None), (8, 3), mesh, rules)[0] == P(("data", "fsdp"))
     # one mesh axis never splits two dimensions of one array
-    spec, notes = partitioning.resolve(("embed", "embed"), (4, 4), mesh, rules)
+    spec, notes = sharding.resolve(("embed", "embed"), (4, 4), mesh, rules)
     assert spec == P("fsdp") and notes
 
 
@@ -131,10 +131,13 @@ def _attention_inputs(b=8, t=32, h=4, hkv=2, d=16):
     return q, k, v, lengths
 
 
+@pytest.mark.parametrize("context", ["trainer", "set_mesh"])
 @pytest.mark.parametrize("implementation", ["pallas", "blockwise"])
-def test_attention_kernels_run_per_shard(implementation):
+def test_attention_kernels_run_per_shard(implementation, context):
     """Batch over data x fsdp, heads over tensor: the compiled program moves no q/k/v between
-    devices (no all-gather, all-to-all or collective-permute), and matches float64 NumPy."""
+    devices (no all-gather, all-to-all or collective-permute), and matches float64 NumPy.
+    context "trainer": the trainer's `axis_rules` (mesh and rules) held while tracing;
+    "set_mesh": research code that only sets `jax.set_mesh(mesh)` around its own jit."""
     mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
     q, k, v, lengths = _attention_inputs()
@@ -143,11 +146,17 @@ def test_attention_kernels_run_per_shard(implementation):
     lengths = jax.device_put(lengths, NamedSharding(mesh, P(("data", "fsdp"))))
 
     def f(q, k, v, lengths):
-        with partitioning.axis_rules(mesh, partitioning.DEFAULT_RULES):
-            return dot_product_attention(q, k, v, causal=True, kv_lengths=lengths,
-                                         implementation=implementation)
+        return dot_product_attention(q, k, v, causal=True, kv_lengths=lengths,
+                                     implementation=implementation)
 
-    compiled = jax.jit(f).lower(q, k, v, lengths).compile()
+    if context == "trainer":
+        def traced(q, k, v, lengths):
+            with sharding.axis_rules(mesh, sharding.DEFAULT_RULES):
+                return f(q, k, v, lengths)
+        compiled = jax.jit(traced).lower(q, k, v, lengths).compile()
+    else:
+        with jax.set_mesh(mesh):
+            compiled = jax.jit(f).lower(q, k, v, lengths).compile()
     hlo = compiled.as_text()
     for op in ("all-gather", "all-to-all", "collective-permute", "all-reduce"):
         assert op not in hlo, op
@@ -185,3 +194,19 @@ def test_print_layout_shows_every_array(tmp_path):
     assert any(l.startswith("opt/") and "ff_in/kernel" in l and "P('fsdp', 'tensor')" in l
                for l in text.splitlines())
     assert "MiB per device" in text.splitlines()[-1]
+
+
+def test_input_feed_rule_names_the_axis_that_spans_processes():
+    """Each process reads its own share of every batch: an axis outside the batch rule may not
+    span processes (its devices would need the same rows from two readers)."""
+    names, batch = ("data", "fsdp", "tensor"), ("data", "fsdp")
+    two_hosts = np.array([0, 0, 1, 1]).reshape(2, 1, 2)        # data=2 (across hosts), tensor=2 within
+    assert meshlib.input_feed_problem(two_hosts, names, batch) == ""
+    tensor_across = np.array([0, 1, 0, 1]).reshape(2, 1, 2)    # tensor=2 spans the hosts
+    assert "tensor spans processes" in meshlib.input_feed_problem(tensor_across, names, batch)
+    # fsdp outside the batch rule (rules that do not split the batch over it), spanning hosts
+    fsdp_across = np.array([0, 1]).reshape(1, 2, 1)
+    assert "fsdp spans processes" in meshlib.input_feed_problem(fsdp_across, names, ("data",))
+    assert meshlib.input_feed_problem(fsdp_across, names, batch) == ""   # fsdp splits the batch
+    uneven = np.array([0, 0, 1]).reshape(3, 1, 1)
+    assert "unequal shares" in meshlib.input_feed_problem(uneven, names, batch)

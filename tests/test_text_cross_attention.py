@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxnets import diffusion as dm
-from jaxnets.models.diffusion import CrossAttention2D, PromptTokenizer, UNet
+from jaxnets import ddpm as dm
+from jaxnets.models.unet import CrossAttention2D, PromptTokenizer, UNet
 
 
 def _unet(text_conditioning):

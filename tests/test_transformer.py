@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from jaxnets.models.transformer import Transformer, TransformerLayer, TransformerLM
-from jaxnets.models.transformer_decoding import beam_search, generate, pick_tokens
+from jaxnets.models.decoding import beam_search, generate, pick_tokens
 from jaxnets.nn.attention import MultiHeadAttention
 from jaxnets.nn.embedding import TokenEmbedding, sinusoidal_positions
 

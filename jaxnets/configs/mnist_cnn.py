@@ -9,7 +9,7 @@ def get_config(arg=None):
     args = parse_arg(arg)
     c = base_config()
     # On CPU: one single-threaded device per core, the batch sharded over them (convnets
-    # gain; see jaxnets.runtime.auto_cpu_devices). Ignored where a GPU/TPU is present.
+    # gain; see jaxnets.platform.devices.auto_cpu_devices). Ignored where a GPU/TPU is present.
     c.cpu_devices = "auto"
     c.task = "classification"
     c.model = {"name": "cnn", "features": (32, 64), "hidden": 128, "dropout": 0.5}

@@ -41,6 +41,8 @@ DATASETS = Registry("dataset", {
     "mnist5k": "jaxnets.data.offline:mnist5k",
     "digits": "jaxnets.data.offline:digits",
     "shakespeare": "jaxnets.data.offline:shakespeare",
+    "image_folder": "jaxnets.data.image_folder:image_folder",
+    "token_file": "jaxnets.data.token_file:token_file",
     "tfds": "jaxnets.data.tfds_source:tfds_dataset",
     "cifar10": "jaxnets.data.tfds_source:cifar10",
     "mnist": "jaxnets.data.tfds_source:mnist",

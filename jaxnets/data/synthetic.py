@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxnets.data import Dataset
+from jaxnets.data.offline import shakespeare_text
 from jaxnets.errors import UserError
 
 PAD, BOS, EOS = 0, 1, 2
@@ -141,8 +142,6 @@ def truecase(seq_len: int = 128, test_fraction: float = 0.05, max_train: int | N
     """Sequence labelling on real text: the Shakespeare plays lower-cased, label 1 where the
     original character was upper case (sentence starts, names, speaker tags in capitals).
     Deciding needs context on both sides, so a bidirectional RNN helps."""
-    from jaxnets.data.offline import shakespeare_text
-
     text = shakespeare_text()
     lower = text.lower()
     chars = sorted(set(lower))

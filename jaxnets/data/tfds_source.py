@@ -7,6 +7,7 @@ a `UserError` at once that says what was looked for, where, and how to prepare i
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import sys
@@ -67,7 +68,7 @@ def _not_prepared_message(name: str, data_dir: str, download_asked: bool) -> str
 
 
 def _read_split(source, split: str, name: str, image_key: str, label_key: str) -> dict:
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm   # an optional dependency (comes with tensorflow-datasets): TFDS reads only
 
     n = len(source)
     images, labels = [], []
@@ -100,7 +101,6 @@ def tfds_dataset(name: str, data_dir: str | None = None, download: bool = False,
     if version is None and not remote:
         if not download:
             raise UserError(_not_prepared_message(name, data_dir, download_asked=False))
-        import importlib.util
         if importlib.util.find_spec("tensorflow") is None:
             raise UserError(_not_prepared_message(name, data_dir, download_asked=True))
     resolved = name if version is None or ":" in name else f"{name}:{version}"

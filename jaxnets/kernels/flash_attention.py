@@ -34,7 +34,6 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jaxnets.runtime import target_platform
 
 _LOG2E = math.log2(math.e)
 _PAD_SEGMENT = -(2 ** 31)  # id of padding keys and queries: never equal to a real id (>= 0)
@@ -76,7 +75,7 @@ def flash_attention(q, k, v, *, causal=False, q_segment_ids=None, kv_segment_ids
         raise ValueError(f"flash_attention supports head_dim <= 256, got {d}.")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if interpret is None:
-        interpret = target_platform() != "gpu"
+        interpret = jax.default_backend() != "gpu"
     blocks = block_sizes or BlockSizes.for_head_dim(d)
     # Tiles never exceed the (power-of-two rounded) sequence, nor go below Triton's 16.
     fit = lambda blk, t: max(16, min(blk, pl.next_power_of_2(t)))

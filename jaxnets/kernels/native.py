@@ -21,7 +21,6 @@ the explicit opt-out) and callers take their XLA path.
 from __future__ import annotations
 
 import ctypes
-import json
 import functools
 import hashlib
 import os
@@ -29,12 +28,12 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import time
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import jax
+
+from jaxnets.cache import cache_root
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,7 +43,6 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
-    from jaxnets.runtime import cache_root
     return cache_root() / "kernels"
 
 
@@ -155,83 +153,15 @@ def load(name: str, isa: str | None = None) -> ctypes.CDLL | None:
 
 @functools.cache
 def ffi_target(name: str, symbol: str, isa: str | None = None) -> str | None:
-    """Register `symbol` of kernel library `name` (built for `isa`, default `machine_isa()`) as a
-    CPU FFI target; its target name, or None."""
-    isa = isa or machine_isa()
-    lib = load(name, isa)
+    """Register `symbol` of kernel library `name` as a CPU FFI target; its target name, or None.
+
+    Without `isa`, this machine's build (`machine_isa()`) under the name `jaxnets_<name>`, the
+    same on every machine: a program that calls it is the same program on AVX-512, AVX2 or ARM
+    hosts, each running its own build (as XLA's own kernels differ by host). With `isa`, that
+    build under `jaxnets_<name>_<isa>` (tests compare the builds in one process)."""
+    lib = load(name, isa or machine_isa())
     if lib is None:
         return None
-    target = f"jaxnets_{name}_{isa}"
+    target = f"jaxnets_{name}" + (f"_{isa}" if isa else "")
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     return target
-
-
-# ---- Which is faster here: a native kernel or XLA's path, measured once per shape and kept ----
-
-def autotune_enabled() -> bool:
-    return os.environ.get("JAXNETS_NATIVE_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def _choices_file() -> Path:
-    sig = hashlib.sha256(_cpu_signature().encode() + jax.__version__.encode()).hexdigest()[:12]
-    return cache_dir() / f"choices-{sig}.json"
-
-
-def _read_choices() -> dict:
-    try:
-        return json.loads(_choices_file().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-_choices: dict | None = None
-
-
-def faster(key: str, candidates: dict[str, Callable[[], Callable[[], object]]], rounds: int = 5) -> str:
-    """The name of the faster candidate for `key` on this machine, timed on first use and kept
-    in `$JAXNETS_CACHE/kernels/choices-<cpu>.json` (per CPU model and flags and jax version), so
-    later runs pay nothing. Each candidate is a factory returning a blocking zero-argument call
-    (compiled by the factory); they run interleaved, `rounds` times, and the smallest time wins:
-    on a shared machine another job slows both alike within a round. The first candidate is the
-    default where timing fails or `JAXNETS_NATIVE_AUTOTUNE=0`.
-    """
-    global _choices
-    names = list(candidates)
-    if not autotune_enabled():
-        return names[0]
-    if _choices is None:
-        _choices = _read_choices()
-    if key in _choices and _choices[key].get("choice") in names:
-        return _choices[key]["choice"]
-    try:
-        calls = {n: make() for n, make in candidates.items()}
-        for call in calls.values():
-            call()                                   # warm: caches, page faults
-        best = dict.fromkeys(names, float("inf"))
-        for _ in range(rounds):
-            for n, call in calls.items():
-                t = time.perf_counter()
-                call()
-                best[n] = min(best[n], time.perf_counter() - t)
-    except Exception as err:  # noqa: BLE001 - timing is an optimisation; never fail the caller
-        warnings.warn(f"jaxnets: could not time {key}: {err}; using {names[0]}", stacklevel=2)
-        return names[0]
-    choice = min(names, key=lambda n: best[n])
-    _choices[key] = {"choice": choice, **{f"{n}_ms": round(best[n] * 1e3, 4) for n in names},
-                     "load": round(os.getloadavg()[0], 2)}
-    _save_choices(key)
-    return choice
-
-
-def _save_choices(key: str) -> None:
-    """Merge this process's entry into the file (another process may have added others)."""
-    path = _choices_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        merged = {**_read_choices(), key: _choices[key]}
-        fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(merged, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError as err:
-        warnings.warn(f"jaxnets: could not save kernel choice {key}: {err}", stacklevel=2)

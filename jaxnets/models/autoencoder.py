@@ -1,6 +1,6 @@
 """AutoEncoder and VAE: MLP or convolutional encoder/decoder pairs, plus the VAE's likelihoods.
 
-AutoEncoder: x -> z = f(x) -> g(z); trained on sum ||x - g(f(x))||^2 (see jaxnets.tasks.autoencoder).
+AutoEncoder: x -> z = f(x) -> g(z); trained on sum ||x - g(f(x))||^2 (see jaxnets.tasks.reconstruction).
 Nothing pulls its codes towards any distribution, so the latent space has holes.
 
 VAE: the encoder outputs a mean and a log-variance (exponentiated, so the variance stays
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxnets.nn.partitioning import Conv, ConvTranspose, Linear, Param
+from jaxnets.nn.layers import Conv, ConvTranspose, Linear, Param
 
 
 class MLPEncoder(nnx.Module):

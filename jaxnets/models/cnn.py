@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxnets.nn.conv import conv_general_dilated
-from jaxnets.nn.partitioning import Conv, Linear
+from jaxnets.nn.conv import conv_function
+from jaxnets.nn.layers import Conv, Linear
+from jaxnets.nn.lowering import PLAIN, Lowering
 
 
 class MLP(nnx.Module):
@@ -42,12 +43,12 @@ class CNN(nnx.Module):
 
     def __init__(self, in_channels: int, num_classes: int, *, input_size: int = 28,
                  features: Sequence[int] = (32, 64), hidden: int = 128, dropout: float = 0.5,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 dtype=jnp.float32, lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         self.convs = nnx.List()
         c, size = in_channels, input_size
         for f in features:
             self.convs.append(Conv(c, f, (3, 3), padding="SAME", dtype=dtype,
-                                   conv_general_dilated=conv_general_dilated, rngs=rngs))
+                                   conv_general_dilated=conv_function(lowering.conv), rngs=rngs))
             c, size = f, size // 2
         self.fc = Linear(c * size * size, hidden, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.head = Linear(hidden, num_classes, axes=("mlp", None), dtype=dtype, rngs=rngs)

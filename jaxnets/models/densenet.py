@@ -14,15 +14,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnets.models.resnet import conv, norm
-from jaxnets.nn.partitioning import Linear
+from jaxnets.nn.layers import Linear
+from jaxnets.nn.lowering import PLAIN, Lowering
 
 
 class DenseLayer(nnx.Module):
-    def __init__(self, cin, growth_rate, *, dtype, rngs):
+    def __init__(self, cin, growth_rate, *, dtype, rngs, lowering: Lowering = PLAIN):
         self.norm1 = norm(cin, enabled=True, dtype=dtype, rngs=rngs)
-        self.conv1 = conv(cin, 4 * growth_rate, 1, 1, bias=False, dtype=dtype, rngs=rngs)
+        self.conv1 = conv(cin, 4 * growth_rate, 1, 1, bias=False, dtype=dtype, rngs=rngs, lowering=lowering)
         self.norm2 = norm(4 * growth_rate, enabled=True, dtype=dtype, rngs=rngs)
-        self.conv2 = conv(4 * growth_rate, growth_rate, 3, 1, bias=False, dtype=dtype, rngs=rngs)
+        self.conv2 = conv(4 * growth_rate, growth_rate, 3, 1, bias=False, dtype=dtype, rngs=rngs, lowering=lowering)
 
     def __call__(self, x, train):
         y = self.conv1(jax.nn.relu(self.norm1(x, use_running_average=not train)))
@@ -31,9 +32,9 @@ class DenseLayer(nnx.Module):
 
 
 class Transition(nnx.Module):
-    def __init__(self, cin, cout, *, dtype, rngs):
+    def __init__(self, cin, cout, *, dtype, rngs, lowering: Lowering = PLAIN):
         self.norm = norm(cin, enabled=True, dtype=dtype, rngs=rngs)
-        self.conv = conv(cin, cout, 1, 1, bias=False, dtype=dtype, rngs=rngs)
+        self.conv = conv(cin, cout, 1, 1, bias=False, dtype=dtype, rngs=rngs, lowering=lowering)
 
     def __call__(self, x, train):
         y = self.conv(jax.nn.relu(self.norm(x, use_running_average=not train)))
@@ -43,21 +44,21 @@ class Transition(nnx.Module):
 class DenseNet(nnx.Module):
     def __init__(self, depth: int = 100, num_classes: int = 10, *, growth_rate: int = 12,
                  compression: float = 0.5, in_channels: int = 3, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         if (depth - 4) % 6:
             raise ValueError(f"DenseNet-BC depth must be 6n+4 (e.g. 100, 250, 190), got {depth}")
         per_block = (depth - 4) // 6
         self.dtype = dtype
         channels = 2 * growth_rate
-        self.stem = conv(in_channels, channels, 3, 1, bias=False, dtype=dtype, rngs=rngs)
+        self.stem = conv(in_channels, channels, 3, 1, bias=False, dtype=dtype, rngs=rngs, lowering=lowering)
         layers = []
         for block in range(3):
             for _ in range(per_block):
-                layers.append(DenseLayer(channels, growth_rate, dtype=dtype, rngs=rngs))
+                layers.append(DenseLayer(channels, growth_rate, dtype=dtype, rngs=rngs, lowering=lowering))
                 channels += growth_rate
             if block < 2:
                 reduced = int(channels * compression)
-                layers.append(Transition(channels, reduced, dtype=dtype, rngs=rngs))
+                layers.append(Transition(channels, reduced, dtype=dtype, rngs=rngs, lowering=lowering))
                 channels = reduced
         self.layers = nnx.List(layers)
         self.final_norm = norm(channels, enabled=True, dtype=dtype, rngs=rngs)

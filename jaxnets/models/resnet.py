@@ -17,10 +17,11 @@ output becomes its shortcut. A plain block has no shortcut; deleting it passes i
 the parameter-free option-A map so shapes still fit. `skip_blocks` may also be a float array of
 length `model.num_blocks` (1 = delete), so one compiled function evaluates every lesion.
 
-Speed on CPU: every convolution goes through `jaxnets.nn.conv.conv_general_dilated` (16-channel
-3x3 layers run folded into 32-channel ones, which XLA:CPU computes 1.5x faster; 3x3 filter
-gradients run in a native kernel, ~2x XLA's) and every convolution input through `materialize`
-(a fusion barrier); all of it leaves GPU/TPU programs untouched.
+Speed on CPU: `lowering` (a `jaxnets.nn.lowering.Lowering`, chosen per backend by
+jaxnets.platform and passed in by the task) sends 3x3 convolutions through
+`jaxnets.nn.conv.conv3x3` (16-channel layers folded into 32-channel ones, which XLA:CPU computes
+1.5x faster; filter gradients in a native kernel, ~2x XLA's) and every convolution input
+through `materialize` (a fusion barrier). The default `Lowering()` is plain XLA (GPU/TPU).
 
 Per-layer gradient norms: `model.layer_paths()` lists the parameter paths of the weight layers
 in depth order; `layer_norms(grads, model.layer_paths())` reads their norms from a gradient
@@ -36,8 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxnets.nn.conv import conv_general_dilated, materialize
-from jaxnets.nn.partitioning import BatchNorm, Conv, Linear
+from jaxnets.nn.conv import conv_function, materialize
+from jaxnets.nn.layers import BatchNorm, Conv, Linear
+from jaxnets.nn.lowering import PLAIN, Lowering
 
 # He et al. 2015 initialisation (fan_out, as torchvision), used by both papers.
 he_normal = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -45,13 +47,13 @@ he_normal = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 IMAGENET_LAYOUT = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True)}
 
 
-def conv(cin, cout, kernel, stride, *, bias, dtype, rngs):
+def conv(cin, cout, kernel, stride, *, bias, dtype, rngs, lowering: Lowering = PLAIN):
     # Explicit symmetric padding k//2 (as the papers / PyTorch); 'SAME' pads stride-2 convs
     # asymmetrically, which changes which pixels a downsampling layer sees.
     pad = kernel // 2
     return Conv(cin, cout, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
                 use_bias=bias, dtype=dtype, kernel_init=he_normal,
-                conv_general_dilated=conv_general_dilated, rngs=rngs)
+                conv_general_dilated=conv_function(lowering.conv), rngs=rngs)
 
 
 def norm(features, *, enabled, dtype, rngs):
@@ -59,6 +61,11 @@ def norm(features, *, enabled, dtype, rngs):
     if not enabled:
         return None
     return BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+
+
+def barrier(lowering: Lowering, x):
+    """`materialize(x)` where the lowering asks for fusion barriers, else x."""
+    return materialize(x) if lowering.fusion_barriers else x
 
 
 def apply_norm(layer, y, train):
@@ -83,20 +90,20 @@ class Block(nnx.Module):
     """
 
     def __init__(self, cin, cout, stride, *, bottleneck, residual, preact, shortcut, batch_norm,
-                 dtype, rngs):
-        self.cin, self.cout, self.stride = cin, cout, stride
+                 dtype, rngs, lowering: Lowering = PLAIN):
+        self.cin, self.cout, self.stride, self.lowering = cin, cout, stride, lowering
         self.residual, self.preact = residual, preact
         mid = cout // 4 if bottleneck else cout
         specs = ([(cin, mid, 1, 1), (mid, mid, 3, stride), (mid, cout, 1, 1)] if bottleneck
                  else [(cin, cout, 3, stride), (cout, cout, 3, 1)])
         bias = not batch_norm
-        self.convs = nnx.List([conv(i, o, k, s, bias=bias, dtype=dtype, rngs=rngs)
+        self.convs = nnx.List([conv(i, o, k, s, bias=bias, dtype=dtype, rngs=rngs, lowering=lowering)
                                for i, o, k, s in specs])
         self.norms = nnx.List([norm(i if preact else o, enabled=batch_norm, dtype=dtype, rngs=rngs)
                                for i, o, _, _ in specs])
         project = residual and (stride != 1 or cin != cout) and shortcut == "B"
         self.projection = nnx.data(
-            conv(cin, cout, 1, stride, bias=bias, dtype=dtype, rngs=rngs) if project else None)
+            conv(cin, cout, 1, stride, bias=bias, dtype=dtype, rngs=rngs, lowering=lowering) if project else None)
         # Pre-activation projections act on the already normalised input; no extra BN.
         self.projection_norm = nnx.data(
             norm(cout, enabled=batch_norm, dtype=dtype, rngs=rngs) if project and not preact
@@ -113,14 +120,14 @@ class Block(nnx.Module):
         last = len(self.convs) - 1
         for j, (conv_j, norm_j) in enumerate(zip(self.convs, self.norms)):
             if self.preact:
-                y = materialize(jax.nn.relu(apply_norm(norm_j, y, train)))
+                y = barrier(self.lowering, jax.nn.relu(apply_norm(norm_j, y, train)))
                 if j == 0:
                     x_preact = y
                 y = conv_j(y)
             else:
                 y = apply_norm(norm_j, conv_j(y), train)
                 if j < last:
-                    y = materialize(jax.nn.relu(y))
+                    y = barrier(self.lowering, jax.nn.relu(y))
         s = self.shortcut(x, x_preact, train) if (self.residual or keep is not True) else None
         if keep is True:
             out = y + s if self.residual else y
@@ -128,14 +135,15 @@ class Block(nnx.Module):
             out = s
         else:
             out = keep * y + s if self.residual else keep * y + (1 - keep) * s
-        return materialize(out if self.preact else jax.nn.relu(out))
+        return barrier(self.lowering, out if self.preact else jax.nn.relu(out))
 
 
 class ResNet(nnx.Module):
     def __init__(self, depth: int = 20, num_classes: int = 10, *, form: str = "cifar",
                  residual: bool = True, shortcut: str | None = None, preact: bool = False,
                  batch_norm: bool = True, in_channels: int = 3, width: int | None = None,
-                 stem_stride: int | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+                 stem_stride: int | None = None, dtype=jnp.float32,
+                 lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         if form == "cifar":
             if (depth - 2) % 6:
                 raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
@@ -155,11 +163,11 @@ class ResNet(nnx.Module):
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
         self.depth, self.form, self.residual, self.preact = depth, form, residual, preact
-        self.dtype = dtype
+        self.dtype, self.lowering = dtype, lowering
         stem_kernel = 3 if form == "cifar" else 7
         stem_stride = stem_stride or (1 if form == "cifar" else 2)
         self.stem = conv(in_channels, width, stem_kernel, stem_stride, bias=not batch_norm,
-                         dtype=dtype, rngs=rngs)
+                         dtype=dtype, rngs=rngs, lowering=lowering)
         # Pre-activation nets normalise inside the blocks and once more before pooling.
         self.stem_norm = nnx.data(None if preact else norm(width, enabled=batch_norm, dtype=dtype,
                                                            rngs=rngs))
@@ -169,12 +177,13 @@ class ResNet(nnx.Module):
                 stride = 2 if (i == 0 and stage > 0) else 1
                 blocks.append(Block(cin, cout, stride, bottleneck=bottleneck, residual=residual,
                                     preact=preact, shortcut=shortcut, batch_norm=batch_norm,
-                                    dtype=dtype, rngs=rngs))
+                                    dtype=dtype, rngs=rngs, lowering=lowering))
                 cin = cout
         self.blocks = nnx.List(blocks)
         self.final_norm = nnx.data(norm(cin, enabled=batch_norm, dtype=dtype, rngs=rngs) if preact
                                    else None)
-        self.head = Linear(cin, num_classes, axes=("embed", None), dtype=dtype, rngs=rngs)
+        self.head = Linear(cin, num_classes, axes=("embed", None), dtype=dtype,
+                           dot_general=lowering.dot_general, rngs=rngs)
 
     @property
     def num_blocks(self) -> int:
@@ -185,7 +194,7 @@ class ResNet(nnx.Module):
         del rngs  # no dropout in these networks; accepted for the common call convention
         x = self.stem(x.astype(self.dtype))
         if not self.preact:
-            x = materialize(jax.nn.relu(apply_norm(self.stem_norm, x, train)))
+            x = barrier(self.lowering, jax.nn.relu(apply_norm(self.stem_norm, x, train)))
         if self.form == "imagenet":
             x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         static_skip = isinstance(skip_blocks, (tuple, list, set, range))

@@ -15,7 +15,8 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxnets.nn.partitioning import Embed, Linear, lookup
+from jaxnets.nn.layers import Embed, Linear, lookup
+from jaxnets.nn.lowering import PLAIN, Lowering
 from jaxnets.nn.recurrent import StackedRNN
 
 
@@ -58,12 +59,13 @@ class RNNLanguageModel(nnx.Module):
 
     def __init__(self, vocab_size: int, *, rngs: nnx.Rngs, cell: str = "lstm", embed_dim: int = 64,
                  hidden: int = 256, num_layers: int = 1, dropout: float = 0.0, dtype: Any = None,
-                 unroll: int = 1, cell_options: dict | None = None):
+                 unroll: int = 1, cell_options: dict | None = None, lowering: Lowering = PLAIN):
         # pad_id=None: no masking (LM windows are never padded), the scan's fastest path.
         self.encoder = _Encoder(cell=cell, hidden=hidden, num_layers=num_layers, bidirectional=False,
                                 dropout=dropout, rngs=rngs, vocab_size=vocab_size, embed_dim=embed_dim,
                                 dtype=dtype, unroll=unroll, pad_id=None, cell_options=cell_options)
-        self.head = Linear(hidden, vocab_size, axes=("embed", "vocab"), rngs=rngs, dtype=dtype)
+        self.head = Linear(hidden, vocab_size, axes=("embed", "vocab"), rngs=rngs, dtype=dtype,
+                           dot_general=lowering.dot_general)
 
     def __call__(self, tokens, *, train=False, rngs=None):
         y, _, _ = self.encoder(tokens, train=train, rngs=rngs)
@@ -110,13 +112,13 @@ class RNNTagger(nnx.Module):
     def __init__(self, num_classes: int, vocab_size: int, *, rngs: nnx.Rngs, cell: str = "lstm",
                  embed_dim: int = 64, hidden: int = 128, num_layers: int = 1,
                  bidirectional: bool = True, dropout: float = 0.0, dtype: Any = None,
-                 unroll: int = 1, cell_options: dict | None = None):
+                 unroll: int = 1, cell_options: dict | None = None, lowering: Lowering = PLAIN):
         self.encoder = _Encoder(cell=cell, hidden=hidden, num_layers=num_layers,
                                 bidirectional=bidirectional, dropout=dropout, rngs=rngs,
                                 vocab_size=vocab_size, embed_dim=embed_dim, dtype=dtype,
                                 unroll=unroll, cell_options=cell_options)
         self.head = Linear(self.encoder.out_features, num_classes, axes=("embed", None), rngs=rngs,
-                           dtype=dtype)
+                           dtype=dtype, dot_general=lowering.dot_general)
 
     def __call__(self, tokens, *, train=False, rngs=None):
         y, _, _ = self.encoder(tokens, train=train, rngs=rngs)

@@ -13,11 +13,11 @@ cross-attention to the encoder output (decoder of the encoder-decoder model only
 position-wise feed-forward block, each wrapped in a residual connection with LayerNorm before
 (pre-LN, default: stable without warm-up tricks) or after (post-LN, as in the paper).
 `scan_layers=True` stores the layers' parameters stacked and runs them with one lax.scan
-(one compiled layer, fast compiles for deep stacks; on CPU, stacks of up to 12 layers are
-unrolled: `jaxnets.runtime.layer_scan_unroll`); `remat=True` recomputes each layer's
+(one compiled layer, fast compiles for deep stacks; `lowering.unroll_layers` unrolls short
+stacks, as jaxnets.platform asks on CPU); `remat=True` recomputes each layer's
 activations in the backward pass (jax.checkpoint) to trade compute for memory.
 Source padding (`pad_id`) is masked through segment ids, which every attention
-implementation honours, including the fused kernel. Decoding: transformer_decoding.py.
+implementation honours, including the fused kernel. Decoding: decoding.py.
 """
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ from flax import nnx
 
 from jaxnets.nn.attention import MultiHeadAttention
 from jaxnets.nn.embedding import TokenEmbedding
+from jaxnets.nn.layers import Linear, Norm
 from jaxnets.nn.mlp import SwiGLU
-from jaxnets.nn.partitioning import LayerNorm, Linear, RMSNorm, constrain
-from jaxnets.runtime import layer_scan_unroll
+from jaxnets.nn.lowering import PLAIN, Lowering
+from jaxnets.parallel.sharding import constrain
 
 
 class TransformerLayer(nnx.Module):
@@ -40,22 +41,23 @@ class TransformerLayer(nnx.Module):
     def __init__(self, d_model: int, num_heads: int, d_ff: int, *, cross_attention=False,
                  dropout=0.1, pre_ln=True, num_kv_heads=None, activation="relu",
                  attention_impl="auto", norm="layer", mlp="plain", use_bias=True,
-                 rotary_base=None, dtype=None, rngs: nnx.Rngs):
+                 rotary_base=None, dtype=None, lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         mha = lambda rotary: MultiHeadAttention(
             d_model, num_heads, num_kv_heads=num_kv_heads, implementation=attention_impl,
-            use_bias=use_bias, rotary_base=rotary, dtype=dtype, rngs=rngs)
-        norm_layer = lambda: make_norm(norm, d_model, dtype, rngs)
+            use_bias=use_bias, rotary_base=rotary, dtype=dtype, lowering=lowering, rngs=rngs)
+        norm_layer = lambda: Norm(norm, d_model, dtype=dtype, rngs=rngs)
         self.pre_ln, self.activation = pre_ln, getattr(jax.nn, activation)
         self.self_attention, self.self_norm = mha(rotary_base), norm_layer()
         self.cross_attention = mha(None) if cross_attention else None
         self.cross_norm = norm_layer() if cross_attention else None
         if mlp == "swiglu":
-            self.ff = SwiGLU(d_model, d_ff, use_bias=use_bias, dtype=dtype, rngs=rngs)
+            self.ff = SwiGLU(d_model, d_ff, use_bias=use_bias, dtype=dtype,
+                             dot_general=lowering.dot_general, rngs=rngs)
         elif mlp == "plain":
-            self.ff_in = Linear(d_model, d_ff, axes=("embed", "mlp"), use_bias=use_bias,
-                                dtype=dtype, rngs=rngs)
-            self.ff_out = Linear(d_ff, d_model, axes=("mlp", "embed"), use_bias=use_bias,
-                                 dtype=dtype, rngs=rngs)
+            dense = lambda i, o, axes: Linear(i, o, axes=axes, use_bias=use_bias, dtype=dtype,
+                                              dot_general=lowering.dot_general, rngs=rngs)
+            self.ff_in = dense(d_model, d_ff, ("embed", "mlp"))
+            self.ff_out = dense(d_ff, d_model, ("mlp", "embed"))
         else:
             raise ValueError(f"mlp must be 'plain' or 'swiglu', got {mlp!r}.")
         self.mlp = mlp
@@ -101,14 +103,6 @@ class TransformerLayer(nnx.Module):
         return self._residual(x, self.ff_norm, ff, train, keys[2]), new_cache
 
 
-def make_norm(kind: str, d_model: int, dtype, rngs):
-    if kind == "layer":
-        return LayerNorm(d_model, dtype=dtype, rngs=rngs)
-    if kind == "rms":
-        return RMSNorm(d_model, dtype=dtype, rngs=rngs)
-    raise ValueError(f"norm must be 'layer' or 'rms', got {kind!r}.")
-
-
 # What a rematerialised layer keeps for the backward pass: "full" only its input (everything
 # else is recomputed), "dots_saveable" the outputs of its matmuls (the cheap elementwise ops
 # are recomputed), "none" everything (no recomputation, most memory).
@@ -137,8 +131,9 @@ def make_layers(n, scan, make_layer, rngs):
 
 
 def run_layers(layers, x, *, num_layers, scan, remat, train=False, rngs=None, cache=None,
-               **kwargs):
-    """Apply the stack; `cache` leaves are stacked [num_layers, ...]. Returns (x, new_cache)."""
+               unroll=1, **kwargs):
+    """Apply the stack; `cache` leaves are stacked [num_layers, ...]. Returns (x, new_cache).
+    `unroll`: of the lax.scan when `scan` (see `Lowering.scan_unroll`)."""
     dropout_key = rngs.dropout() if (train and rngs is not None) else None
     keys = jax.random.split(dropout_key, num_layers) if dropout_key is not None else None
 
@@ -158,7 +153,7 @@ def run_layers(layers, x, *, num_layers, scan, remat, train=False, rngs=None, ca
         def body(x, xs):
             return apply_split(graphdef, *xs[:1], x, *xs[1:])
 
-        return jax.lax.scan(body, x, (state, cache, keys), unroll=layer_scan_unroll(num_layers))
+        return jax.lax.scan(body, x, (state, cache, keys), unroll=unroll)
     new_caches = []
     for i, layer in enumerate(layers):
         layer_cache = None if cache is None else jax.tree.map(lambda a: a[i], cache)
@@ -177,8 +172,8 @@ class _Stack(nnx.Module):
 
     def __init__(self, vocab_size, *, d_model, num_heads, num_layers, d_ff, cross_attention,
                  dropout, pre_ln, num_kv_heads, positions, max_len, activation, scan_layers,
-                 remat, attention_impl, dtype, rngs, embedding=None, norm="layer", mlp="plain",
-                 use_bias=True, rotary_base=10000.0):
+                 remat, attention_impl, dtype, rngs, lowering=PLAIN, embedding=None,
+                 norm="layer", mlp="plain", use_bias=True, rotary_base=10000.0):
         # Rotary positions live in attention: the embedding adds none and, with no sinusoid
         # to balance, is not scaled by sqrt(d_model) (Llama).
         rotary = positions == "rotary"
@@ -189,9 +184,10 @@ class _Stack(nnx.Module):
             d_model, num_heads, d_ff, cross_attention=cross_attention, dropout=dropout,
             pre_ln=pre_ln, num_kv_heads=num_kv_heads, activation=activation,
             attention_impl=attention_impl, norm=norm, mlp=mlp, use_bias=use_bias,
-            rotary_base=rotary_base if rotary else None, dtype=dtype, rngs=r)
+            rotary_base=rotary_base if rotary else None, dtype=dtype, lowering=lowering, rngs=r)
         self.layers = make_layers(num_layers, scan_layers, make, rngs)
-        self.final_norm = make_norm(norm, d_model, dtype, rngs) if pre_ln else None
+        self.unroll = lowering.scan_unroll(num_layers)
+        self.final_norm = Norm(norm, d_model, dtype=dtype, rngs=rngs) if pre_ln else None
         self.num_layers, self.scan_layers, self.remat = num_layers, scan_layers, remat
         self.rotary = rotary
 
@@ -200,7 +196,8 @@ class _Stack(nnx.Module):
         if self.rotary:
             kwargs["positions"] = positions
         x, cache = run_layers(self.layers, x, num_layers=self.num_layers, scan=self.scan_layers,
-                              remat=self.remat, train=train, rngs=rngs, cache=cache, **kwargs)
+                              remat=self.remat, train=train, rngs=rngs, cache=cache,
+                              unroll=self.unroll, **kwargs)
         return (self.final_norm(x) if self.final_norm is not None else x), cache
 
 
@@ -217,18 +214,20 @@ class Transformer(nnx.Module):
                  dropout=0.1, pre_ln=True, num_kv_heads=None, positions="sinusoidal",
                  max_len=1024, activation="relu", pad_id: int | None = 0, tie_output=True,
                  max_decode_len=64, scan_layers=False, remat=False, attention_impl="auto",
-                 dtype=None, rngs: nnx.Rngs):
+                 dtype=None, lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         tgt_vocab_size = target_vocab_size or vocab_size
         common = _stack_options(d_model=d_model, num_heads=num_heads, d_ff=d_ff, dropout=dropout,
                                 pre_ln=pre_ln, num_kv_heads=num_kv_heads, positions=positions,
                                 max_len=max_len, activation=activation, scan_layers=scan_layers,
-                                remat=remat, attention_impl=attention_impl, dtype=dtype, rngs=rngs)
+                                remat=remat, attention_impl=attention_impl, dtype=dtype,
+                                lowering=lowering, rngs=rngs)
         self.encoder = _Stack(vocab_size, num_layers=num_layers, cross_attention=False,
                               **common)
         self.decoder = _Stack(tgt_vocab_size, num_layers=num_decoder_layers or num_layers,
                               cross_attention=True, **common)
         self.output = None if tie_output else Linear(d_model, tgt_vocab_size, axes=("embed", "vocab"),
-                                                     dtype=dtype, rngs=rngs)
+                                                     dtype=dtype, dot_general=lowering.dot_general,
+                                                     rngs=rngs)
         self.pad_id, self.max_decode_len = pad_id, max_decode_len
 
     def _logits(self, h):
@@ -276,7 +275,8 @@ class TransformerLM(nnx.Module):
                  dropout=0.1, pre_ln=True, num_kv_heads=None, positions="learned", max_len=1024,
                  activation="gelu", tie_output=True, scan_layers=False, remat=False,
                  remat_policy=None, attention_impl="auto", norm="layer", mlp="plain",
-                 use_bias=True, rotary_base=10000.0, dtype=None, rngs: nnx.Rngs):
+                 use_bias=True, rotary_base=10000.0, dtype=None, lowering: Lowering = PLAIN,
+                 rngs: nnx.Rngs):
         """Llama-style: positions="rotary", norm="rms", mlp="swiglu", use_bias=False,
         tie_output=False, num_kv_heads < num_heads (GQA). `remat_policy` ("none", "full",
         "dots_saveable") overrides `remat` (True = "full")."""
@@ -286,9 +286,10 @@ class TransformerLM(nnx.Module):
             positions=positions, max_len=max_len, activation=activation, scan_layers=scan_layers,
             remat=remat_policy_of(remat_policy or remat), attention_impl=attention_impl,
             norm=norm, mlp=mlp, use_bias=use_bias, rotary_base=rotary_base, dtype=dtype,
-            rngs=rngs))
+            lowering=lowering, rngs=rngs))
         self.output = None if tie_output else Linear(d_model, vocab_size, axes=("embed", "vocab"),
-                                                     dtype=dtype, rngs=rngs)
+                                                     dtype=dtype, dot_general=lowering.dot_general,
+                                                     rngs=rngs)
 
     def _logits(self, h):
         logits = self.decoder.embed.attend(h) if self.output is None else self.output(h)

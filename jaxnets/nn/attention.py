@@ -41,11 +41,13 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 # Mask rules live below nn (kernels build the same masks and must not import jaxnets.nn).
+from jaxnets.kernels.blockwise_attention import blockwise_attention
 from jaxnets.kernels.masks import split_heads_of_mask, structured_mask
-from jaxnets.nn import partitioning
-from jaxnets.nn.partitioning import Linear, constrain
+from jaxnets.nn.layers import Linear
+from jaxnets.nn.lowering import PLAIN, Lowering
 from jaxnets.nn.rotary import apply_rotary
-from jaxnets.runtime import target_platform
+from jaxnets.parallel import sharding
+from jaxnets.parallel.sharding import constrain
 
 IMPLEMENTATIONS = ("xla", "blockwise", "pallas", "pallas_tpu", "cudnn", "auto")
 
@@ -69,7 +71,6 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, segment_i
         return xla_attention(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg,
                              kv_segment_ids=kv_seg, kv_lengths=kv_lengths, scale=scale)
     if implementation == "blockwise":
-        from jaxnets.kernels.blockwise_attention import blockwise_attention
         if mask is not None:   # a dense mask has its own layout: left to XLA's partitioner
             return blockwise_attention(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg,
                                        kv_segment_ids=kv_seg, kv_lengths=kv_lengths, scale=scale)
@@ -84,11 +85,15 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, segment_i
                 "causal, segment_ids or kv_lengths, or use implementation='blockwise' or 'xla'.")
         q_seg, kv_seg = _fold_lengths_into_segments(q, k, q_seg, kv_seg, kv_lengths)
         if implementation == "pallas":
-            from jaxnets.kernels.flash_attention import flash_attention as kernel_fn
+            from jaxnets.kernels.flash_attention import flash_attention as kernel_fn  # delays Pallas + its Triton backend (~0.2 s) to first use
         else:
-            from jaxnets.kernels.tpu_attention import tpu_flash_attention as kernel_fn
+            from jaxnets.kernels.tpu_attention import tpu_flash_attention as kernel_fn  # delays the TPU Pallas ops (~0.3 s): TPU only
+        # Compiled for the platform the program is for (interpret mode elsewhere, for tests).
+        native = {"pallas": "gpu", "pallas_tpu": "tpu"}[implementation]
+        interpret = sharding.current_platform() != native
         kernel = lambda q, k, v, qs, ks, lens: kernel_fn(
-            q, k, v, causal=causal, q_segment_ids=qs, kv_segment_ids=ks, scale=scale)
+            q, k, v, causal=causal, q_segment_ids=qs, kv_segment_ids=ks, scale=scale,
+            interpret=interpret)
         return per_shard(kernel, q, k, v, q_seg, kv_seg, None)
     if implementation == "cudnn":
         return _cudnn_attention(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg,
@@ -100,18 +105,19 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, segment_i
 def per_shard(kernel, q, k, v, q_seg, kv_seg, kv_lengths):
     """`kernel(q, k, v, q_seg, kv_seg, kv_lengths)` on each device's shard, inside shard_map.
 
-    Under the trainer's mesh (`jaxnets.nn.partitioning.axis_rules`) the batch is split over the
-    data axes and heads over "tensor". Attention is independent per example and per head, so
+    Under a mesh set with `jax.set_mesh` (the trainer's, or a researcher's; the rules of
+    `nnx.logical_axis_rules`, else jaxnets.parallel.sharding.DEFAULT_RULES) the batch is split
+    over the data axes and heads over "tensor". Attention is independent per example and per head, so
     every device runs the kernel on its own block: no communication. A custom kernel is opaque
     to XLA's partitioner, which would otherwise all-gather q, k and v onto every device (Auto
     mesh) or refuse (Explicit mesh). An axis that does not divide its dimension stays whole.
     Outside a mesh context, or on one device, the kernel is called directly.
     """
-    mesh, _ = partitioning.current()
+    mesh, _ = sharding.current()
     if mesh is None or mesh.size == 1:
         return kernel(q, k, v, q_seg, kv_seg, kv_lengths)
     size = lambda axes: math.prod(mesh.shape[a] for a in axes)
-    batch, heads = partitioning.mesh_axes_of("batch"), partitioning.mesh_axes_of("heads")
+    batch, heads = sharding.mesh_axes_of("batch"), sharding.mesh_axes_of("heads")
     if q.shape[0] % size(batch):
         batch = ()
     if q.shape[2] % size(heads) or k.shape[2] % size(heads):
@@ -131,15 +137,15 @@ def per_shard(kernel, q, k, v, q_seg, kv_seg, kv_lengths):
         q_seg, kv_seg, lengths = (next(rest) if p else None for p in present)
         return kernel(q, k, v, q_seg, kv_seg, lengths)
 
-    return jax.shard_map(body, mesh=mesh, in_specs=tuple(specs), out_specs=qkv,
-                         check_vma=False)(*args)
+    return jax.shard_map(body, in_specs=tuple(specs), out_specs=qkv, check_vma=False)(*args)
 
 
 def choose_implementation(q, k, v, *, mask=None, segment_ids=None) -> str:
-    """The fastest implementation that honours these inputs on the default backend."""
-    backend = target_platform()
+    """The fastest implementation that honours these inputs on the platform the program is
+    for (`sharding.current_platform()`: a TPU slice's when compiled ahead of time for one)."""
+    backend = sharding.current_platform()
     if backend == "tpu":
-        from jaxnets.kernels.tpu_attention import supports
+        from jaxnets.kernels.tpu_attention import supports  # delays the TPU Pallas ops (~0.3 s): TPU only
         return "pallas_tpu" if mask is None and supports(q, k) else "xla"
     if backend == "gpu":
         half = q.dtype in (jnp.bfloat16, jnp.float16)
@@ -289,9 +295,9 @@ def _fold_lengths_into_segments(q, k, q_seg, kv_seg, kv_lengths):
 
 
 def _cudnn_attention(q, k, v, *, causal, mask, q_segment_ids, kv_segment_ids, kv_lengths, scale):
-    if target_platform() != "gpu":
+    if sharding.current_platform() != "gpu":
         raise ValueError("implementation='cudnn' needs an NVIDIA GPU (the default backend is "
-                         f"{target_platform()!r}); use 'blockwise' or 'xla' here.")
+                         f"{sharding.current_platform()!r}); use 'blockwise' or 'xla' here.")
     if q.dtype not in (jnp.bfloat16, jnp.float16):
         raise ValueError(f"implementation='cudnn' takes float16/bfloat16 inputs, got {q.dtype}.")
     if causal and q.shape[1] != k.shape[1]:
@@ -353,15 +359,16 @@ class MultiHeadAttention(nnx.Module):
 
     def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
                  head_dim: int | None = None, context_features: int | None = None,
-                 use_bias: bool = True, implementation: str = "auto", rotary_base=None,
-                 dtype=None, rngs: nnx.Rngs):
+                 use_bias: bool = True, implementation: str = "auto", rotary_base=None, dtype=None,
+                 lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
-        self.rotary_base = rotary_base   # rotate q and k by their positions (nn/rotary.py)
         self.head_dim = head_dim or d_model // num_heads
         self.implementation = implementation
+        self.rotary_base = rotary_base   # rotate q and k by their positions (nn/rotary.py)
         # Logical axes: projections split by head over "tensor" (Megatron: no communication
         # inside attention), model width over "fsdp".
-        dense = lambda i, o, axes: Linear(i, o, axes=axes, use_bias=use_bias, dtype=dtype, rngs=rngs)
+        dense = lambda i, o, axes: Linear(i, o, axes=axes, use_bias=use_bias, dtype=dtype,
+                                          dot_general=lowering.dot_general, rngs=rngs)
         kv_in = context_features or d_model
         self.query = dense(d_model, num_heads * self.head_dim, ("embed", "heads"))
         self.key = dense(kv_in, self.num_kv_heads * self.head_dim, ("embed", "kv_heads"))

@@ -1,14 +1,15 @@
 """Convolution helpers for XLA:CPU: a fusion barrier, folded narrow 3x3 convolutions, and a
-native filter gradient.
+native filter gradient, applied as a `jaxnets.nn.lowering.ConvLowering` says.
 
-    nnx.Conv(16, 16, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=conv_general_dilated, ...)
+    conv = conv_function(lowering.conv)     # lax.conv_general_dilated when lowering.conv is None
+    nnx.Conv(16, 16, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=conv, ...)
 
-`conv_general_dilated` is a drop-in for `jax.lax.conv_general_dilated` (the hook `nnx.Conv`
-exposes). Every case but one goes straight to lax. The exception: on the CPU backend, a 3x3,
-stride-1, "same"-padded NHWC convolution (`conv3x3`, with its own VJP). Two things change there:
+`conv_function(c)` is a drop-in for `jax.lax.conv_general_dilated` (the hook `nnx.Conv`
+exposes). Every case but one goes straight to lax. The exception: a 3x3, stride-1,
+"same"-padded NHWC convolution (`conv3x3`, with its own VJP). Two things change there:
 
-1. Narrow layers (at most 16 input channels, even width) are folded on single-threaded CPU
-   devices (`jaxnets.runtime.one_device_per_core`; see `_foldable`). XLA:CPU hands them to
+1. Narrow layers (at most 16 input channels, even width) are folded where `ConvLowering.fold`
+   says (jaxnets.platform sets it on single-threaded CPU devices; see `_foldable`). XLA:CPU hands them to
    Eigen at ~100 GFLOP/s on one core, while with 32 channels the same convolution runs on
    YNNPACK at ~240 GFLOP/s (batch 64, 32x32, one core of this project's AVX-512 EPYC). So pairs
    of neighbouring columns go into channels and the folded image is convolved instead:
@@ -21,7 +22,7 @@ stride-1, "same"-padded NHWC convolution (`conv3x3`, with its own VJP). Two thin
    of convolution (of the output gradient, with the flipped kernel), so it is folded too.
    ResNet-20 train step, batch 64, one core: 180 -> 162 ms.
 2. The filter gradient runs in a native kernel (`jaxnets.kernels.conv_filter_grad`, C++ through
-   XLA's FFI) where one is built: XLA:CPU computes it as a convolution whose kernel is the whole
+   XLA's FFI) where one is built and `ConvLowering.filter_grad_choice` says so: XLA:CPU computes it as a convolution whose kernel is the whole
    gradient image, behind two transposes, at about half the speed. Train step, batch 64, one
    core: ResNet-20 148 -> 125 ms, ResNet-56 458 -> 367 ms. Without a compiler, lax's form runs.
 
@@ -30,6 +31,8 @@ benchmarks/results/resnet_step.md for how each figure was measured.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 
 import jax
@@ -37,7 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnets.kernels import conv_filter_grad
-from jaxnets.runtime import single_threaded_cpu, target_platform
+from jaxnets.nn.lowering import PLAIN_CONV, ConvLowering
 
 FOLD_MAX_CHANNELS = 16
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -60,8 +63,10 @@ def materialize(x):
     The cotangent passes straight through, with no barrier of its own: with the native filter
     gradient, a barrier there too measured slower (ResNet-20 116.5 vs 120.9 ms, ResNet-56 342
     vs 360 ms per step; batch 64, one core, one process).
+
+    Whether a model calls it is its `Lowering.fusion_barriers` (jaxnets.platform: CPU only).
     """
-    return _barrier(x) if target_platform() == "cpu" else x
+    return _barrier(x)
 
 
 @jax.custom_vjp
@@ -110,30 +115,50 @@ def _direct(x, w, precision):
 
 
 def _foldable(channels, width, fold):
-    """Fold this input? fold: True/False forces it where the shape allows; None decides: only on
-    single-threaded XLA:CPU devices (`jaxnets.runtime.one_device_per_core`, as resnet_cifar runs).
-    With one multi-threaded device Eigen's threading of the narrow layers wins: ResNet-20 step,
+    """Fold this input? Only where `fold` (ConvLowering.fold) asks and the shape allows.
+    jaxnets.platform asks on single-threaded XLA:CPU devices (as resnet_cifar runs). With one
+    multi-threaded device Eigen's threading of the narrow layers wins: ResNet-20 step,
     batch 128, 226 folded vs 219 ms unfolded (one process, interleaved rounds), against 138 vs
     159 ms on one single-threaded core at batch 64."""
-    if channels > FOLD_MAX_CHANNELS or width % 2:
-        return False
-    return single_threaded_cpu() if fold is None else fold
+    return bool(fold) and channels <= FOLD_MAX_CHANNELS and width % 2 == 0
 
 
-def _filter_grad(x, g, precision):
-    # The native kernel (jaxnets/kernels/conv3x3_filter_grad.cc) where it applies; its register
-    # tiles need 8 input channels at a time, so the 3-channel stem stays on lax (faster there).
-    # Where XLA's form measured faster on this machine for this shape, it is taken instead.
-    if x.shape[-1] % 8 == 0 and conv_filter_grad.preferred(x, g):
-        return conv_filter_grad.conv3x3_filter_grad(x, g)
+def native_filter_grad(x_shape, g_shape, lowering: ConvLowering) -> bool:
+    """Whether the filter gradient of these operands runs in the native kernel: its register
+    tiles need 8 input channels at a time (so the 3-channel stem stays on lax, faster there) and
+    the lowering (the kernel table, else its default) must choose it."""
+    return x_shape[-1] % 8 == 0 and lowering.filter_grad_choice(x_shape, g_shape) == "native"
+
+
+_recorded: list | None = None   # (x shape, g shape) of traced filter gradients, while recording
+
+
+@contextlib.contextmanager
+def record_filter_grads():
+    """Collect the operand shapes of every 3x3 filter gradient traced inside (for `jaxnets
+    tune`, which times the kernels for exactly those shapes)."""
+    global _recorded
+    saved, _recorded = _recorded, []
+    try:
+        yield _recorded
+    finally:
+        _recorded = saved
+
+
+def _filter_grad(x, g, precision, lowering):
+    if _recorded is not None:
+        _recorded.append((tuple(x.shape), tuple(g.shape)))
+    # The native kernel (jaxnets/kernels/conv3x3_filter_grad.cc) where chosen and supported.
+    if native_filter_grad(x.shape, g.shape, lowering) and conv_filter_grad.supported(x, g):
+        return conv_filter_grad.conv3x3_filter_grad(x, g, lowering.native_threads)
     return conv_filter_grad.reference(x, g, precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv3x3(x, w, precision=None, fold=None):
-    """3x3 stride-1 'same' NHWC convolution: folded when narrow (`fold`: see _foldable), native
-    filter gradient (see module)."""
-    return _forward(x, w, precision, fold)
+def conv3x3(x, w, precision=None, lowering: ConvLowering = PLAIN_CONV):
+    """3x3 stride-1 'same' NHWC convolution: folded when narrow and `lowering.fold` (see
+    _foldable), filter gradient as `lowering` chooses (see module)."""
+    return _forward(x, w, precision, lowering.fold)
 
 
 def _forward(x, w, precision, fold):
@@ -142,18 +167,18 @@ def _forward(x, w, precision, fold):
     return _direct(x, w, precision)
 
 
-def _fwd(x, w, precision, fold):
-    return _forward(x, w, precision, fold), (x, w)
+def _fwd(x, w, precision, lowering):
+    return _forward(x, w, precision, lowering.fold), (x, w)
 
 
-def _bwd(precision, fold, res, g):
+def _bwd(precision, lowering, res, g):
     x, w = res
     # g arrives as batch norm's backward chain; computed once here, not inside every consumer
     # (a fused pad runs 5x slower than a plain one).
     g = materialize(g)
     w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)   # input gradient = convolution with this kernel
-    dx = _forward(g, w_t, precision, fold)
-    return dx, _filter_grad(x, g, precision).astype(w.dtype)
+    dx = _forward(g, w_t, precision, lowering.fold)
+    return dx, _filter_grad(x, g, precision, lowering).astype(w.dtype)
 
 
 conv3x3.defvjp(_fwd, _bwd)
@@ -161,7 +186,7 @@ conv3x3.defvjp(_fwd, _bwd)
 
 def _is_3x3_same(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                  feature_group_count, kwargs):
-    if target_platform() != "cpu" or lhs.ndim != 4 or rhs.shape[:2] != (3, 3):
+    if lhs.ndim != 4 or rhs.shape[:2] != (3, 3):
         return False
     if any(v is not None for v in kwargs.values()):   # out_sharding, preferred_element_type
         return False
@@ -180,12 +205,30 @@ def _is_3x3_same(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimensi
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """`lax.conv_general_dilated`, with 3x3 stride-1 'same' CPU convolutions sped up (see module)."""
-    if _is_3x3_same(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                    dimension_numbers, feature_group_count, kwargs):
-        return conv3x3(lhs, rhs, precision, None)
+                         dimension_numbers=None, feature_group_count=1, precision=None, *,
+                         lowering: ConvLowering | None = None, **kwargs):
+    """`lax.conv_general_dilated`; with a `lowering`, 3x3 stride-1 'same' NHWC convolutions go
+    through `conv3x3` (see module)."""
+    if lowering is not None and _is_3x3_same(lhs, rhs, window_strides, padding, lhs_dilation,
+                                             rhs_dilation, dimension_numbers, feature_group_count,
+                                             kwargs):
+        return conv3x3(lhs, rhs, precision, lowering)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, precision=precision,
                                     **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoweredConv:
+    """`conv_general_dilated` with a fixed lowering; compares by value (a static attribute of the
+    nnx.Conv layers holding it)."""
+    lowering: ConvLowering
+
+    def __call__(self, *args, **kwargs):
+        return conv_general_dilated(*args, lowering=self.lowering, **kwargs)
+
+
+def conv_function(lowering: ConvLowering | None):
+    """The `conv_general_dilated=` hook for nnx.Conv layers under `lowering` (None: lax's own)."""
+    return lax.conv_general_dilated if lowering is None else _LoweredConv(lowering)

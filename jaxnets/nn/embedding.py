@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxnets.nn.partitioning import Embed, Param, lookup
+from jaxnets.nn.layers import Embed, Param, lookup
 
 
 def sinusoidal_positions(positions, d_model: int, *, base: float = 10000.0, dtype=jnp.float32):

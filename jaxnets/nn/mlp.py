@@ -12,12 +12,16 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from jaxnets.nn.partitioning import Linear, constrain
+from jaxnets.nn.layers import Linear
+from jaxnets.parallel.sharding import constrain
 
 
 class SwiGLU(nnx.Module):
-    def __init__(self, d_model: int, d_ff: int, *, use_bias=False, dtype=None, rngs: nnx.Rngs):
-        dense = lambda i, o, axes: Linear(i, o, axes=axes, use_bias=use_bias, dtype=dtype, rngs=rngs)
+    def __init__(self, d_model: int, d_ff: int, *, use_bias=False, dtype=None, dot_general=None,
+                 rngs: nnx.Rngs):
+        extra = {} if dot_general is None else {"dot_general": dot_general}
+        dense = lambda i, o, axes: Linear(i, o, axes=axes, use_bias=use_bias, dtype=dtype,
+                                          rngs=rngs, **extra)
         self.gate = dense(d_model, d_ff, ("embed", "mlp"))
         self.up = dense(d_model, d_ff, ("embed", "mlp"))
         self.down = dense(d_ff, d_model, ("mlp", "embed"))

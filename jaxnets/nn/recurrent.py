@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxnets.nn.partitioning import Param, constrain
+from jaxnets.nn.layers import Param
+from jaxnets.parallel.sharding import constrain
 from jaxnets.nn.recurrent_scan import DEFAULT_UNROLL, additive, project, recurrent_scan
 
 Carry = tuple

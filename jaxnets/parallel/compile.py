@@ -1,12 +1,11 @@
-"""`jaxnets compile`: the train step `jaxnets train` would run, compiled for a target ahead of time.
+"""What a program compiled ahead of time for a target needs and does, from XLA's own accounting.
 
-    report = compile_for_target(config, parse_target("tpu:v5p-64"))
+    compiled, text = compile_with_text(lowered)
+    report = analyse(trainer, target, compiled, text)
 
-The trainer itself builds the step (model, optimizer, sharding rules, mesh, non-finite guard,
-donation, dtype policy) from its abstract state (`Trainer(..., layout_only=True, devices=...)`):
-nothing is allocated. The step is lowered with `jax.ShapeDtypeStruct`s carrying the shardings
-the run would give it and compiled by the target's own XLA compiler (libtpu for TPU targets,
-which runs on a CPU host). What comes back is XLA's own accounting of the program:
+`jaxnets.train.ahead_of_time.compile_for_target` lowers the trainer's own step for a target and
+calls these; the target's XLA compiler (libtpu for TPU targets, which runs on a CPU host) does
+the work. The report:
 
   bytes_per_device   memory_analysis(): arguments, outputs, temporaries, generated code;
                      total = arguments + outputs - aliased (donated state) + temporaries + code
@@ -20,41 +19,24 @@ which runs on a CPU host). What comes back is XLA's own accounting of the progra
 """
 from __future__ import annotations
 
-import contextlib
 import glob
+import math
 import os
-import sys
 import tempfile
-import time
 from typing import Any
 
-
-from jaxnets.parallel import hlo
-from jaxnets.parallel import mesh as meshlib
-from jaxnets.parallel.targets import Target, devices as target_devices
+from flax import nnx
+from jax._src import config as jax_config   # enable_compilation_cache as a context (no public one)
 
 
-def compile_for_target(config, target: Target) -> dict[str, Any]:
-    """Build, lower and compile the train step for `target`; the report as a JSON-able dict."""
-    from jaxnets.train.trainer import Trainer   # the trainer imports the whole model zoo
-
-    t0 = time.time()
-    devs = target_devices(target)
-    with contextlib.redirect_stdout(sys.stderr):   # stdout carries the report only
-        trainer = Trainer(config, None, layout_only=True, devices=devs)
-    lowered = trainer.jit_train_step.lower(*trainer.abstract_step_args())
-    t_lower = time.time()
-    compiled, text = compile_with_text(lowered)
-    t_compile = time.time()
-    return analyse(trainer, target, compiled, text, timings={
-        "build_and_lower_s": t_lower - t0, "compile_s": t_compile - t_lower})
+from jaxnets.parallel import hlo, sharding
+from jaxnets.parallel.targets import Target
 
 
 def compile_with_text(lowered) -> tuple[Any, str]:
     """(compiled, its optimized HLO text). The TPU compiler's executable cannot print itself
     here (`as_text()` fails to re-read its async ops), so XLA dumps the module while compiling;
     the persistent cache is bypassed, or a cached program would dump nothing."""
-    from jax._src import config as jax_config
     with tempfile.TemporaryDirectory(prefix="jaxnets-hlo-") as folder, \
             jax_config.enable_compilation_cache(False):
         compiled = lowered.compile(compiler_options={
@@ -94,7 +76,7 @@ def analyse(trainer, target: Target, compiled, text: str,
     # where it is larger (it too counts a loop's body once, so it stays a lower bound).
     bytes_device = max(float(cost.get("bytes accessed", 0.0)), float(arguments + outputs))
     params = sum(r["size"] for r in _param_rows(trainer))
-    state_total, state_per_device = meshlib.layout_bytes(mesh, trainer.layout)
+    state_total, state_per_device = sharding.layout_bytes(mesh, trainer.layout)
     batch = int(config.data.batch_size)
     report: dict[str, Any] = {
         "target": target.text,
@@ -142,7 +124,6 @@ def compiled_device_kind(mesh) -> str:
 
 def _param_rows(trainer) -> list[dict]:
     """Layout rows of the model's trainable parameters (nnx.Param, not optimizer moments)."""
-    import math
     rows = []
     for r in trainer.layout:
         if r["kind"] == "Param" and r["path"].split("/")[0] in ("model", "generator", "denoiser"):
@@ -155,7 +136,6 @@ def _param_rows(trainer) -> list[dict]:
 
 def _model_flops(trainer) -> float | None:
     """The task's own FLOP count of one train step (6 N per token for an LM): no recomputation."""
-    from flax import nnx
     try:
         module = nnx.merge(trainer.graphdef, trainer.abstract_state)
         return trainer.task.throughput(module).get("flops")

@@ -16,6 +16,11 @@ from __future__ import annotations
 
 import os
 
+import jax
+from jax._src import clusters
+
+from jaxnets.errors import UserError
+
 EXPLICIT = ("JAXNETS_COORDINATOR", "JAXNETS_NUM_PROCESSES", "JAXNETS_PROCESS_ID")
 
 
@@ -24,7 +29,6 @@ def detected_cluster() -> str | None:
 
     Checked without touching a backend. Mpi4py detection is opt-in in JAX and stays off.
     """
-    from jax._src import clusters
     for env in clusters.ClusterEnv._cluster_types:
         if env.__name__ == "Mpi4pyCluster":
             continue
@@ -50,7 +54,6 @@ def multi_process_expected() -> bool:
 def initialize() -> str:
     """Join the job this process belongs to (see the module docstring); returns how: "explicit",
     the detected cluster's name, "already" or "single"."""
-    import jax
     if jax.distributed.is_initialized():
         return "already"
     timeouts = dict(heartbeat_timeout_seconds=int(os.environ.get("JAXNETS_HEARTBEAT_S", "30")),
@@ -59,7 +62,6 @@ def initialize() -> str:
     if "JAXNETS_COORDINATOR" in os.environ:
         missing = [v for v in EXPLICIT if v not in os.environ]
         if missing:
-            from jaxnets.errors import UserError
             raise UserError(f"JAXNETS_COORDINATOR is set but {', '.join(missing)} is not: set all "
                             f"three ({', '.join(EXPLICIT)}) on every process, or use `jaxnets launch`.")
         jax.distributed.initialize(

@@ -1,9 +1,7 @@
-"""Mesh construction from config and the shardings the trainer needs.
+"""Device meshes from config, and the arrays that live on them (global batches, state bytes).
 
-Every parameter carries logical axis names (jaxnets.nn.partitioning); `config.sharding_rules`
-maps them to mesh axes (FSDP: "embed"/"conv_out" -> "fsdp"; tensor parallelism: "heads", "mlp",
-"vocab" -> "tensor"); a dimension its mesh axes do not divide stays whole. Batches are sharded
-on their leading axis over the data-parallel axes ("data" and "fsdp").
+What lives where on a mesh (parameters, activations, batches) is decided by one rules table in
+jaxnets.parallel.sharding.
 """
 from __future__ import annotations
 
@@ -11,17 +9,17 @@ import math
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
 
 from jaxnets.errors import UserError
+from jaxnets.parallel import distributed
 
-DATA_AXES = ("data", "fsdp")
 
 
 def maybe_initialize_distributed() -> str:
     """Join a multi-controller job if this process is part of one (jaxnets.parallel.distributed)."""
-    from jaxnets.parallel.distributed import initialize
-    return initialize()
+    return distributed.initialize()
 
 
 AXIS_ORDER = ("data", "fsdp", "tensor")   # outer to inner: "tensor" neighbours stay within a host
@@ -50,7 +48,7 @@ def mesh_shape(axes: dict[str, int], num_devices: int) -> dict[str, int]:
 
 def make_mesh(axes: dict[str, int], num_devices: int = 0, devices: list | None = None) -> Mesh:
     """A mesh over the first `num_devices` of `devices` (default jax.devices(); 0: all) with
-    Auto axis types.
+    Auto axis types (`jaxnets compile` passes a TPU slice's abstract devices).
 
     Auto (not jax.make_mesh's default Explicit) so that XLA's partitioner places every op from
     the parameter and batch shardings, and custom kernels need shard_map only where they are
@@ -73,88 +71,6 @@ def make_mesh(axes: dict[str, int], num_devices: int = 0, devices: list | None =
     return Mesh(np.asarray(devices).reshape(tuple(shape.values())), tuple(shape), axis_types=types)
 
 
-def data_axes(mesh: Mesh) -> tuple[str, ...]:
-    return tuple(a for a in DATA_AXES if a in mesh.axis_names)
-
-
-def data_parallel_size(mesh: Mesh) -> int:
-    return math.prod(mesh.shape[a] for a in data_axes(mesh))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(data_axes(mesh)))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
-def _logical_names(variable) -> tuple | None:
-    names = variable.get_metadata().get("out_sharding") if hasattr(variable, "get_metadata") else None
-    return tuple(names) if names else None
-
-
-def state_layout(mesh: Mesh, abstract_state, rules) -> list[dict]:
-    """One row per state array: path, shape, dtype, logical names, PartitionSpec and notes."""
-    from flax import nnx
-
-    from jaxnets.nn.partitioning import resolve
-    rows = []
-    for path, var in nnx.to_flat_state(abstract_state):
-        value = var.get_value() if hasattr(var, "get_value") else var
-        shape = tuple(getattr(value, "shape", ()))
-        names = _logical_names(var)
-        if names is not None and len(names) != len(shape):
-            raise ValueError(f"{'/'.join(map(str, path))}: {len(names)} logical names {names} "
-                             f"for shape {shape}")
-        spec, notes = resolve(names, shape, mesh, rules) if names else (P(), [])
-        rows.append({"path": "/".join(map(str, path)), "shape": shape,
-                     "dtype": str(getattr(value, "dtype", "")), "kind": type(var).__name__,
-                     "names": names, "spec": spec, "notes": notes})
-    return rows
-
-
-def state_shardings(mesh: Mesh, abstract_state, rules) -> object:
-    """NamedShardings for an abstract nnx.State: logical names mapped by `rules`, else replicated."""
-    from flax import nnx
-
-    specs = iter([row["spec"] for row in state_layout(mesh, abstract_state, rules)])
-    flat = nnx.to_flat_state(abstract_state)
-    shardings = [(path, var.replace(NamedSharding(mesh, next(specs)))) for path, var in flat]
-    return nnx.from_flat_state(shardings)
-
-
-def shard_count(mesh, spec: P) -> int:
-    """Into how many pieces `spec` cuts an array on `mesh` (its per-device share is 1/that)."""
-    return math.prod(math.prod(mesh.shape[a] for a in ((e,) if isinstance(e, str) else e))
-                     for e in spec if e is not None)
-
-
-def layout_bytes(mesh: Mesh, rows: list[dict]) -> tuple[int, int]:
-    """(global bytes, bytes per device) of a `state_layout`: what `state_bytes` reads from the
-    allocated arrays, known before anything is allocated (a PRNG key counts its 8 data bytes)."""
-    total = per_device = 0
-    for r in rows:
-        itemsize = np.dtype(r["dtype"]).itemsize if r["dtype"] and "key" not in r["dtype"] else 8
-        nbytes = math.prod(r["shape"]) * itemsize
-        total, per_device = total + nbytes, per_device + nbytes // shard_count(mesh, r["spec"])
-    return total, per_device
-
-
-def format_layout(mesh: Mesh, rows: list[dict]) -> str:
-    """The table `jaxnets train --print_layout` prints: where every array of the state lives."""
-    lines = [f"mesh {dict(mesh.shape)} over {mesh.size} devices"]
-    width = max(len(r["path"]) for r in rows)
-    total, per_device = layout_bytes(mesh, rows)
-    for r in rows:
-        names = "(" + ", ".join(str(n) for n in r["names"]) + ")" if r["names"] else "-"
-        spec = "P(" + ", ".join(repr(e) for e in r["spec"]) + ")"
-        note = ("   !! " + "; ".join(r["notes"])) if r["notes"] else ""
-        lines.append(f"{r['path']:<{width}}  {str(r['shape']):<18} {names:<28} {spec:<24}{note}")
-    lines.append(f"state: {total / 2**20:.2f} MiB in all, {per_device / 2**20:.2f} MiB per device")
-    return "\n".join(lines)
-
-
 def state_bytes(state) -> tuple[int, int]:
     """(global bytes, largest per-device bytes) of a state's arrays, read from their shards.
 
@@ -171,7 +87,6 @@ def state_bytes(state) -> tuple[int, int]:
             per_device[shard.device.id] = per_device.get(shard.device.id, 0) + shard.data.nbytes
     largest = max(per_device.values(), default=0)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         largest = int(np.max(multihost_utils.process_allgather(np.int64(largest))))
     return int(total), int(largest)
 
@@ -183,3 +98,45 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
         global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
         out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
     return out
+
+
+def check_input_feed(mesh: Mesh, rules) -> None:
+    """UserError unless the input feed can serve `mesh`: every process reads its own 1/P share
+    of each global batch (jaxnets.data's per-process share, `global_batch`), so the rows each
+    device holds (the "batch" rule's mesh axes) must come from one process only, and every
+    process must hold as many rows. An axis outside the batch rule (tensor, or fsdp under rules
+    that do not split the batch over it) that spans processes breaks this: devices of two
+    processes would hold the same rows, read differently by each."""
+    if jax.process_count() == 1:
+        return
+    from_rules = dict(rules).get("batch")
+    batch_axes = (from_rules,) if isinstance(from_rules, str) else tuple(from_rules or ())
+    problem = input_feed_problem(np.vectorize(lambda d: d.process_index)(mesh.devices),
+                                 tuple(mesh.axis_names), batch_axes)
+    if problem:
+        raise UserError(
+            f"Mesh {dict(mesh.shape)} cannot be fed: {problem}. The rule: each process reads its "
+            f"own share of every batch, so a mesh axis that does not split the batch (the "
+            f"'batch' sharding rule: {batch_axes}) must stay within one process. Make such axes "
+            f"at most the devices of one process ({jax.local_device_count()}), e.g. "
+            f"--config.mesh.tensor=1, or add the axis to the batch rule.")
+
+
+def input_feed_problem(process_ids: np.ndarray, axis_names: tuple, batch_axes: tuple) -> str:
+    """"" if each batch shard (a point of the batch axes) lives on one process and every process
+    holds as many batch shards; else what is wrong. `process_ids`: the mesh's devices' process
+    indices, shaped as the mesh."""
+    batch_dims = [i for i, n in enumerate(axis_names) if n in batch_axes]
+    other = [i for i in range(len(axis_names)) if i not in batch_dims]
+    # [batch shard, devices holding it]: every device of one shard must be in one process.
+    grouped = np.transpose(process_ids, batch_dims + other).reshape(
+        int(np.prod([process_ids.shape[i] for i in batch_dims], dtype=int)), -1)
+    spanning = [axis_names[i] for i in other if process_ids.shape[i] > 1 and np.any(
+        np.take(process_ids, [0], axis=i) != process_ids)]
+    if np.any(grouped != grouped[:, :1]):
+        return (f"axis {', '.join(spanning) or '?'} spans processes, so devices of different "
+                f"processes would hold the same batch rows")
+    counts = np.bincount(grouped[:, 0])
+    if len(set(counts[counts > 0])) > 1 or (counts == 0).any():
+        return f"the processes hold unequal shares of the batch ({counts.tolist()} shards)"
+    return ""

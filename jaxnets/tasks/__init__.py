@@ -9,7 +9,7 @@ TASKS = Registry("task", {
     "language_model": "jaxnets.tasks.language_model:LanguageModelTask",
     "seq2seq": "jaxnets.tasks.seq2seq:Seq2SeqTask",
     "sequence_labeling": "jaxnets.tasks.sequence_labeling:SequenceLabelingTask",
-    "autoencoder": "jaxnets.tasks.autoencoder:AutoEncoderTask",
+    "autoencoder": "jaxnets.tasks.reconstruction:AutoEncoderTask",
     "vae": "jaxnets.tasks.vae:VAETask",
     "gan": "jaxnets.tasks.gan:GANTask",
     "diffusion": "jaxnets.tasks.diffusion:DiffusionTask",

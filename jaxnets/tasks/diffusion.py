@@ -3,7 +3,7 @@ report that samples with one compiled loop, writes PNG grids and scores the samp
 
 Config: `model` = {"name": "unet", "conditioning": None|"class"|"text", "channels", ...}.
 task_options (defaults in brackets):
-- schedule ["cosine"], num_steps [T = 1000]: the beta schedule (jaxnets.diffusion).
+- schedule ["cosine"], num_steps [T = 1000]: the beta schedule (jaxnets.ddpm).
 - p_uncond [0.1]: probability of replacing the condition with the null one while training,
   so that one network is both eps(x, t, c) and eps(x, t) for classifier-free guidance.
 - ema_decay [0.999]: EMA of the weights, warmed up as min(decay, (1 + n) / (10 + n)); eval
@@ -28,10 +28,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxnets import diffusion as dm
+from jaxnets import ddpm as dm
 from jaxnets import images as imlib
-from jaxnets.models.diffusion import NUMBER_WORDS
-from jaxnets.tasks.base import State, Task
+from jaxnets.errors import UserError
+from jaxnets.models import model_options
+from jaxnets.models.unet import NUMBER_WORDS, PromptTokenizer
+from jaxnets.tasks.base import Inference, State, Task
 from jaxnets.tasks.common import (build_task_model, heldout_images, image_model_defaults,
                                   to_unit_range, write_report)
 
@@ -49,25 +51,25 @@ class DiffusionTask(Task):
                "sampler": "ddim", "sample_steps": 50, "eta": 0.0, "clip_x0": 1.0, "guidance": 3.0,
                "guidance_scales": (0.0, 1.0, 3.0, 5.0), "judge_dir": None, "num_samples": 200,
                "prompt_templates": TRAIN_TEMPLATES}
+    entry_points = frozenset({"sample", "export"})
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        o = config.task_options
-        self.schedule = dm.make_schedule(o.get("schedule", "cosine"), o.get("num_steps", 1000))
-        self.conditioning = config.model.get("conditioning", None)
+        o = self.opts
+        self.schedule = dm.make_schedule(o["schedule"], o["num_steps"])
+        self.conditioning = {**model_options(config.model.name), **config.model}["conditioning"]
         self.num_classes = dataset.info.get("num_classes", 10)
-        self.p_uncond = o.get("p_uncond", 0.1)
-        self.ema_decay = o.get("ema_decay", 0.999)
-        self.sampler = o.get("sampler", "ddim")
-        self.sample_steps, self.eta, self.clip_x0 = o.get("sample_steps", 50), o.get("eta", 0.0), o.get("clip_x0", 1.0)
-        self.guidance = o.get("guidance", 3.0)
-        self.guidance_scales = tuple(o.get("guidance_scales", (0.0, 1.0, 3.0, 5.0)))
-        self.judge_dir = o.get("judge_dir", None)
-        self.num_samples = o.get("num_samples", 200)    # per scored set, a multiple of 10
+        self.p_uncond = o["p_uncond"]
+        self.ema_decay = o["ema_decay"]
+        self.sampler = o["sampler"]
+        self.sample_steps, self.eta, self.clip_x0 = o["sample_steps"], o["eta"], o["clip_x0"]
+        self.guidance = o["guidance"]
+        self.guidance_scales = tuple(o["guidance_scales"])
+        self.judge_dir = o["judge_dir"]
+        self.num_samples = o["num_samples"]    # per scored set, a multiple of 10
         if self.conditioning == "text":
-            from jaxnets.models.diffusion import PromptTokenizer
             self.tokenizer = PromptTokenizer()
-            templates = o.get("prompt_templates", TRAIN_TEMPLATES)
+            templates = o["prompt_templates"]
             # (classes, templates, max_len): the train step picks a random template per example
             self.prompt_table = np.stack([self.tokenizer.encode(prompts_for(t)) for t in templates], 1)
 
@@ -116,11 +118,13 @@ class DiffusionTask(Task):
         return {"loss": float(sums["loss_sum"] / sums["count"])}
 
     # ------------------------------------------------------------------ sampling
-    def sampler_fn(self, model, n: int, trajectory: bool = False):
+    def sampler_fn(self, model, n: int, trajectory: bool = False, steps: int | None = None):
         """A jitted (cond, scale, rng) -> images in [0, 1]; the whole chain is one lax.scan.
-        trajectory=True: (images, {"t", "x_t", "x0"}) with every step's x_t and predicted x_0."""
+        trajectory=True: (images, {"t", "x_t", "x0"}) with every step's x_t and predicted x_0.
+        steps: DDIM sampling steps (default: task_options.sample_steps)."""
         graphdef, params = nnx.split(model)
         shape = (n, *self.dataset.info["image_shape"])
+        sample_steps = self.sample_steps if steps is None else steps
 
         @jax.jit
         def sample(params, cond, scale, rng):
@@ -136,7 +140,7 @@ class DiffusionTask(Task):
                 out = dm.ddpm_sample(self.schedule, eps_fn, x_T, chain_rng, clip_x0=self.clip_x0,
                                      trajectory=trajectory)
             else:
-                out = dm.ddim_sample(self.schedule, eps_fn, x_T, chain_rng, num_sample_steps=self.sample_steps,
+                out = dm.ddim_sample(self.schedule, eps_fn, x_T, chain_rng, num_sample_steps=sample_steps,
                                      eta=self.eta, clip_x0=self.clip_x0, trajectory=trajectory)
             to_unit = lambda x: jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
             if trajectory:
@@ -151,6 +155,42 @@ class DiffusionTask(Task):
         if self.conditioning == "text":
             return jnp.asarray(self.tokenizer.encode(prompts_for(template))[labels])
         return None
+
+    def sample(self, state, n: int, seed: int = 0, *, steps: int | None = None, guidance: float | None = None,
+               label: int | None = None, prompt: str | None = None) -> np.ndarray:
+        """n images from the EMA denoiser. Conditioned on class labels: `label` (default digits
+        0..9 in turn); on text: `prompt` (default "a handwritten {word}" for 0..9 in turn);
+        guidance: the classifier-free guidance scale (default task_options.guidance)."""
+        if steps is not None and steps < 1:
+            raise UserError(f"The number of sampling steps must be at least 1, got {steps}.")
+        model = state.ema
+        sample = self.sampler_fn(model, n, steps=steps)
+        key = jax.random.key(seed)
+        if self.conditioning is None:
+            if label is not None or prompt is not None:
+                raise UserError("This DDPM is unconditional: drop --label/--prompt.")
+            return sample(None, 0.0, key)
+        scale = self.guidance if guidance is None else guidance
+        digits = np.arange(n) % 10
+        if self.conditioning == "class":
+            if prompt is not None:
+                raise UserError("This DDPM is conditioned on class labels: use --label D, not --prompt.")
+            labels = np.full(n, label, np.int32) if label is not None else digits
+            return sample(self.conditions_for(model, labels), scale, key)
+        if label is not None:
+            raise UserError("This DDPM is conditioned on text: use --prompt, not --label.")
+        if prompt is None:
+            return sample(self.conditions_for(model, digits, SEEN_PROMPT), scale, key)
+        return sample(np.repeat(self.tokenizer.encode(prompt), n, axis=0), scale, key)
+
+    def inference_fn(self, state):
+        """The EMA noise predictor eps(x_t, t[, condition])."""
+        x = np.zeros((1, *self.dataset.info["image_shape"]), np.float32)
+        inputs = [("x_t", x), ("t", np.zeros((1,), np.int32))]
+        if self.conditioning is None:
+            return Inference("unet", state.ema, lambda m, x, t: m(x, t), inputs)
+        cond = np.asarray(self.conditions_for(state.ema, np.zeros(1, np.int32), "{word}"))
+        return Inference("unet", state.ema, lambda m, x, t, c: m(x, t, c), [*inputs, ("condition", cond)])
 
     def report(self, state, workdir):
         model, n = state.ema, self.num_samples

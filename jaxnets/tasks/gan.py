@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 
 from jaxnets import images as imlib
-from jaxnets.tasks.base import State, Task
+from jaxnets.tasks.base import Inference, State, Task
 from jaxnets.tasks.common import (build_task_model, heldout_images, image_model_defaults,
                                   to_unit_range, write_report)
 
@@ -43,12 +43,13 @@ def generator_loss(logits_fake, kind: str = "non_saturating"):
 
 class GANTask(Task):
     options = {"generator_loss": "non_saturating", "judge_dir": None}
+    entry_points = frozenset({"sample", "export"})
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.g_loss_kind = config.task_options.get("generator_loss", "non_saturating")
+        self.g_loss_kind = self.opts["generator_loss"]
         generator_loss(jnp.zeros(1), self.g_loss_kind)   # a bad name fails now
-        self.judge_dir = config.task_options.get("judge_dir", None)
+        self.judge_dir = self.opts["judge_dir"]
 
     def build(self, rngs, make_optimizer):
         defaults = image_model_defaults(self.config, self.dataset)
@@ -109,11 +110,17 @@ class GANTask(Task):
         return {"d_real_heldout": float(sums["d_real_sum"]) / n,
                 "loss": float(sums["d_loss_real_sum"]) / n}
 
-    def sample(self, state, n: int, seed: int = 0) -> np.ndarray:
+    def sample(self, state, n: int, seed: int = 0, **conditions) -> np.ndarray:
         """n generated images in [0, 1] (G in inference mode: running batch-norm statistics)."""
+        self.refuse_conditions(**conditions)
         graphdef, params = nnx.split(state.generator)
         gen = jax.jit(lambda p, z: (nnx.merge(graphdef, p)(z) + 1.0) / 2.0)
         return np.asarray(gen(params, self.latents(state, jax.random.key(seed), n)))
+
+    def inference_fn(self, state):
+        """The generator G(z), images in [-1, 1]."""
+        z = np.zeros((1, state.generator.latent_dim), np.float32)
+        return Inference("generator", state.generator, lambda g, z: g(z), [("z", z)])
 
     def report(self, state, workdir):
         samples = self.sample(state, 1000)

@@ -6,7 +6,7 @@ Config: `model` = {"name": "vae", "arch": "mlp"|"conv", "latent_dim": ..., "like
   likelihood is a proper probability and the ELBO a bound on log p(x) in nats.
 - `kl_weight` (default 1; beta-VAE when != 1; the reported ELBO always uses weight 1) and
   `recon_weight` (default 1): `kl_weight=0` trains reconstruction only, `recon_weight=0` KL
-  only (benchmarks/vae_terms.py shows why the ELBO needs both).
+  only (benchmarks/course/vae_terms.py shows why the ELBO needs both).
 - `compare_autoencoder` (default False): also train a plain AutoEncoder of the same
   architecture in the same step (own optimizer from config.optim), so that `report` can put
   their latent spaces side by side.
@@ -26,8 +26,9 @@ from flax import nnx
 from scipy import stats
 
 from jaxnets import images as imlib
+from jaxnets.models import model_options
 from jaxnets.models.autoencoder import AutoEncoder
-from jaxnets.tasks.base import State, Task
+from jaxnets.tasks.base import Inference, State, Task
 from jaxnets.tasks.common import (build_task_model, different_digit_pairs, heldout_images,
                                   image_model_defaults, interpolation_codes, latent_map,
                                   one_of_each_digit, store_params, sum_squared_error, to_unit_range, write_report)
@@ -37,26 +38,29 @@ class VAETask(Task):
     options = {"binarize": None, "kl_weight": 1.0, "compare_autoencoder": False,   # binarize None:
                "judge_dir": None, "recon_weight": 1.0}                             # Bernoulli only
 
+    entry_points = frozenset({"sample", "export"})
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        opts = config.task_options
-        self.likelihood = config.model.get("likelihood", "bernoulli")
-        self.binarize = opts.get("binarize")
-        self.binarize = self.likelihood == "bernoulli" if self.binarize is None else self.binarize
-        self.kl_weight = opts.get("kl_weight", 1.0)
-        self.recon_weight = opts.get("recon_weight", 1.0)   # 0 with kl_weight 1: the KL-only model
-        self.compare_ae = opts.get("compare_autoencoder", False)
-        self.judge_dir = opts.get("judge_dir", None)
+        # the model's keywords over its constructor's defaults (declared there, once)
+        self.model_kw = {**model_options(config.model.name), **config.model}
+        self.likelihood = self.model_kw["likelihood"]
+        binarize = self.opts["binarize"]
+        self.binarize = self.likelihood == "bernoulli" if binarize is None else binarize
+        self.kl_weight = self.opts["kl_weight"]
+        self.recon_weight = self.opts["recon_weight"]   # 0 with kl_weight 1: the KL-only model
+        self.compare_ae = self.opts["compare_autoencoder"]
+        self.judge_dir = self.opts["judge_dir"]
 
     def build(self, rngs, make_optimizer):
         defaults = image_model_defaults(self.config, self.dataset)
         vae = build_task_model(self.config.model, self.config, rngs, **defaults)
         parts = {"model": vae, "opt": make_optimizer(vae)}
         if self.compare_ae:
-            m = self.config.model
+            m = self.model_kw
             ae = store_params(AutoEncoder(
-                defaults["image_shape"], m.get("latent_dim", 16), m.get("arch", "mlp"),
-                m.get("hidden", None), dtype=defaults.get("dtype"), rngs=rngs), self.config)
+                defaults["image_shape"], m["latent_dim"], m["arch"], m["hidden"],
+                dtype=defaults.get("dtype"), rngs=rngs), self.config)
             parts.update(ae=ae, ae_opt=make_optimizer(ae))
         return State(**parts)
 
@@ -96,6 +100,20 @@ class VAETask(Task):
         out["loss"] = out["neg_elbo"]
         return out
 
+    # ------------------------------------------------------------------ inference
+    def sample(self, state, n: int, seed: int = 0, **conditions) -> np.ndarray:
+        """n images E[x | z] decoded from the prior z ~ N(0, I) (z drawn from jax.random.key(seed))."""
+        self.refuse_conditions(**conditions)
+        vae = state.model
+        z = jax.random.normal(jax.random.key(seed), (n, vae.latent_dim))
+        return np.asarray(jax.jit(lambda z: vae.mean_image(z))(z))
+
+    def inference_fn(self, state):
+        """The decoder's mean image E[x | z]: latent -> image."""
+        z = np.zeros((1, state.model.latent_dim), np.float32)
+        return Inference(self.config.model.name + "_decoder", state.model, lambda m, z: m.mean_image(z),
+                         [("z", z)])
+
     # ------------------------------------------------------------------ report
     def report(self, state, workdir):
         vae, ae = state.model, getattr(state, "ae", None)
@@ -108,7 +126,7 @@ class VAETask(Task):
         judge = imlib.ImageJudge(self.judge_dir) if self.judge_dir else None
         metrics, files = {}, []
 
-        prior = np.asarray(dec(np.asarray(jax.random.normal(jax.random.key(0), (100, latent)))))
+        prior = self.sample(state, 100, seed=0)
         files.append(_save(prior, workdir, "samples.png", "VAE: decoded z ~ N(0, I)"))
         pick = one_of_each_digit(labels, 5)
         recon = np.asarray(dec(codes[pick]))
@@ -160,7 +178,7 @@ def _save_panels(panels, workdir, name):
 
 
 def _scatter(named_codes, labels, workdir, name):
-    import matplotlib
+    import matplotlib  # heavy: only for the 2-D latent figure of a report
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -12,10 +12,13 @@ a resumed run keeps the best so far, and a run that stopped early stays stopped 
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 
+import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 
 from jaxnets.errors import UserError
 from jaxnets.train import checkpoint as ckpt
@@ -24,7 +27,6 @@ BEST_DIR = "best"
 
 
 def _load_json(path: str) -> dict | None:
-    import json
     if not os.path.isfile(path):
         return None
     with open(path) as f:
@@ -120,7 +122,6 @@ class BestKeeper:
 
 def restore_best(trainer) -> int:
     """Load WORKDIR/best's state into `trainer` (a `jaxnets.train.Trainer`); returns its step."""
-    from flax import nnx
     directory = os.path.join(trainer.workdir, BEST_DIR)
     manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
     try:
@@ -131,7 +132,6 @@ def restore_best(trainer) -> int:
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if meta.get("signature") != ckpt.signature(pure):
             raise UserError(f"{directory}/{step} holds a different model than this config builds.")
-        import jax
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                               ckpt.to_saveable(pure))
         restored = manager.restore(step, args=ocp.args.Composite(

@@ -10,10 +10,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import logging
 import os
 import re
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxnets.errors import UserError
+from jaxnets.train.metric_log import strict_json
 
 
 def _is_key(x) -> bool:
@@ -56,7 +55,6 @@ SEAL = "jaxnets_files.json"   # per-checkpoint file sizes, written once its save
 class Checkpointer:
     def __init__(self, workdir: str, keep: int):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        _quiet_orbax_thread_tracebacks()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
@@ -198,58 +196,6 @@ class _storage_errors:
             "the newest one.") from error
 
 
-class _DropOrbaxTraceback(logging.Filter):
-    """orbax logs a failed background save with its traceback before the error reaches the
-    trainer, which reports it as one paragraph; keep orbax's one-line log, drop the traceback
-    (`jaxnets --debug` keeps it)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and "orbax" in record.pathname and not os.environ.get("JAXNETS_DEBUG"):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-class _DropOrbaxTaskErrors(logging.Filter):
-    """When one write of a save fails, orbax's other write tasks fail the same way and nobody
-    awaits them: asyncio logs each ("Task exception was never retrieved", with a traceback)
-    whenever the garbage collector reaches it, before or after the trainer's one-paragraph
-    error. Those records are dropped unless debugging; asyncio's other records pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if os.environ.get("JAXNETS_DEBUG") or not record.exc_info:
-            return True
-        tb = record.exc_info[2]
-        while tb is not None:
-            if "orbax" in tb.tb_frame.f_code.co_filename:
-                return False
-            tb = tb.tb_next
-        return True
-
-
-def _quiet_orbax_thread_tracebacks() -> None:
-    for name, kind in (("absl", _DropOrbaxTraceback), ("asyncio", _DropOrbaxTaskErrors)):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, kind) for f in logger.filters):
-            logger.addFilter(kind())
-    if not getattr(sys.unraisablehook, "jaxnets_quiet", False):
-        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
-
-
-def _quiet_unraisable(previous):
-    """After a save fails, TensorStore's pending callbacks still try to reach orbax's closed
-    event loop and each print an 'Event loop is closed' traceback as an unraisable exception:
-    noise after the real error (reported as one paragraph), dropped unless debugging."""
-
-    def hook(unraisable):
-        if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
-                and not os.environ.get("JAXNETS_DEBUG")):
-            return
-        previous(unraisable)
-
-    hook.jaxnets_quiet = True
-    return hook
-
-
 def param_digest(params_pure: dict) -> str:
     """A sha256 hex digest of every parameter array, the same on any topology, with nothing
     gathered: each array is reduced on its devices (`_array_lanes`) to 4 words that depend on
@@ -305,8 +251,6 @@ def _array_lanes(x):
 
 def write_json(path: str, obj) -> None:
     """Atomic, strict JSON: NaN/Infinity become null and a dict gets their names in "nonfinite"."""
-    from jaxnets.train.logging import strict_json
-
     bad: list[str] = []
     clean = strict_json(json.loads(json.dumps(obj, default=float)), bad=bad)
     if bad and isinstance(clean, dict):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxnets.nn.partitioning import DEFAULT_RULES
+from jaxnets.parallel.sharding import DEFAULT_RULES
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -65,8 +65,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh_devices = 0                             # use the first N devices; 0 = all (1: one device)
     # CPU only: "1" = JAX's one multi-threaded device; "auto" = one single-threaded device per
     # core (as many as divide the batch sizes), "cores" or "N". Faster for convnets, slower for
-    # recurrent and small models (jaxnets.runtime.auto_cpu_devices). JAXNETS_CPU_DEVICES overrides.
+    # recurrent and small models (jaxnets.platform.devices.auto_cpu_devices). JAXNETS_CPU_DEVICES overrides.
     c.cpu_devices = "1"
-    # Logical axis name (on parameters and activations, jaxnets.nn.partitioning) -> mesh axis.
+    # Logical axis name (on parameters, activations and the batch) -> mesh axis (jaxnets.parallel.sharding).
     c.sharding_rules = DEFAULT_RULES
+    # Backend-specific layer choices (jaxnets.platform.lowering_rule), made before anything is traced.
+    c.platform = ml_collections.ConfigDict()
+    c.platform.lowering = "auto"                   # auto: the backend's rule (CPU: fusion barriers, ...); plain: none
+    c.platform.kernel_table = ""                   # JSON from `jaxnets tune`; "" = the fixed rule
     return c

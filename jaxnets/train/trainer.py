@@ -24,16 +24,16 @@ from jaxnets.data.pipeline import TrainIterator, eval_batches, read_records
 from jaxnets.data.source import as_source
 from jaxnets.data.memory import host_rss_peak_kib
 from jaxnets.errors import UserError
-from jaxnets.nn.partitioning import axis_rules
 from jaxnets.parallel import chips
 from jaxnets.parallel import mesh as meshlib
-from jaxnets import runtime
-from jaxnets.runtime import tune_host_allocator
+from jaxnets.parallel import sharding
+from jaxnets.parallel.sharding import axis_rules
+from jaxnets.platform import compile_cache
 from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
 from jaxnets.train import guard, resume
 from jaxnets.train.best import BestKeeper
-from jaxnets.train.logging import MetricWriter, Progress, log_line
+from jaxnets.train.metric_log import MetricWriter, Progress, log_line
 from jaxnets.train.optim import OptimizerFactory
 from jaxnets.train.profiling import StepProfiler
 
@@ -63,14 +63,13 @@ class Trainer:
         validate_config(config)
         if not layout_only:
             check_workdir(workdir)
-            tune_host_allocator()   # reuse freed pages instead of faulting in each step's buffers
-            runtime.enable_compilation_cache()   # a repeated run loads its compiled programs
         # A target topology's devices belong to no job this process could join.
         self.joined = meshlib.maybe_initialize_distributed() if devices is None else "abstract"
         self.is_main = jax.process_index() == 0
         self.mesh = meshlib.make_mesh(dict(config.mesh), config.mesh_devices, devices=devices)
         self.rules = tuple(config.sharding_rules)
-        dp = meshlib.data_parallel_size(self.mesh)
+        meshlib.check_input_feed(self.mesh, self.rules)   # every process reads its own share
+        dp = sharding.data_parallel_size(self.mesh, self.rules)
         for key in ("batch_size", "eval_batch_size"):
             if config.data[key] % dp:
                 raise UserError(
@@ -97,15 +96,16 @@ class Trainer:
     def _build_state(self, allocate: bool = True) -> None:
         build = lambda: self.task.build(nnx.Rngs(self.config.seed), self.optimizers)
         # Logical names are resolved by our rules (with divisibility fallbacks, in
-        # meshlib.state_layout), never by flax's eager sharding.
-        with nnx.use_eager_sharding(False):
+        # sharding.state_layout), never by flax's eager sharding. Built under the mesh, so the
+        # layer choices (`lowering_for`) are those of the mesh's platform.
+        with nnx.use_eager_sharding(False), jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
             abstract = nnx.eval_shape(build)
         self.graphdef, abstract_state = nnx.split(abstract)
         self.abstract_state = abstract_state
-        self.layout = meshlib.state_layout(self.mesh, abstract_state, self.rules)
-        self.state_sharding = meshlib.state_shardings(self.mesh, abstract_state, self.rules)
-        self.batch_sharding = meshlib.batch_sharding(self.mesh)
-        self.replicated = meshlib.replicated(self.mesh)
+        self.layout = sharding.state_layout(self.mesh, abstract_state, self.rules)
+        self.state_sharding = sharding.state_shardings(self.mesh, abstract_state, self.rules)
+        self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
+        self.replicated = sharding.replicated(self.mesh)
         if not allocate:
             return
         with nnx.use_eager_sharding(False):
@@ -127,7 +127,7 @@ class Trainer:
         return state, batch, step
 
     def layout_table(self) -> str:
-        return meshlib.format_layout(self.mesh, self.layout)
+        return sharding.format_layout(self.mesh, self.layout)
 
     def module(self) -> nnx.Module:
         """The current state as an NNX object (for reports, research code and tests)."""
@@ -136,12 +136,9 @@ class Trainer:
     def _compile_steps(self) -> None:
         graphdef, task, seed = self.graphdef, self.task, self.config.seed
         mesh, rules = self.mesh, self.rules
-        # Kernels are chosen for the mesh's devices (a TPU slice's under `jaxnets compile`).
-        platform = mesh.devices.flat[0].platform
 
         def train_step(state, batch, step):
-            # activation constraints, kernels under shard_map, kernels for the target
-            with axis_rules(mesh, rules), runtime.tracing_for(platform):
+            with axis_rules(mesh, rules):   # activation constraints, kernels under shard_map
                 module = nnx.merge(graphdef, state)
                 rng = jax.random.fold_in(jax.random.key(seed), step)
                 metrics = task.train_step(module, batch, rng)
@@ -150,7 +147,7 @@ class Trainer:
         train_step = guard.guarded(train_step)   # a non-finite step leaves the state as it was
 
         def eval_step(state, batch):
-            with axis_rules(mesh, rules), runtime.tracing_for(platform):
+            with axis_rules(mesh, rules):
                 return task.eval_step(nnx.merge(graphdef, state), batch)
 
         self.jit_train_step = jax.jit(
@@ -253,7 +250,7 @@ class Trainer:
                 if step == start + 1:   # the first step, compiled: timed apart from the others
                     jax.block_until_ready(pending[-1])
                     first_done = time.time()
-                    timing = {"time_to_first_step_s": first_done - runtime.PROCESS_START, "steps_s": 0.0}
+                    timing = {"time_to_first_step_s": first_done - compile_cache.PROCESS_START, "steps_s": 0.0}
                 progress.update(step)
                 if step % c.train.log_every == 0 or step == total:
                     logged = self._mean(pending)
@@ -306,7 +303,7 @@ class Trainer:
                      **self.data_summary(data)}
             # Where a run's time goes: start-up to the first step done (imports, data, init,
             # compile), all compilation in the process, and the steps after the first.
-            final.update({**timing, "compile_s": runtime.compile_seconds()} if step > start else {})
+            final.update({**timing, "compile_s": compile_cache.compile_seconds()} if step > start else {})
             if self.is_main:
                 ckpt.write_json(os.path.join(self.workdir, "final.json"), final)
             return final
@@ -397,6 +394,7 @@ class PreemptionWatch:
             self.previous = None
 
 
+# Dense bf16 peak FLOP/s per chip, for model FLOP utilisation (train/mfu).
 def peak_flops_per_device() -> float | None:
     """Dense bf16 peak FLOP/s of this process's device (jaxnets.parallel.chips), for train/mfu."""
     return chips.peak_flops(jax.devices()[0].device_kind)

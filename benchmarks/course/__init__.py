@@ -1,0 +1,1 @@
+"""course benchmarks (see benchmarks/__init__.py for the rooms)."""

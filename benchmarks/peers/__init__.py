@@ -1,0 +1,1 @@
+"""peers benchmarks (see benchmarks/__init__.py for the rooms)."""

@@ -1,0 +1,1 @@
+"""speed benchmarks (see benchmarks/__init__.py for the rooms)."""

@@ -1,0 +1,170 @@
+"""Transformer LM train step, jaxnets vs PyTorch side by side: one ratio per model size.
+
+    python -m benchmarks.transformer_step [--peer-python /tmp/peers/bin/python] [--json]
+
+Sizes (`SIZES`): `smoke`, experiments/transformer_shakespeare.py's smoke model (3 layers x 128,
+4 heads, sinusoidal positions, batch 32 x 128 characters), and `large`, its full model (6 x 384,
+6 heads, learned positions, scanned layers) at batch 16 x 256; dropout 0 in both (the peer's
+random masks would differ anyway). jaxnets runs exactly as `jaxnets train` does: the real
+`Trainer` with the experiment's config (AdamW, global-norm clipping, `cpu_devices`) and its
+compiled, donated step on a fixed device-resident batch. The peer is a hand-written PyTorch
+model of the same architecture (benchmarks/peers/torch_transformer_lm.py) run in its own venv as a
+subprocess (torch is never imported here). Each round runs the peer, then jaxnets, for every
+size; the ratio of medians within a round is the figure (`ratio_jaxnets_over_torch`: median
+over rounds). `--set KEY=VALUE` overrides the jaxnets config (e.g. model.attention_impl=xla,
+cpu_devices=1) to compare levers. `--pin CORE` runs both on one core (one thread each: torch
+with OMP_NUM_THREADS=1, jaxnets on one single-threaded device) and the ratio of CPU time per
+step (`ratio_cpu`) is then the per-core efficiency, which holds on a loaded machine where wall
+times do not. Writes the full report to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+PEERS_HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "peers")
+SIZES = {
+    "smoke": {"arg": "smoke", "batch": 32, "seq_len": 128, "model": {}},
+    "large": {"arg": "", "batch": 16, "seq_len": 256, "model": {}},
+}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--peer-python", default="/tmp/peers/bin/python")
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--set", action="append", default=[], help="jaxnets config override KEY=VALUE")
+    ap.add_argument("--out", help="also write the full report (every round) to this file")
+    ap.add_argument("--pin", type=int, help="run both on this one core, one thread each")
+    ap.add_argument("--same-allocator", action="store_true",
+                    help="give the PyTorch peer jaxnets' malloc settings (GLIBC_TUNABLES) too")
+    return ap.parse_args(argv)
+
+
+def make_config(size, overrides):
+    from jaxnets.config import apply_overrides, load_config
+    spec = SIZES[size]
+    c = load_config("experiments/transformer_shakespeare.py" + (f":{spec['arg']}" if spec["arg"] else ""))
+    c.data.options = {"seq_len": spec["seq_len"]}
+    c.data.batch_size = spec["batch"]
+    c.data.eval_batch_size = spec["batch"]
+    c.model.dropout = 0.0
+    c.train.progress = False
+    return apply_overrides(c, list(overrides))
+
+
+def jaxnets_step(config, workdir):
+    """A zero-argument call running one train step (blocking), and the model's shape."""
+    from jaxnets.data.pipeline import TrainIterator
+    from jaxnets.train.trainer import Trainer
+    trainer = Trainer(config, workdir)
+    batch = trainer.put_batch(next(iter(TrainIterator(trainer.dataset.splits["train"],
+                                                      config.data.batch_size, seed=0))))
+    box = {"state": trainer.state, "i": 0}
+
+    def step():
+        box["state"], metrics = trainer.jit_train_step(box["state"], batch, box["i"])
+        box["i"] += 1
+        metrics["loss"].block_until_ready()
+    return step, trainer.dataset.info["vocab_size"]
+
+
+def time_calls(step, warmup, iters):
+    """Median wall ms, min wall ms and median process CPU ms per step."""
+    for _ in range(warmup):
+        step()
+    times, cpu = [], []
+    for _ in range(iters):
+        t, c = time.perf_counter(), time.process_time()
+        step()
+        times.append((time.perf_counter() - t) * 1e3)
+        cpu.append((time.process_time() - c) * 1e3)
+    return statistics.median(times), min(times), statistics.median(cpu)
+
+
+def peer(args, size, config, vocab):
+    m = config.model
+    cmd = [args.peer_python, os.path.join(PEERS_HERE, "torch_transformer_lm.py"), "--json", "--name", size,
+           "--vocab", str(vocab), "--d-model", str(m.d_model), "--heads", str(m.num_heads),
+           "--layers", str(m.num_layers), "--seq-len", str(config.data.options["seq_len"]),
+           "--batch", str(config.data.batch_size), "--positions", m.positions,
+           "--warmup", str(args.warmup), "--iters", str(args.iters)]
+    env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if args.pin is not None else {})}
+    if args.same_allocator:
+        from jaxnets.platform.allocator import GLIBC_TUNABLES
+        env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])["results"][0]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.pin is not None:   # inherited by the peer's subprocess
+        os.sched_setaffinity(0, {args.pin})
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+        os.environ["JAXNETS_CPU_DEVICES"] = "1"   # JAX's one device, single-threaded
+    # Before JAX starts: the experiment's CPU device layout (both sizes set cpu_devices).
+    from jaxnets.platform.devices import auto_cpu_devices
+    from jaxnets.platform.install import install_process_settings
+    configs = {s: make_config(s, args.set) for s in args.sizes}
+    first = configs[args.sizes[0]]
+    auto_cpu_devices([c.data.batch_size for c in configs.values()], first.get("cpu_devices"))
+    install_process_settings()   # as `jaxnets train` does
+    from benchmarks.common import machine, now
+    steps, vocab, rounds = {}, {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in args.sizes:
+            t = time.perf_counter()
+            steps[s], vocab[s] = jaxnets_step(configs[s], os.path.join(tmp, s))
+            steps[s]()
+            print(f"{s}: built and compiled in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        for r in range(args.rounds):
+            rd = {"load_avg_1min": os.getloadavg()[0]}
+            for s in args.sizes:
+                torch_r = peer(args, s, configs[s], vocab[s])
+                ms, best, cpu = time_calls(steps[s], args.warmup, args.iters)
+                rd[s] = {"torch_ms": torch_r["ms_per_step"], "jaxnets_ms": ms, "jaxnets_min_ms": best,
+                         "ratio": ms / torch_r["ms_per_step"], "torch_cpu_ms": torch_r["cpu_ms_per_step"],
+                         "jaxnets_cpu_ms": cpu, "ratio_cpu": cpu / torch_r["cpu_ms_per_step"]}
+                print(f"round {r} {s}: jaxnets {ms:.1f} ms, torch {torch_r['ms_per_step']:.1f} ms "
+                      f"-> x{rd[s]['ratio']:.2f}; CPU time x{rd[s]['ratio_cpu']:.2f} "
+                      f"(load {rd['load_avg_1min']:.1f})", file=sys.stderr)
+            rounds.append(rd)
+    med = statistics.median
+    results = []
+    for s in args.sizes:
+        c = configs[s]
+        ms = med(rd[s]["jaxnets_ms"] for rd in rounds)
+        results.append({"name": s, "layers": c.model.num_layers, "d_model": c.model.d_model,
+                        "batch": c.data.batch_size, "seq_len": c.data.options["seq_len"],
+                        "ms_per_step": ms, "torch_ms_per_step": med(rd[s]["torch_ms"] for rd in rounds),
+                        "ratio_jaxnets_over_torch": med(rd[s]["ratio"] for rd in rounds),
+                        "ratio_cpu": med(rd[s]["ratio_cpu"] for rd in rounds),
+                        "tokens_per_s": c.data.batch_size * c.data.options["seq_len"] / ms * 1e3,
+                        "torch_malloc": "tuned" if args.same_allocator else "default"})
+    import jax
+    report = {"benchmark": "transformer_step" + ("_pinned" if args.pin is not None else ""),
+              "device": f"cpu jax {jax.__version__} devices={jax.device_count()}",
+              "command": "python -m benchmarks.transformer_step " + " ".join(argv or sys.argv[1:]),
+              "machine": machine(overrides=args.set), "date": now(), "results": results, "rounds": rounds}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+    for r in results:
+        print(f"{r['name']}: jaxnets {r['ms_per_step']:.1f} ms, torch {r['torch_ms_per_step']:.1f} ms, "
+              f"ratio {r['ratio_jaxnets_over_torch']:.2f}")
+    print(json.dumps({k: report[k] for k in ("benchmark", "device", "machine", "date", "results")}))
+
+
+if __name__ == "__main__":
+    main()

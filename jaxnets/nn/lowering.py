@@ -1,0 +1,71 @@
+"""How layers lower for the backend a program compiles for: choices a model receives as an
+argument, as it receives `dtype`.
+
+    model = ResNet(depth=20, lowering=Lowering(fusion_barriers=True, conv=ConvLowering()), rngs=...)
+
+The defaults change nothing (plain lax/XLA code, right for GPU and TPU). `jaxnets.platform`
+decides the values for a run (`jaxnets.platform.lowering_rule.lowering_for`: a fixed rule per backend
+plus the kernel table `jaxnets tune` writes) and tasks pass them to the models they build; no
+layer reads the environment or times anything while it is traced, so every host of a job
+compiles the same program from the same choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from jax import lax
+
+from jaxnets.nn.layers import rows_dot
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvLowering:
+    """3x3 stride-1 'same' NHWC convolutions through `jaxnets.nn.conv.conv3x3` (XLA:CPU).
+
+    fold: fold narrow layers' column pairs into channels (single-threaded CPU devices win).
+    filter_grad: ((shape key, "native" | "xla"), ...) from a kernel table; a shape not listed
+        takes `default_filter_grad`. Keys: `filter_grad_key(x.shape, g.shape)`.
+    default_filter_grad: "native" (the C++ kernel where its operands allow) or "xla".
+    native_threads: 1 runs the native kernel on the calling thread (single-threaded or several
+        CPU devices sharing XLA's pool), 0 splits it over XLA's intra-op pool.
+    """
+    fold: bool = False
+    filter_grad: tuple[tuple[str, str], ...] = ()
+    default_filter_grad: str = "native"
+    native_threads: int = 1
+
+    def filter_grad_choice(self, x_shape, g_shape) -> str:
+        return dict(self.filter_grad).get(filter_grad_key(x_shape, g_shape), self.default_filter_grad)
+
+
+def filter_grad_key(x_shape, g_shape) -> str:
+    """Kernel-table key of a filter gradient: the operands' shapes as traced (global batch)."""
+    b, h, w, c = x_shape
+    return f"{b}x{h}x{w}x{c}->{g_shape[-1]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Lowering:
+    """fusion_barriers: `materialize` every convolution input (an identity matmul XLA:CPU does
+        not fuse through; see jaxnets.nn.conv.materialize).
+    rows_dot: Linear layers merge leading dims into rows (`jaxnets.nn.layers.rows_dot`).
+    unroll_layers: scanned stacks of up to this many identical layers are unrolled (0: the loop).
+    conv: `ConvLowering` for 3x3 convolutions, or None for lax's convolution as it is.
+    """
+    fusion_barriers: bool = False
+    rows_dot: bool = False
+    unroll_layers: int = 0
+    conv: ConvLowering | None = None
+
+    @property
+    def dot_general(self):
+        """The `dot_general=` for Linear layers."""
+        return rows_dot if self.rows_dot else lax.dot_general
+
+    def scan_unroll(self, num_layers: int) -> int:
+        """`unroll` for the lax.scan over `num_layers` identical layers."""
+        return max(num_layers, 1) if 0 < num_layers <= self.unroll_layers else 1
+
+
+PLAIN = Lowering()
+PLAIN_CONV = ConvLowering()

@@ -1,0 +1,22 @@
+"""What the CLI entry point installs once per process, before any work.
+
+    install_process_settings()   # malloc, compilation cache, log filters
+
+Each is process-wide (glibc's allocator, JAX's global config, loggers and `sys.unraisablehook`),
+so nothing below the CLI calls this: constructing a `Trainer` in a notebook changes nothing
+global. Research code may call it (or any one of the three) itself. The CPU device layout
+(`jaxnets.platform.devices.auto_cpu_devices`) needs the experiment's batch sizes and is set by
+`jaxnets train` once it has read the config.
+"""
+from __future__ import annotations
+
+from jaxnets.platform.allocator import tune_host_allocator
+from jaxnets.platform.compile_cache import enable_compilation_cache, track_compile_time
+from jaxnets.platform.logs import quiet_third_party_tracebacks
+
+
+def install_process_settings() -> None:
+    tune_host_allocator()          # reuse freed pages instead of faulting in each step's buffers
+    track_compile_time()           # final.json's compile_s
+    enable_compilation_cache()     # a repeated run loads its compiled programs
+    quiet_third_party_tracebacks()

@@ -1,0 +1,91 @@
+"""Image folders (ROOT/SPLIT/CLASS/*.jpg): listing, caching, host crops, bad input."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxnets.data.fixtures import write_imagenet
+from jaxnets.data.image_decode import (EvalImageTransform, TrainImageTransform, center_box,
+                                       decode_box, random_resized_box)
+from jaxnets.data.image_folder import ImageFolderSource, image_folder
+from jaxnets.data.pipeline import TrainIterator, eval_batches
+from jaxnets.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("imagenet"))
+    counts = write_imagenet(out, images=40, classes=4)
+    assert counts == {"train": 32, "val": 8}
+    return out
+
+
+def test_layout_labels_and_cache(fixture_dir):
+    ds = image_folder(fixture_dir, image_size=32)
+    assert set(ds.splits) == {"train", "val"} and ds.info["num_classes"] == 4
+    train = ds.splits["train"]
+    assert len(train) == 32 and len(ds.splits["val"]) == 8
+    # Labels follow the sorted class folder names; the record's path is in that folder.
+    for i in (0, 9, 31):
+        rec = train[i]
+        assert os.path.basename(os.path.dirname(str(rec["path"]))) == f"n{int(rec['label']):08d}"
+    assert os.path.isfile(os.path.join(fixture_dir, ".jaxnets-files-train.json"))
+    # A new file changes its class folder's mtime: the cached list is rebuilt.
+    Image.new("RGB", (40, 30)).save(os.path.join(fixture_dir, "train", "n00000002", "extra.png"))
+    assert len(ImageFolderSource(fixture_dir, "train")) == 33
+    os.remove(os.path.join(fixture_dir, "train", "n00000002", "extra.png"))
+
+
+def test_train_and_eval_batches_are_fixed_size_and_deterministic(fixture_dir):
+    ds = image_folder(fixture_dir, image_size=32)
+    it = TrainIterator(ds.splits["train"], batch_size=8, seed=0, transform=ds.train_transform)
+    a, b = it.batch(3), it.batch(3)
+    assert a["image"].shape == (8, 32, 32, 3) and a["image"].dtype == np.uint8
+    assert np.array_equal(a["image"], b["image"]) and set(a) == {"image", "label"}
+    evals = list(eval_batches(ds.splits["val"], 5, transform=ds.eval_transform))
+    assert sum(int(e["mask"].sum()) for e in evals) == 8
+
+
+def test_crop_boxes_follow_the_recipe():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        w, h = (int(x) for x in rng.integers(20, 500, 2))
+        left, top, right, bottom = random_resized_box(w, h, rng)
+        assert 0 <= left < right <= w and 0 <= top < bottom <= h
+    # Centre box: the shorter side scaled by 0.875 and centred, in original pixels.
+    assert center_box(400, 300, 224, 0.875) == (200 - 131.25, 150 - 131.25, 200 + 131.25, 150 + 131.25)
+
+
+def test_draft_decoding_matches_full_decoding(tmp_path):
+    """libjpeg's DCT scaling (draft) gives the crop a full decode + resize gives, up to
+    resampling differences of a few grey levels on a smooth image."""
+    yy, xx = np.mgrid[0:800, 0:1000]
+    smooth = np.stack([xx / 4, yy / 4, (xx + yy) / 8], -1).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(smooth).save(path, quality=95)
+    data = path.read_bytes()
+    box = (100.0, 50.0, 900.0, 750.0)
+    fast = decode_box(data, str(path), lambda w, h: box, 64)
+    full = np.asarray(Image.open(path).convert("RGB").resize((64, 64), Image.Resampling.BILINEAR, box=box))
+    assert np.abs(fast.astype(int) - full.astype(int)).mean() < 3.0
+
+
+def test_bad_folders_and_files_name_the_path(tmp_path, fixture_dir):
+    with pytest.raises(UserError, match=str(tmp_path / "train")):
+        image_folder(str(tmp_path))                      # root without the split
+    (tmp_path / "train").mkdir()
+    with pytest.raises(UserError, match="no class folders"):
+        image_folder(str(tmp_path))
+    (tmp_path / "train" / "cat").mkdir()
+    (tmp_path / "train" / "dog").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "cat" / "a.jpg")
+    with pytest.raises(UserError, match="dog"):
+        image_folder(str(tmp_path), splits=("train",))   # a class folder without images
+    (tmp_path / "train" / "dog" / "b.jpg").write_bytes(b"this is not a jpeg")
+    ds = image_folder(str(tmp_path), splits=("train",), image_size=8)
+    bad = ds.splits["train"][1]
+    with pytest.raises(UserError, match="b.jpg.*fatal"):
+        TrainImageTransform(8)(bad, np.random.default_rng(0))
+    with pytest.raises(UserError, match="b.jpg"):
+        EvalImageTransform(8)(bad)
