@@ -98,7 +98,7 @@ class Trainer:
         # Logical names are resolved by our rules (with divisibility fallbacks, in
         # sharding.state_layout), never by flax's eager sharding. Built under the mesh, so the
         # layer choices (`lowering_for`) are those of the mesh's platform.
-        with nnx.use_eager_sharding(False), jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+        with nnx.use_eager_sharding(False), axis_rules(self.mesh, self.rules):
             abstract = nnx.eval_shape(build)
         self.graphdef, abstract_state = nnx.split(abstract)
         self.abstract_state = abstract_state
