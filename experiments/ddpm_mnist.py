@@ -38,8 +38,11 @@ def get_config(arg=None):
         "sampler": args.get("sampler", "ddim"), "sample_steps": 40,
         "eta": args.get("eta", 1.0), "clip_x0": 1.0,
         "guidance": args.get("guidance", 4.0), "guidance_scales": (0.0, 1.0, 3.0, 5.0),
-        "num_samples": 200, "judge_dir": args.get("judge_dir", "runs/mnist_judge"),
+        "num_samples": 200,
     }
+    # The image judge (jaxnets/evaluators) scores samples at the end; trained first if missing.
+    c.evals = {"judge": {"kind": "image_judge", "every": 0,
+                         "judge_dir": args.get("judge_dir", "runs/mnist_judge")}}
     c.data.name = "mnist5k"
     c.data.batch_size = 64
     c.data.eval_batch_size = 512

@@ -27,14 +27,17 @@ from jaxnets.commands import COMMANDS as WORKDIR_COMMANDS
 from jaxnets.data import DATASETS
 from jaxnets.errors import UserError
 from jaxnets.models import MODELS
+from jaxnets.evaluators import pending_runs
 from jaxnets.parallel.compile import format_report
-from jaxnets.parallel.launch import launch
+from jaxnets.parallel.launch import die_with_launcher, launch
 from jaxnets.parallel.targets import parse_target, prepare
 from jaxnets.platform import kernel_table, tune
 from jaxnets.platform.devices import auto_cpu_devices, cpu_devices_setting
+from jaxnets.platform import cpu_threads
 from jaxnets.platform.install import install_process_settings
 from jaxnets.tasks import TASKS
 from jaxnets.train.ahead_of_time import compile_for_target
+from jaxnets.train.preemption import install_early_handlers, uninstall_early_handlers
 from jaxnets.train.trainer import Trainer, train
 
 EXIT_USAGE = 2
@@ -69,6 +72,14 @@ def _cpu_devices_for(config) -> None:
 
 
 def cmd_train(argv: list[str]) -> int:
+    install_early_handlers()   # a SIGTERM/SIGINT while starting up is honoured once training runs
+    try:
+        return _train(argv)
+    finally:
+        uninstall_early_handlers()
+
+
+def _train(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="jaxnets train", description="Train an experiment config.")
     parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
     parser.add_argument("--workdir", required=False, help="checkpoints, logs, final.json (resumes if present)")
@@ -86,6 +97,11 @@ def cmd_train(argv: list[str]) -> int:
     if not args.workdir:
         raise UserError("--workdir is required: the directory for checkpoints, logs and final.json.")
     _cpu_devices_for(config)
+    # Models the evaluators measure with (the image judge) are trained first, once, by every
+    # process of the job together; a finished one is only loaded (read-only) by the evaluator.
+    for run_config, run_dir in pending_runs(config):
+        print(f"Training the evaluators' model into {run_dir} first (once).", flush=True)
+        train(run_config, run_dir)
     final = train(config, args.workdir)
     if final.get("preempted"):
         return 0
@@ -183,6 +199,9 @@ COMMANDS.update(WORKDIR_COMMANDS)   # eval, sample, generate, translate, export:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()   # a rank of `jaxnets launch` never outlives it
+    # Before JAX starts: CPU thread settings that cannot deadlock (for the ranks of a local launch too).
+    cpu_threads.apply(os.environ, int(os.environ.get("JAXNETS_LOCAL_PROCESSES", "1")))
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv and argv[:1] != ["bench"]   # bench passes its flags on
     argv = argv if not debug else [a for a in argv if a != "--debug"]

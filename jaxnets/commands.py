@@ -18,54 +18,64 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 
 import ml_collections
 import numpy as np
 
 from jaxnets import images as imlib
+from jaxnets import storage
 from jaxnets.errors import UserError
 from jaxnets.export import export_inference
 from jaxnets.platform.devices import auto_cpu_devices
 from jaxnets.train import checkpoint as ckpt
 from jaxnets.train.trainer import Trainer
 
+MAX_SAMPLES = 2500      # sample: one 50 x 50 grid
+MAX_GENERATE = 100_000  # generate: characters
+
 
 # ---------------------------------------------------------------------------- the workdir
 def read_workdir_config(workdir: str):
-    """(config, step) of the newest checkpoint, read as JSON (no JAX backend starts here)."""
-    root = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(workdir):
+    """(config, step) of the newest checkpoint whose metadata parses, read as JSON (no JAX backend
+    starts here). Nothing in the workdir is changed."""
+    root = storage.join(workdir, "checkpoints")
+    if not storage.isdir(workdir):
         raise UserError(f"Workdir {workdir!r} does not exist; pass the --workdir of a `jaxnets train` run.")
-    steps = sorted(int(d) for d in os.listdir(root) if d.isdigit()
-                   and os.path.isfile(os.path.join(root, d, "meta", "metadata"))) \
-        if os.path.isdir(root) else []
-    if not steps:
-        raise UserError(f"Workdir {workdir!r} holds no checkpoint (no {root}/STEP/meta); "
-                        "train into it first with `jaxnets train --config ... --workdir W`.")
-    with open(os.path.join(root, str(steps[-1]), "meta", "metadata")) as f:
-        meta = json.load(f)
-    config = ml_collections.ConfigDict(json.loads(meta["config"]))
-    config.train.progress = False
-    return config, steps[-1]
+    steps = sorted(int(d) for d in storage.listdir(root) if d.isdigit()
+                   and storage.exists(storage.join(root, d, "meta", "metadata")))
+    for step in reversed(steps):
+        try:
+            meta = json.loads(storage.read_text(storage.join(root, str(step), "meta", "metadata")))
+            config = ml_collections.ConfigDict(json.loads(meta["config"]))
+        except (ValueError, KeyError, TypeError) as e:   # damaged: the restore falls back past it
+            print(f"Checkpoint {root}/{step} has unreadable metadata ({type(e).__name__}); "
+                  "reading an older one.", file=sys.stderr)
+            continue
+        config.train.progress = False
+        return config, step
+    raise UserError(f"Workdir {workdir!r} holds no checkpoint with readable metadata ({root}/STEP/meta); "
+                    "train into it first with `jaxnets train --config ... --workdir W`.")
 
 
 def open_workdir(workdir: str):
-    """(Trainer holding the newest checkpoint of `workdir`: dataset, task and state; its step)."""
-    config, step = read_workdir_config(workdir)
+    """(Trainer holding the newest readable checkpoint of `workdir`: dataset, task and state; its
+    step). Read-only: no lock, nothing under checkpoints/ is created, renamed or saved; the step
+    used is stated on stderr."""
+    config, _ = read_workdir_config(workdir)
     try:   # the device layout training used (before JAX starts), so evals add up alike
         auto_cpu_devices([config.data.batch_size, config.data.eval_batch_size],
                          config.get("cpu_devices"), limit=config.get("mesh_devices", 0))
     except ValueError:
         pass
     with contextlib.redirect_stdout(sys.stderr):   # stdout carries the command's output only
-        trainer = Trainer(config, workdir)
-        checkpointer = ckpt.Checkpointer(workdir, config.train.keep_checkpoints)
+        trainer = Trainer(config, workdir, read_only=True)
+        checkpointer = ckpt.Checkpointer(workdir, config.train.keep_checkpoints, read_only=True)
         try:
-            trainer.restore_latest(checkpointer)
+            step = trainer.restore_latest(checkpointer)
         finally:
             checkpointer.close()
+    print(f"Using checkpoint step {step} of {workdir}", file=sys.stderr, flush=True)
     return trainer, step
 
 
@@ -96,9 +106,10 @@ def cmd_eval(argv: list[str]) -> int:
                         f"{sorted(trainer.dataset.splits)}.")
     metrics = {f"eval/{k}": float(v) if np.ndim(v) == 0 else np.asarray(v).tolist()
                for k, v in trainer.evaluate(split).items()}
-    out = os.path.join(args.workdir, f"eval_{split}.json")
-    with open(out, "w") as f:
-        json.dump({"step": step, "split": split, "metrics": metrics}, f, indent=1)
+    out = storage.join(args.workdir, f"eval_{split}.json")
+    # Atomic (temporary file renamed over the target): a symlink planted there is replaced, not followed.
+    storage.write_text(out, json.dumps({"step": step, "split": split, "metrics": metrics}, indent=1))
+    print(f"Evaluated checkpoint step {step} on split {split!r}")
     for k, v in metrics.items():
         print(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}")
     print(f"Wrote {out}")
@@ -116,14 +127,15 @@ def cmd_sample(argv: list[str]) -> int:
     parser.add_argument("--label", type=int, default=None, help="DDPM (class): the digit to draw")
     parser.add_argument("--prompt", default=None, help="DDPM (text): the prompt")
     args = _parse(parser, argv)
-    if args.num < 1:
-        raise UserError(f"--num must be at least 1, got {args.num}.")
+    if not 1 <= args.num <= MAX_SAMPLES:
+        raise UserError(f"--num must be between 1 and {MAX_SAMPLES} (one PNG grid, sampled in one "
+                        f"batch), got {args.num}.")
     trainer, _ = open_workdir(args.workdir)
     trainer.task.require("sample")
     conditions = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance),
                                     ("label", args.label), ("prompt", args.prompt)) if v is not None}
     images = trainer.task.sample(trainer.module(), args.num, args.seed, **conditions)
-    out = args.out or os.path.join(args.workdir, "cli_samples.png")
+    out = args.out or storage.join(args.workdir, "cli_samples.png")
     imlib.save_grid(images, out, min(10, len(images)), f"{len(images)} samples")
     print(f"Wrote {out} ({len(images)} images)")
     return 0
@@ -137,8 +149,8 @@ def cmd_generate(argv: list[str]) -> int:
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = _parse(parser, argv)
-    if args.length < 1:
-        raise UserError(f"--length must be at least 1, got {args.length}.")
+    if not 1 <= args.length <= MAX_GENERATE:
+        raise UserError(f"--length must be between 1 and {MAX_GENERATE} characters, got {args.length}.")
     trainer, _ = open_workdir(args.workdir)
     trainer.task.require("generate")
     print(args.prompt + trainer.task.generate(trainer.module(), args.prompt, args.length,
@@ -168,8 +180,8 @@ def cmd_export(argv: list[str]) -> int:
     trainer.task.require("export")
     signature = export_inference(trainer.task.inference_fn(trainer.module()), args.out)
     shapes = ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in signature["inputs"])
-    print(f"Wrote {os.path.join(args.out, signature['function'])} (inputs: {shapes}) and "
-          f"{os.path.join(args.out, 'params')}")
+    print(f"Wrote {storage.join(args.out, signature['function'])} (inputs: {shapes}) and "
+          f"{storage.join(args.out, 'params')}")
     return 0
 
 

@@ -173,8 +173,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str],
     """Apply "a.b=value" strings in order; unknown keys raise UserError naming close matches.
 
     A key the config does not hold yet may be set when `declared(config, section)` declares it
-    (a model keyword the experiment left at its default). A dict value replacing a section
-    (`--config.mesh="{'data': 2}"`) may only name keys that section holds or declares."""
+    (a model keyword the experiment left at its default). A dict value (`--config.mesh="{'data': 2}"`)
+    may only name keys that section holds or declares; it replaces a declared section (a model,
+    task_options, data.options) and is merged into a fixed one (data, train, mesh, ...)."""
     declared = declared or (lambda config, section: None)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -197,6 +198,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str],
             parsed = text   # a string setting that looks like a number, e.g. cpu_devices=2
         if isinstance(old, ml_collections.ConfigDict) and isinstance(parsed, dict):
             _check_section_keys(config, key, old, parsed, declared)
+            if declared(config, key) is None:   # a fixed section (data, train, mesh...): merged into
+                parsed = {**old.to_dict(), **parsed}
         value = _coerce(parsed, old, key)
         with node.unlocked():
             node[leaf] = value
@@ -204,13 +207,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str],
 
 
 def _check_section_keys(config, key: str, old: ml_collections.ConfigDict, new: dict, declared: Declared) -> None:
-    if "name" in new and new.get("name") != old.get("name"):   # another model: its own keywords
+    known = set(old) | set(declared(config, key) or {})
+    if "name" in new and new.get("name") != old.get("name") and "." not in key:
         probe = ml_collections.ConfigDict(config.to_dict())
         with probe.unlocked():
             probe[key] = {"name": new["name"]}
-        known = set(declared(probe, key) or {}) | {"name"}
-    else:
-        known = set(old) | set(declared(config, key) or {})
+        other = declared(probe, key)
+        if other is not None:   # another model: its own keywords, not the old model's
+            known = set(other) | {"name"}
     unknown = sorted(k for k in new if k not in known)
     if unknown:
         raise UserError(f"--config.{key} names unknown key(s) {', '.join(map(repr, unknown))}; "

@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from jaxnets import storage
 from jaxnets.nn.attention import MultiHeadAttention
 from jaxnets.tasks.base import Inference
 
@@ -61,13 +62,13 @@ def export_inference(inference: Inference, out: str) -> dict:
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(path, flat, force=True)
     checkpointer.wait_until_finished()
-    with open(os.path.join(out, f"{name}.jax_export"), "wb") as f:
-        f.write(exported.serialize())
+    # Atomic writes (temporary file renamed over the target): never half a file, and a symlink
+    # at the target is replaced, not followed.
+    storage.write_bytes(storage.join(out, f"{name}.jax_export"), bytes(exported.serialize()))
     signature = {"function": f"{name}.jax_export", "params": "params",
                  "inputs": [{"name": n, "shape": ["b", *x.shape[1:]], "dtype": str(x.dtype)}
                             for n, x in inputs],
                  "outputs": [{"shape": [str(d) for d in o.shape], "dtype": str(o.dtype)}
                              for o in exported.out_avals]}
-    with open(os.path.join(out, "signature.json"), "w") as f:
-        json.dump(signature, f, indent=1)
+    storage.write_text(storage.join(out, "signature.json"), json.dumps(signature, indent=1))
     return signature

@@ -3,6 +3,7 @@
     config section   declared by                                     read with
     task_options     the task class's `options` dict                 Task.opts
     model, model_*   the model constructor's keywords                jaxnets.models.model_options
+                     (less dtype and lowering, which the task and platform supply)
     data.options     the dataset loader's keywords                   jaxnets.data.DATASETS
     mesh             train.defaults.base_config().mesh (axis names)  jaxnets.parallel
     everything else  train.defaults.base_config()
@@ -28,6 +29,19 @@ from jaxnets.tasks import TASKS
 from jaxnets.train.defaults import base_config
 
 
+# Model keywords that are not config options: the precision policy (train.compute_dtype) and
+# the platform (config.platform) supply them to every model a task builds.
+SUPPLIED_MODEL_KEYWORDS = ("dtype", "lowering")
+
+
+def config_model_options(name: str) -> dict[str, Any]:
+    """Model `name`'s options as a config sets them: its constructor keywords with plain
+    defaults (numbers, strings, tuples, None), less SUPPLIED_MODEL_KEYWORDS."""
+    plain = (type(None), bool, int, float, str, tuple, list)
+    return {k: v for k, v in model_options(name).items()
+            if k not in SUPPLIED_MODEL_KEYWORDS and isinstance(v, plain)}
+
+
 def model_sections(config) -> list[str]:
     """Top-level sections naming a model: `model`, and e.g. a GAN's `model_d`."""
     return [k for k, v in config.items() if (k == "model" or k.startswith("model_"))
@@ -50,7 +64,7 @@ def task_options(name: str) -> dict[str, Any]:
 def declared(config, section: str) -> dict[str, Any] | None:
     """The keys `section` declares beyond those the config holds, with their defaults."""
     if section in model_sections(config):
-        return model_options(config[section].name)
+        return config_model_options(config[section].name)
     if section == "data.options" and config.get("data", {}).get("name"):
         return data_options(config.data.name)
     if section == "task_options" and config.get("task"):
@@ -68,7 +82,7 @@ def _refuse(what: str, unknown: list[str], known) -> None:
 def validate(config) -> None:
     """Every key set in a declared section is declared there; mesh axes are known axes."""
     for section in model_sections(config):
-        known = set(model_options(config[section].name)) | {"name"}
+        known = set(config_model_options(config[section].name)) | {"name"}
         unknown = [k for k in config[section] if k not in known]
         if unknown:
             _refuse(f"config.{section} (model {config[section].name!r})", unknown, known)
@@ -107,7 +121,7 @@ def describe(config) -> str:
     keywords left at the constructor's default (a task may supply some from the data)."""
     lines = [str(config).rstrip()]
     for section in model_sections(config):
-        unset = {k: v for k, v in model_options(config[section].name).items() if k not in config[section]}
+        unset = {k: v for k, v in config_model_options(config[section].name).items() if k not in config[section]}
         if unset:
             lines.append(f"# {section} ({config[section].name}): keywords left to their default "
                          f"(set with --config.{section}.KEY=VALUE; the task supplies some from the data):")

@@ -70,6 +70,9 @@ def test_a_model_keyword_the_experiment_did_not_set_can_be_overridden():
     assert c.model.num_kv_heads == 2
     with pytest.raises(UserError, match=r"'model.num_kv_head'.*Did you mean --config.model.num_kv_heads"):
         options.resolve(LM + ":smoke", ["model.num_kv_head=2"])
+    for supplied in ("dtype", "lowering"):   # the precision policy's and the platform's, not options
+        with pytest.raises(UserError, match=f"'model.{supplied}'"):
+            options.resolve(LM + ":smoke", [f"model.{supplied}=x"])
 
 
 def test_a_data_option_the_experiment_did_not_set_is_declared_and_filled():
@@ -88,6 +91,10 @@ def test_dict_valued_overrides_check_their_keys():
     assert dict(c.model) == {"name": "rnn_lm", "hidden": 32}
     with pytest.raises(UserError, match=r"'seqlen'.*knows:.*seq_len"):
         options.resolve(LM + ":smoke", ["data.options={'seqlen': 64}"])
+    c = options.resolve(LM + ":smoke", ["data={'name': 'shakespeare', 'batch_size': 8}"])
+    assert c.data.batch_size == 8 and c.data.eval_split == "test"   # merged into the fixed section
+    with pytest.raises(UserError, match=r"'batchsize'.*knows:.*batch_size"):
+        options.resolve(LM + ":smoke", ["data={'name': 'shakespeare', 'batchsize': 8}"])
 
 
 def test_mesh_axis_names_are_validated():

@@ -28,6 +28,7 @@ import time
 import jax
 import numpy as np
 
+from benchmarks.common import trained_judge
 from jaxnets import images as imlib
 from jaxnets.cli import repo_dir
 from jaxnets.config import load_config
@@ -44,8 +45,7 @@ def trained(name: str, experiment: str, preset: str, runs: str):
     config = load_config(os.path.join(repo_dir("experiments"), f"{experiment}.py") + f":{preset}")
     config.train.report = False      # sampling is done here, on the same footing for all models
     config.train.progress = False
-    if "judge_dir" in config.task_options:
-        config.task_options.judge_dir = os.path.join(runs, "judge")
+    config.evals = {}                 # the judge scores here, below
     t0 = time.time()
     trainer = Trainer(config, os.path.join(runs, name))
     final = trainer.run()
@@ -74,7 +74,7 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = parser.parse_args(argv)
     wanted = args.models.split(",")
-    judge = imlib.ImageJudge(os.path.join(args.runs, "judge"))
+    judge = trained_judge(os.path.join(args.runs, "judge"))
     train, heldout = real_digits()
     # the floor: real training digits vs the held-out ones, at the same sample size
     subset = np.random.default_rng(0).choice(len(train), min(args.num_samples, len(train)), replace=False)

@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from jaxnets.data import Dataset
+from jaxnets.data.pipeline import read_records
 from jaxnets.errors import UserError
 
 Metrics = dict[str, jax.Array]
@@ -109,9 +110,11 @@ class Task:
     def example_row(self, key: str) -> np.ndarray:
         """Row 0 of `key` in the eval split (else the train split): an export's example input."""
         split = self.dataset.splits.get(self.config.data.eval_split) or self.dataset.splits[self.config.data.train_split]
-        if key not in split:
+        # Through the source interface (lazy sources are not mappings), decoded as evaluation sees it.
+        row = read_records(split, np.array([0]), self.dataset.eval_transform, None)
+        if key not in row:
             raise UserError(f"Dataset {self.config.data.name!r} has no {key!r} to export the model's inputs from.")
-        return np.asarray(split[key][:1])
+        return np.asarray(row[key])
 
     def build(self, rngs: nnx.Rngs, make_optimizer: Callable[..., nnx.Optimizer]) -> nnx.Module:
         raise NotImplementedError

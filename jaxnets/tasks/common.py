@@ -9,14 +9,13 @@ Mixed precision (one policy, applied where tasks build models: `build_task_model
 """
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxnets import models
+from jaxnets import models, storage
 from jaxnets.errors import UserError
 from jaxnets.platform.lowering_rule import lowering_for
 
@@ -131,5 +130,4 @@ def write_report(workdir: str, title: str, config, files, metrics: dict | None =
         lines += [f"| {k} | {v:.4g} |" for k, v in metrics.items() if np.ndim(v) == 0]
         lines.append("")
     lines += [f"![{f}]({f})" for f in files]
-    with open(os.path.join(workdir, "report.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    storage.write_text(storage.join(workdir, "report.md"), "\n".join(lines) + "\n")

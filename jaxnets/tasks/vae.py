@@ -10,8 +10,8 @@ Config: `model` = {"name": "vae", "arch": "mlp"|"conv", "latent_dim": ..., "like
 - `compare_autoencoder` (default False): also train a plain AutoEncoder of the same
   architecture in the same step (own optimizer from config.optim), so that `report` can put
   their latent spaces side by side.
-- `judge_dir` (default None): if set, an `ImageJudge` classifier scores prior samples, latent
-  maps and interpolations (confidence: does a decoded code look like a digit?).
+`judged_images` gives the image judge (jaxnets/evaluators, `config.evals`) prior samples,
+interpolation midpoints and latent maps to score (confidence: does a decoded code look like a digit?).
 Eval (held-out, one reparameterised sample per image, fixed noise): neg_elbo = recon_nll + kl.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from jaxnets.tasks.common import (build_task_model, different_digit_pairs, heldo
 
 class VAETask(Task):
     options = {"binarize": None, "kl_weight": 1.0, "compare_autoencoder": False,   # binarize None:
-               "judge_dir": None, "recon_weight": 1.0}                             # Bernoulli only
+               "recon_weight": 1.0}                                                 # Bernoulli only
 
     entry_points = frozenset({"sample", "export"})
 
@@ -50,7 +50,6 @@ class VAETask(Task):
         self.kl_weight = self.opts["kl_weight"]
         self.recon_weight = self.opts["recon_weight"]   # 0 with kl_weight 1: the KL-only model
         self.compare_ae = self.opts["compare_autoencoder"]
-        self.judge_dir = self.opts["judge_dir"]
 
     def build(self, rngs, make_optimizer):
         defaults = image_model_defaults(self.config, self.dataset)
@@ -115,6 +114,9 @@ class VAETask(Task):
                          [("z", z)])
 
     # ------------------------------------------------------------------ report
+    def judged_images(self, state, context):
+        return _judged_vae_images(self, state, context)
+
     def report(self, state, workdir):
         vae, ae = state.model, getattr(state, "ae", None)
         x, labels = heldout_images(self.dataset, self.config.data.eval_split, 1000)
@@ -123,7 +125,6 @@ class VAETask(Task):
         dec = jax.jit(lambda z: vae.mean_image(z))
         codes = np.asarray(enc(x_in))
         latent = codes.shape[1]
-        judge = imlib.ImageJudge(self.judge_dir) if self.judge_dir else None
         metrics, files = {}, []
 
         prior = self.sample(state, 100, seed=0)
@@ -140,31 +141,57 @@ class VAETask(Task):
             ae_dec = jax.jit(lambda z: ae.decode(z))
             panels.insert(0, ("AE", np.asarray(ae_dec(interpolation_codes(ae_codes[a], ae_codes[b], 10))), 10))
         files.append(_save_panels(panels, workdir, "interpolation.png"))
-        if judge:
-            metrics.update({f"eval/prior_samples_{k}": v for k, v in judge.score(prior, reference=x).items()})
-            for name, imgs, _ in panels:   # the midpoints of each line: codes no training image had
-                mid = imgs.reshape(8, 10, *x.shape[1:])[:, 3:7].reshape(-1, *x.shape[1:])
-                metrics[f"eval/{name.lower()}_interpolation_confidence"] = judge.score(mid)["confidence"]
         if latent == 2:
             quantiles = stats.norm.ppf([0.03, 0.97])      # the prior's central 94% box
             vae_map, _ = latent_map(dec, np.full(2, quantiles[0]), np.full(2, quantiles[1]))
-            maps, names = [("VAE: 15x15 grid over N(0, I) quantiles", vae_map, 15)], ["vae"]
+            maps = [("VAE: 15x15 grid over N(0, I) quantiles", vae_map, 15)]
             scatter = [("VAE codes", codes)]
             if ae is not None:
                 lo, hi = np.percentile(ae_codes, 1, 0), np.percentile(ae_codes, 99, 0)
                 ae_map, _ = latent_map(ae_dec, lo, hi)
                 maps.insert(0, ("AE: 15x15 grid over the box of its codes", ae_map, 15))
-                names.insert(0, "ae")
                 scatter.insert(0, ("AE codes", ae_codes))
             files.append(_save_panels(maps, workdir, "latent_map.png"))
             files.append(_scatter(scatter, labels, workdir, "latent_codes.png"))
-            if judge:
-                for key, (_, imgs, _) in zip(names, maps):
-                    metrics[f"eval/{key}_latent_map_confidence"] = judge.score(imgs)["confidence"]
         notes = ("ELBO terms are in final.json (eval/neg_elbo = eval/recon_nll + eval/kl, nats per "
                  "image" + (", binarised pixels)." if self.binarize else ", continuous density)."))
         write_report(workdir, "VAE", self.config, files, metrics, notes)
         return metrics
+
+
+def _judged_vae_images(task, state, context):
+    """The image judge's sets: 100 prior samples (compared with held-out digits), the midpoints
+    of 8 interpolation lines between different digits (codes no training image had) and, for a
+    2-d latent, the latent maps; for the VAE and, if trained beside it, the AE. Computed on
+    the sharded state through `context.call` (every process, nothing gathered)."""
+    vae, ae = state.model, getattr(state, "ae", None)
+    x, labels = heldout_images(task.dataset, task.config.data.eval_split, 1000)
+    x_in = (x > 0.5).astype(np.float32) if task.binarize else x
+    vgraph, vparams = nnx.split(vae)
+    codes = context.call(lambda p, x: nnx.merge(vgraph, p).encode(x)[0], vparams, x_in)
+    vae_dec = lambda z: context.call(lambda p, z: nnx.merge(vgraph, p).mean_image(z), vparams, z)
+    latent = codes.shape[1]
+    prior = vae_dec(np.asarray(jax.random.normal(jax.random.key(0), (100, latent)), np.float32))
+    sets = {"prior_samples_": (prior, None, True)}
+    lines = [("vae", vae_dec, codes)]
+    if ae is not None:
+        agraph, aparams = nnx.split(ae)
+        ae_codes = context.call(lambda p, x: nnx.merge(agraph, p).encode(x), aparams, x)
+        ae_dec = lambda z: context.call(lambda p, z: nnx.merge(agraph, p).decode(z), aparams, z)
+        lines.insert(0, ("ae", ae_dec, ae_codes))
+    a, b = different_digit_pairs(labels, 8)
+    for name, dec, c in lines:
+        imgs = dec(np.asarray(interpolation_codes(c[a], c[b], 10), np.float32))
+        mid = imgs.reshape(8, 10, *x.shape[1:])[:, 3:7].reshape(-1, *x.shape[1:])
+        sets[f"{name}_interpolation_"] = (mid, None, False)
+        if latent == 2:
+            if name == "vae":
+                lo, hi = stats.norm.ppf([0.03, 0.97])     # the prior's central 94% box
+                lo, hi = np.full(2, lo), np.full(2, hi)
+            else:
+                lo, hi = np.percentile(c, 1, 0), np.percentile(c, 99, 0)
+            sets[f"{name}_latent_map_"] = (latent_map(dec, lo, hi)[0], None, False)
+    return sets
 
 
 def _save(images, workdir, name, title):
@@ -180,7 +207,7 @@ def _save_panels(panels, workdir, name):
 def _scatter(named_codes, labels, workdir, name):
     import matplotlib  # heavy: only for the 2-D latent figure of a report
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display backend
 
     fig, axes = plt.subplots(1, len(named_codes), figsize=(5 * len(named_codes), 4.5), squeeze=False)
     for ax, (title, codes) in zip(axes[0], named_codes):
