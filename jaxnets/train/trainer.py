@@ -34,6 +34,7 @@ from jaxnets.parallel import mesh as meshlib
 from jaxnets.parallel import sharding
 from jaxnets.parallel.sharding import axis_rules
 from jaxnets.platform import compile_cache
+from jaxnets.platform.lowering_rule import building_for
 from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
 from jaxnets.train import guard, resume, workdir_lock
@@ -118,9 +119,9 @@ class Trainer:
     def _build_state(self, allocate: bool = True) -> None:
         build = lambda: self.task.build(nnx.Rngs(self.config.seed), self.optimizers)
         # Logical names are resolved by our rules (with divisibility fallbacks, in
-        # sharding.state_layout), never by flax's eager sharding. Built under the mesh, so the
-        # layer choices (`lowering_for`) are those of the mesh's platform.
-        with nnx.use_eager_sharding(False), axis_rules(self.mesh, self.rules):
+        # sharding.state_layout), never by flax's eager sharding. The layer choices
+        # (`lowering_for`) are those of the mesh's platform.
+        with nnx.use_eager_sharding(False), building_for(self.mesh.devices.flat[0].platform):
             abstract = nnx.eval_shape(build)
         self.graphdef, abstract_state = nnx.split(abstract)
         self.abstract_state = abstract_state
@@ -130,7 +131,7 @@ class Trainer:
         self.replicated = sharding.replicated(self.mesh)
         if not allocate:
             return
-        with nnx.use_eager_sharding(False):
+        with nnx.use_eager_sharding(False), building_for(self.mesh.devices.flat[0].platform):
             # Initialise directly into the target shardings: no host copy of the parameters.
             self.state = jax.jit(lambda: nnx.split(build())[1], out_shardings=self.state_sharding)()
 
