@@ -70,6 +70,10 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=None if read_only else keep, enable_async_checkpointing=True,
                 create=not read_only, read_only=read_only,
+                # An object store has no atomic rename: a save cut short leaves its objects under
+                # STEP/ without commit_success.txt. Removed before resuming, so the step is saved
+                # anew rather than over objects TensorStore would have to overwrite conditionally.
+                cleanup_tmp_directories=storage.is_remote(self.directory) and not read_only,
                 save_interval_steps=0 if read_only else 1),
             item_names=("state", "meta"),
         )
