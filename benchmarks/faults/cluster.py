@@ -143,9 +143,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def cloud_workdir(root, digest: str) -> dict:
+def cloud_workdir(root, digest: str | None = None) -> dict:
     """`--workdir gs://...` on a local GCS emulator (STORAGE_EMULATOR_HOST): SIGKILL after the
-    first checkpoint, rerun: the lone local run's digest; `jaxnets eval` reads it back."""
+    first checkpoint, rerun: the digest of the same run on local disk, uninterrupted (computed
+    here; `digest` is unused); `jaxnets eval` reads it back."""
     if shutil.which("gcp-storage-emulator") is None:
         return {"name": "cloud_workdir", "trials": 0, "survived": 0, "digest_mismatch": 0,
                 "skipped": "gcp-storage-emulator is not installed (pip install .[dev])"}
@@ -180,6 +181,10 @@ def cloud_workdir(root, digest: str) -> dict:
             time.sleep(0.2)
         proc.wait()
         done = run(workdir, every, env=env)
+        # The reference: the same run (checkpoints every 20 steps) on local disk, uninterrupted.
+        local = os.path.join(root, "cloud_reference")
+        assert run(local, every).returncode == 0
+        digest = final(local)["param_digest"]
         ok = done.returncode == 0
         got = json.loads(storage.read_text(workdir + "/final.json"))["param_digest"] if ok else None
         evaluated = subprocess.run([sys.executable, "-m", "jaxnets.cli", "eval", "--workdir", workdir],
