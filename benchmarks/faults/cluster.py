@@ -170,7 +170,8 @@ def cloud_workdir(root, digest: str | None = None) -> dict:
         # objects conditionally, and the emulator's downloads carry no x-goog-generation header.)
         every = "--config.train.checkpoint_every=20"
         first = f"{workdir}/checkpoints/20/commit_success.txt"
-        proc = subprocess.Popen(command(workdir, every), cwd=REPO, env=_env(env), text=True,
+        slow = {**env, "JAXNETS_FAULT_STEP_DELAY_S": "0.2"}   # the kill must land before the end
+        proc = subprocess.Popen(command(workdir, every), cwd=REPO, env=_env(slow), text=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline, killed = time.time() + 300, False
         while proc.poll() is None and time.time() < deadline:
