@@ -157,7 +157,7 @@ class Trainer:
         return self.task.summarize(jax.device_get(totals))
 
     def param_digest(self) -> str:
-        params = nnx.state(self.module(), nnx.Param).to_pure_dict()
+        params = nnx.to_pure_dict(nnx.state(self.module(), nnx.Param))
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             params = multihost_utils.process_allgather(params, tiled=True)
@@ -165,7 +165,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def _meta(self, step: int) -> dict:
-        pure = self.state.to_pure_dict()
+        pure = nnx.to_pure_dict(self.state)
         return {"step": step, "seed": self.config.seed, "signature": ckpt.signature(pure),
                 "layout": ckpt.describe(pure),
                 "data": {"step": step, **resume.data_description(
@@ -175,7 +175,7 @@ class Trainer:
 
     def restore_latest(self, checkpointer: ckpt.Checkpointer) -> int:
         """Restore the newest readable checkpoint (older ones if newer are corrupt); 0 if none."""
-        pure = self.state.to_pure_dict()
+        pure = nnx.to_pure_dict(self.state)
         found = resume.restore_newest_good(checkpointer, pure, ckpt.signature(pure),
                                            log=lambda m: print(m, flush=True))
         if found is None:
@@ -217,7 +217,7 @@ class Trainer:
             while step < total and not best.stopped:
                 if preempted(step):
                     if checkpointer.latest_step() != step:
-                        checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=True)
+                        checkpointer.save(step, nnx.to_pure_dict(self.state), self._meta(step), force=True)
                     checkpointer.wait()
                     print(f"SIGTERM: saved checkpoint at step {step} in {checkpointer.directory}"
                           f"{' (all processes agreed on this step)' if preempted.distributed else ''}; "
@@ -254,7 +254,7 @@ class Trainer:
                     writer.write(step, logged)
                     if monitor.diverged and checkpointer.latest_step() != step:
                         # The skipped updates changed nothing: this is the last finite state.
-                        checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=True)
+                        checkpointer.save(step, nnx.to_pure_dict(self.state), self._meta(step), force=True)
                     monitor.raise_if_diverged()   # exit 3
                     progress.update(step, {k.split("/")[-1]: v for k, v in logged.items()
                                            if k in ("train/loss", "train/steps_per_sec")})
@@ -265,10 +265,10 @@ class Trainer:
                     if progress.bar is None and self.is_main:
                         train_loss = {k: v for k, v in logged.items() if k == "train/loss"}
                         log_line(step, total, {**eval_metrics, **train_loss}, t_start)
-                    best.observe(step, eval_metrics, self.state.to_pure_dict, self._meta)
+                    best.observe(step, eval_metrics, lambda: nnx.to_pure_dict(self.state), self._meta)
                     t0 = time.time()
                 if step % c.train.checkpoint_every == 0 or step == total or best.stopped:
-                    checkpointer.save(step, self.state.to_pure_dict(), self._meta(step),
+                    checkpointer.save(step, nnx.to_pure_dict(self.state), self._meta(step),
                                       force=step == total or best.stopped)
             checkpointer.wait()
             data.close()   # worker processes end here: their peak memory is then measurable
@@ -307,13 +307,13 @@ class Trainer:
         if jax.process_count() == 1:
             return self.task.report(self.module(), self.workdir) or {}
         from jax.experimental import multihost_utils
-        saveable = ckpt.to_saveable(self.state.to_pure_dict())
+        saveable = ckpt.to_saveable(nnx.to_pure_dict(self.state))
         host = multihost_utils.process_allgather(saveable, tiled=True)
         report = {}
         if self.is_main:
             local = jax.device_put(host, jax.local_devices()[0])
             state = jax.tree.map(lambda x: x, self.state)   # same structure, values replaced below
-            nnx.replace_by_pure_dict(state, ckpt.from_saveable(local, self.state.to_pure_dict()))
+            nnx.replace_by_pure_dict(state, ckpt.from_saveable(local, nnx.to_pure_dict(self.state)))
             report = self.task.report(nnx.merge(self.graphdef, state), self.workdir) or {}
         multihost_utils.sync_global_devices("jaxnets report")
         return report   # empty on the other processes: logs and final.json come from process 0
