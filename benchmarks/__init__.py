@@ -7,7 +7,8 @@ Rooms:
   peers/    PyTorch peers, run in their own venv as subprocesses (never imported here)
   gpu/      prepared one-call shell scripts for a GPU machine
   results/  measured reports; `python -m benchmarks.report` rebuilds every table from them
-common.py (report writing, machine description) and report.py stay at the top.
+Shared by every room, at the top: common.py (report writing, machine description), peak.py (the
+machine's measured peak FLOP/s that `fraction_of_peak` divides by) and report.py.
 
 Every benchmark keeps its flat command: `python -m benchmarks.lstm` runs benchmarks/speed/lstm.py.
 `ALIASES` below is the one table of flat names; a finder on `sys.meta_path`, installed when this
@@ -25,7 +26,8 @@ import sys
 # flat name -> (module in its room, arguments put before the user's)
 ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
     **{name: (f"benchmarks.speed.{name}", ()) for name in (
-        "attention", "conv_filter_grad", "cpu_layout", "decode", "lstm", "lstm_gpu", "model_step",
+        "attention", "bf16_units", "conv_filter_grad", "cpu_layout", "decode", "input_pipeline", "lstm", "lstm_gpu",
+        "model_step",
         "resnet_step", "scaling", "startup", "train_step", "transformer_step")},
     "resnet_step_compare": ("benchmarks.speed.resnet_step", ("--compare",)),
     "resnet_step_levers": ("benchmarks.speed.resnet_step", ("--levers",)),
@@ -74,7 +76,7 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
 
 def names() -> list[str]:
     """Every benchmark's flat name (`jaxnets list`, `jaxnets bench NAME`), plus the faults suite."""
-    return sorted([*ALIASES, "faults", "report"])
+    return sorted([*ALIASES, "faults", "peak", "report"])
 
 
 if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from benchmarks.peak import cpu_identity, cpu_peak
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 # The flags that decide which vector code runs (jaxnets.kernels.native.ISAS, XLA's own kernels).
@@ -69,9 +71,14 @@ def commit() -> str:
 
 
 def machine(**extra) -> dict:
-    """Where and when a figure was measured; `extra` adds run settings (env switches, ...)."""
+    """Where and when a figure was measured; `extra` adds run settings (env switches, ...).
+    `cpu_vendor`, `cpu_family`, `cpu_model_number` and `isa_flags` name the CPU (model names alone
+    do not: every AMD EPYC generation reads "AMD EPYC" in a VM); `peak` is the machine's
+    measured peak (benchmarks.peak) that `fraction_of_peak` columns divide by."""
     model, flags = _cpuinfo()
-    info = {"cpu_model": model, "arch": platform.machine(),
+    ident = cpu_identity()
+    info = {"cpu_model": model, "cpu_vendor": ident["vendor"], "cpu_family": ident["family"],
+            "cpu_model_number": ident["model"], "arch": platform.machine(),
             "isa_flags": sorted(f for f in ISA_FLAGS if f in flags),
             "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "load_avg": [round(v, 2) for v in os.getloadavg()],
@@ -81,6 +88,12 @@ def machine(**extra) -> dict:
         from jaxnets.kernels import native
         info.update(jax=jax.__version__, native_isa=native.machine_isa() if native.enabled() else "off")
     except Exception:  # noqa: BLE001 - metadata must never fail a benchmark
+        pass
+    try:
+        peak = cpu_peak()
+        info["peak"] = {k: peak.get(k) for k in ("vector_isa", "clock_hz", "fp32_flops_per_s", "bf16_flops_per_s",
+                                                 "bf16_units", "fma_pipes_full_width")}
+    except (OSError, subprocess.SubprocessError, ValueError):   # no compiler, odd platform: no peak
         pass
     env = {k: v for k, v in os.environ.items() if k.startswith("JAXNETS_") or k == "XLA_FLAGS"}
     return {**info, "env": env, **extra}
@@ -134,3 +147,14 @@ def save(report_: dict, filename: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report_, indent=1) + "\n")
     return path
+
+
+def trained_judge(judge_dir: str):
+    """The image judge of jaxnets/evaluators, trained into `judge_dir` first if it is not there
+    (benchmarks sit above the CLI and may train, as `jaxnets train` does for its evaluators)."""
+    from jaxnets.evaluators.image_judge import ImageJudge, judge_config   # JAX: only when asked
+    from jaxnets.train.trainer import train
+
+    if not os.path.isfile(os.path.join(judge_dir, "final.json")):
+        train(judge_config(), judge_dir)
+    return ImageJudge.load(judge_dir)

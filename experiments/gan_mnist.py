@@ -18,8 +18,10 @@ def get_config(arg=None):
     width = 32 if smoke else 64
     c.model = {"name": "dcgan_generator", "latent_dim": 64, "channels": width}
     c.model_d = {"name": "dcgan_discriminator", "channels": width, "dropout": 0.3}
-    c.task_options = {"generator_loss": "minimax" if args.get("minimax") else "non_saturating",
-                      "judge_dir": args.get("judge_dir", "runs/mnist_judge")}
+    c.task_options = {"generator_loss": "minimax" if args.get("minimax") else "non_saturating"}
+    # The image judge (jaxnets/evaluators) scores samples at the end; trained first if missing.
+    c.evals = {"judge": {"kind": "image_judge", "every": 0,
+                         "judge_dir": args.get("judge_dir", "runs/mnist_judge")}}
     c.data.name = "mnist5k"
     c.data.batch_size = 64
     c.data.eval_batch_size = 512

@@ -5,7 +5,7 @@
     jaxnets train --config experiments/resnet50_imagenet.py:tfds --config.data.options.data_dir=/data/tfds --workdir runs/rn50
 
 Recipe: ResNet-50 v1.5 (bottleneck blocks, stride 2 in the 3x3 convolution, projection
-shortcuts), SGD with Nesterov momentum 0.9, peak lr 0.1 per 256 images (0.4 at the global batch
+shortcuts, the last BN scale of each residual branch initialised to 0), SGD with Nesterov momentum 0.9, peak lr 0.1 per 256 images (0.4 at the global batch
 of 1024) after 5 epochs of linear warm-up, cosine decay to 0 over 90 epochs, label smoothing
 0.1, weight decay 5e-5 on convolution and dense kernels only (not on norms or biases),
 Inception-style random-resized crops of 224 px + flips on the host, resize 256 + centre crop
@@ -37,7 +37,8 @@ def get_config(arg=None):
     c.cpu_devices = "auto"          # CPU: one single-threaded device per core (convnets gain)
     c.task = "classification"
     c.task_options = {"label_smoothing": 0.1, "input_mean": MEAN, "input_std": STD}
-    c.model = {"name": "resnet", "form": "imagenet", "depth": args.get("depth", 50)}
+    c.model = {"name": "resnet", "form": "imagenet", "depth": args.get("depth", 50),
+               "zero_init_residual": True}
     if args.get("tfds"):
         c.data.name = "imagenet2012"
         c.data.options = {"data_dir": "", "image_size": size}

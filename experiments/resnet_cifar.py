@@ -26,7 +26,8 @@ from jaxnets.train.defaults import base_config
 
 def get_config(arg=None):
     args = parse_arg(arg)
-    offline = bool(args.get("smoke") or args.get("mnist"))
+    smoke, mnist = args.get("smoke"), args.get("mnist")   # both read: an unread argument is refused
+    offline = bool(smoke or mnist)
     c = base_config()
     # On CPU: one single-threaded device per core, the batch sharded over them (convnets
     # gain; see jaxnets.platform.devices.auto_cpu_devices). Ignored where a GPU/TPU is present.
@@ -45,7 +46,7 @@ def get_config(arg=None):
     c.optim.schedule = "piecewise"
     c.optim.decay_factor = 0.1
     if offline:
-        steps = args.get("steps", 300 if args.get("smoke") else 1500)
+        steps = args.get("steps", 300 if smoke else 1500)
         c.model.stem_stride = 2          # 28x28 digits -> 14x14 maps: the same depth, 4x cheaper
         c.data.name = "mnist5k"
         c.data.batch_size = 64

@@ -18,7 +18,10 @@ def get_config(arg=None):
     c.model = {"name": "vae", "arch": "conv" if args.get("conv") else "mlp",
                "latent_dim": args.get("latent", 16),
                "likelihood": "gaussian" if args.get("gaussian") else "bernoulli"}
-    c.task_options = {"compare_autoencoder": True, "judge_dir": args.get("judge_dir", "runs/mnist_judge")}
+    c.task_options = {"compare_autoencoder": True}
+    # The image judge (jaxnets/evaluators) scores samples at the end; trained first if missing.
+    c.evals = {"judge": {"kind": "image_judge", "every": 0,
+                         "judge_dir": args.get("judge_dir", "runs/mnist_judge")}}
     c.data.name = "mnist5k"
     c.data.batch_size = 128
     c.data.eval_batch_size = 512

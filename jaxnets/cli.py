@@ -18,11 +18,22 @@ import os
 import subprocess
 import sys
 import textwrap
+import traceback
 
+from jaxnets import options
 from jaxnets.commands import COMMANDS as WORKDIR_COMMANDS
+from jaxnets.data import DATASETS
 from jaxnets.errors import UserError
+from jaxnets.models import MODELS
+from jaxnets.evaluators import pending_runs
+from jaxnets.parallel.launch import die_with_launcher, launch
+from jaxnets.platform import kernel_table, tune
 from jaxnets.platform.devices import auto_cpu_devices, cpu_devices_setting
+from jaxnets.platform import cpu_threads
 from jaxnets.platform.install import install_process_settings
+from jaxnets.tasks import TASKS
+from jaxnets.train.preemption import install_early_handlers, uninstall_early_handlers
+from jaxnets.train.trainer import Trainer, train
 
 EXIT_USAGE = 2
 
@@ -43,8 +54,7 @@ def _config_from(parser, argv):
             raise UserError(f"Unrecognised argument {item!r}. Settings are changed with "
                             "--config.KEY=VALUE (e.g. --config.train.steps=100).")
         overrides.append(item[len("--config."):])
-    from jaxnets.config import apply_overrides, load_config
-    return args, apply_overrides(load_config(args.config), overrides)
+    return args, options.resolve(args.config, overrides)
 
 
 def _cpu_devices_for(config) -> None:
@@ -57,6 +67,14 @@ def _cpu_devices_for(config) -> None:
 
 
 def cmd_train(argv: list[str]) -> int:
+    install_early_handlers()   # a SIGTERM/SIGINT while starting up is honoured once training runs
+    try:
+        return _train(argv)
+    finally:
+        uninstall_early_handlers()
+
+
+def _train(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="jaxnets train", description="Train an experiment config.")
     parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
     parser.add_argument("--workdir", required=False, help="checkpoints, logs, final.json (resumes if present)")
@@ -66,16 +84,19 @@ def cmd_train(argv: list[str]) -> int:
                              "state array, then exit (nothing is trained or allocated)")
     args, config = _config_from(parser, argv)
     if args.print_config:
-        print(config)
+        print(options.describe(config))
         return 0
     if args.print_layout:
-        from jaxnets.train.trainer import Trainer
         print(Trainer(config, None, layout_only=True).layout_table())
         return 0
     if not args.workdir:
         raise UserError("--workdir is required: the directory for checkpoints, logs and final.json.")
     _cpu_devices_for(config)
-    from jaxnets.train.trainer import train
+    # Models the evaluators measure with (the image judge) are trained first, once, by every
+    # process of the job together; a finished one is only loaded (read-only) by the evaluator.
+    for run_config, run_dir in pending_runs(config):
+        print(f"Training the evaluators' model into {run_dir} first (once).", flush=True)
+        train(run_config, run_dir)
     final = train(config, args.workdir)
     if final.get("preempted"):
         return 0
@@ -93,8 +114,6 @@ def cmd_tune(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="the kernel table to write (JSON)")
     args, config = _config_from(parser, argv)
     _cpu_devices_for(config)
-    from jaxnets.platform import kernel_table, tune
-    from jaxnets.train.trainer import Trainer
     config.platform.kernel_table = ""   # time every shape afresh
     table = tune.tune(Trainer(config, None, layout_only=True), "jaxnets tune " + " ".join(argv))
     kernel_table.save(table, args.out)
@@ -103,10 +122,6 @@ def cmd_tune(argv: list[str]) -> int:
 
 
 def cmd_list(argv: list[str]) -> int:
-    from jaxnets.data import DATASETS
-    from jaxnets.models import MODELS
-    from jaxnets.tasks import TASKS
-
     exp_dir = repo_dir("experiments")
     experiments = sorted(f[:-3] for f in os.listdir(exp_dir) if f.endswith(".py") and not f.startswith("_")) \
         if os.path.isdir(exp_dir) else []
@@ -150,7 +165,6 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 def cmd_launch(argv: list[str]) -> int:
-    from jaxnets.parallel.launch import launch
     return launch(argv)
 
 
@@ -163,6 +177,9 @@ COMMANDS.update(WORKDIR_COMMANDS)   # eval, sample, generate, translate, export:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()   # a rank of `jaxnets launch` never outlives it
+    # Before JAX starts: CPU thread settings that cannot deadlock (for the ranks of a local launch too).
+    cpu_threads.apply(os.environ, int(os.environ.get("JAXNETS_LOCAL_PROCESSES", "1")))
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv and argv[:1] != ["bench"]   # bench passes its flags on
     argv = argv if not debug else [a for a in argv if a != "--debug"]
@@ -182,7 +199,6 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as e:
         if debug:
-            import traceback
             traceback.print_exc()
         print("error: " + textwrap.fill(str(e), width=100, subsequent_indent="  "), file=sys.stderr)
         return e.exit_code

@@ -3,8 +3,10 @@
     jaxnets train --config experiments/mnist_cnn.py:smoke --workdir runs/x --config.train.steps=200
 
 `arg` is free text handed to `get_config`; `parse_arg` turns the usual "smoke,depth=56" form into
-a dict. Overrides must name an existing key: a typo is an error naming the close matches,
-never a silently ignored setting.
+a dict, and `load_config` refuses a name the experiment never looked up in it (so an experiment
+reads each argument it knows on every path: `smoke, mnist = args.get("smoke"), args.get("mnist")`).
+Overrides must name an existing or declared key (`declared`, e.g. jaxnets.options.declared): a
+typo is an error naming the close matches, never a silently ignored setting.
 """
 from __future__ import annotations
 
@@ -12,19 +14,46 @@ import ast
 import difflib
 import importlib.util
 import os
-from typing import Any
+import traceback
+from typing import Any, Callable
 
 import ml_collections
 
 from jaxnets.errors import UserError
 
 
-def parse_arg(arg: str | None) -> dict[str, Any]:
+class ExperimentArgs(dict):
+    """The parsed experiment argument; remembers which names the experiment looked up, so that
+    `load_config` can refuse a name no experiment code reads (a typo such as `:smok`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+# The ExperimentArgs that parse_arg handed out while load_config runs a get_config.
+_ARGS_HANDED_OUT: list[ExperimentArgs] = []
+
+
+def parse_arg(arg: str | None) -> ExperimentArgs:
     """"smoke,depth=56,residual=False" -> {"smoke": True, "depth": 56, "residual": False}."""
-    out: dict[str, Any] = {}
+    out = ExperimentArgs()
     for part in filter(None, (p.strip() for p in (arg or "").split(","))):
         key, sep, value = part.partition("=")
-        out[key.strip()] = _parse_value(value.strip()) if sep else True
+        dict.__setitem__(out, key.strip(), _parse_value(value.strip()) if sep else True)
+    _ARGS_HANDED_OUT.append(out)
     return out
 
 
@@ -65,6 +94,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         raise UserError(f"Config file {path!r} failed while loading: {_where(e, path)}.") from e
     if not callable(getattr(module, "get_config", None)):
         raise UserError(f"Config file {path!r} defines no get_config(arg) function.")
+    if arg and not _takes_arg(module.get_config):
+        raise UserError(f"Config file {path!r} takes no argument (its get_config() has no parameter); "
+                        f"drop ':{arg}'.")
+    del _ARGS_HANDED_OUT[:]
     try:
         config = module.get_config(arg or None) if _takes_arg(module.get_config) else module.get_config()
         config = ml_collections.ConfigDict(config)
@@ -73,13 +106,28 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     except Exception as e:   # noqa: BLE001
         call = f"get_config({arg!r})" if arg else "get_config()"
         raise UserError(f"{call} in {path!r} failed: {_where(e, path)}.") from e
-    return with_task_options(config)
+    _check_experiment_args(path, arg)
+    return config
+
+
+def _check_experiment_args(path: str, arg: str) -> None:
+    """Every name in `file.py:a,b=1` must be one the experiment reads (through parse_arg)."""
+    given = parse_arg(arg)
+    handed_out = _ARGS_HANDED_OUT[:-1]   # the last one is `given`, parsed just now
+    del _ARGS_HANDED_OUT[:]
+    if not given or not handed_out:   # no argument, or an experiment that parses it itself
+        return
+    known = set().union(*(a.read for a in handed_out))
+    unknown = [k for k in given if k not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"Experiment {path!r} has no argument {', '.join(map(repr, unknown))}.{hint} "
+                        f"Its arguments: {', '.join(sorted(known)) or '(none)'}.")
 
 
 def _where(error: BaseException, path: str) -> str:
     """'ValueError: message (line N)' with the deepest line inside the config file."""
-    import traceback
-
     lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
              if os.path.abspath(f.filename) == os.path.abspath(path)]
     where = f" (line {lines[-1]})" if lines else ""
@@ -101,28 +149,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                             f"(e.g. --config.{key}=100).")
 
 
-def with_task_options(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Fill `task_options` with the task class's declared `options` (name -> default), so that
-    every option can be overridden (`--config.task_options.kl_weight=0`) and printed, and an
-    option the task does not declare is an error instead of a silently ignored setting."""
-    if not config.get("task"):
-        return config
-    from jaxnets.tasks import TASKS
-    declared = getattr(TASKS.get(config.task), "options", None)
-    if declared is None:   # a task that declares nothing keeps its free-form options
-        return config
-    given = dict(config.get("task_options") or {})
-    for key in given:
-        if key not in declared:
-            close = difflib.get_close_matches(key, list(declared), n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise UserError(f"Task {config.task!r} has no option {key!r}.{hint} Its options: "
-                            f"{', '.join(sorted(declared)) or '(none)'}.")
-    with config.unlocked():
-        config.task_options = ml_collections.ConfigDict({**declared, **given})
-    return config
-
-
 def _takes_arg(fn) -> bool:
     return fn.__code__.co_argcount > 0
 
@@ -137,8 +163,20 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return keys
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-    """Apply "a.b=value" strings in order; unknown keys raise UserError naming close matches."""
+# A section's declared keys and their defaults beyond those the config holds (None: only the
+# config's own keys), e.g. a model's constructor keywords: jaxnets.options.declared.
+Declared = Callable[[ml_collections.ConfigDict, str], "dict[str, Any] | None"]
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str],
+                    declared: Declared | None = None) -> ml_collections.ConfigDict:
+    """Apply "a.b=value" strings in order; unknown keys raise UserError naming close matches.
+
+    A key the config does not hold yet may be set when `declared(config, section)` declares it
+    (a model keyword the experiment left at its default). A dict value (`--config.mesh="{'data': 2}"`)
+    may only name keys that section holds or declares; it replaces a declared section (a model,
+    task_options, data.options) and is merged into a fixed one (data, train, mesh, ...)."""
+    declared = declared or (lambda config, section: None)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
@@ -150,16 +188,37 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
             if not isinstance(child, ml_collections.ConfigDict):
                 _unknown_key(config, ".".join(parents[: depth + 1]))
             node = child
-        if leaf not in node:
-            _unknown_key(config, key)
-        old = node[leaf]
+        section = ".".join(parents)
+        extra = declared(config, section) or {}
+        if leaf not in node and leaf not in extra:
+            _unknown_key(config, key, extra, section)
+        old = node[leaf] if leaf in node else extra[leaf]
         parsed = _parse_value(text)
         if isinstance(old, str) and isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
             parsed = text   # a string setting that looks like a number, e.g. cpu_devices=2
+        if isinstance(old, ml_collections.ConfigDict) and isinstance(parsed, dict):
+            _check_section_keys(config, key, old, parsed, declared)
+            if declared(config, key) is None:   # a fixed section (data, train, mesh...): merged into
+                parsed = {**old.to_dict(), **parsed}
         value = _coerce(parsed, old, key)
         with node.unlocked():
             node[leaf] = value
     return config
+
+
+def _check_section_keys(config, key: str, old: ml_collections.ConfigDict, new: dict, declared: Declared) -> None:
+    known = set(old) | set(declared(config, key) or {})
+    if "name" in new and new.get("name") != old.get("name") and "." not in key:
+        probe = ml_collections.ConfigDict(config.to_dict())
+        with probe.unlocked():
+            probe[key] = {"name": new["name"]}
+        other = declared(probe, key)
+        if other is not None:   # another model: its own keywords, not the old model's
+            known = set(other) | {"name"}
+    unknown = sorted(k for k in new if k not in known)
+    if unknown:
+        raise UserError(f"--config.{key} names unknown key(s) {', '.join(map(repr, unknown))}; "
+                        f"config.{key} knows: {', '.join(sorted(known)) or '(none)'}.")
 
 
 def _coerce(value: Any, old: Any, key: str) -> Any:
@@ -181,12 +240,16 @@ def _coerce(value: Any, old: Any, key: str) -> Any:
     return value
 
 
-def _unknown_key(config: ml_collections.ConfigDict, key: str):
-    known = flat_keys(config)
+def _unknown_key(config: ml_collections.ConfigDict, key: str, extra: dict | None = None, section: str = ""):
+    known = flat_keys(config) + [f"{section}.{k}" if section else k for k in (extra or {})]
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     leaf_close = [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
     suggestions = list(dict.fromkeys(close + leaf_close))[:4]
     hint = f" Did you mean {', '.join('--config.' + s for s in suggestions)}?" if suggestions else ""
-    raise UserError(f"Unknown config key {key!r}: the experiment config has no such setting.{hint} "
-                    "Keys can only be overridden, not added; print the config with "
-                    "`jaxnets train --config FILE --print_config` to see them all.")
+    parent = key.rpartition(".")[0]
+    siblings = sorted({k[len(parent) + 1:].split(".")[0] for k in known if parent and k.startswith(parent + ".")}
+                      if parent else {k.split(".")[0] for k in known})
+    listing = f" config{'.' + parent if parent else ''} knows: {', '.join(siblings)}." if siblings else ""
+    raise UserError(f"Unknown config key {key!r}: the experiment config has no such setting and none "
+                    f"is declared.{hint}{listing} Print them with "
+                    "`jaxnets train --config FILE --print_config`.")

@@ -1,22 +1,23 @@
-"""Generated images: PNG grids, and a judge that measures samples with a jaxnets MNIST classifier.
+"""Generated images: PNG grids and the image statistics the image judge (jaxnets/evaluators) uses.
 
 - `save_grid(images, path, ncol)`: (N, H, W, C) in [0, 1] -> one PNG (matplotlib, no display).
 - `save_figure(panels, path)`: several titled grids side by side (e.g. AE vs VAE latent maps).
 - `frechet_distance(feats_a, feats_b)`: ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) of
   Gaussian fits, in float64 (FID's formula; here in the judge's feature space).
-- `ImageJudge`: the classifier of `experiments/mnist_cnn.py` (smoke; `jaxnets.configs`), trained by the jaxnets
-  trainer on first use into `judge_dir` and restored from its checkpoint afterwards. `score`
-  gives class accuracy against requested labels, mean confidence, class coverage
-  (1 - total variation between the predicted-class histogram and uniform: 1 for balanced
-  samples, 0.1 for total mode collapse) and the Frechet distance to reference images.
+- `class_coverage(predicted)`: 1 - total variation between the predicted-class histogram and
+  uniform (1 for balanced samples, 0.1 for total mode collapse).
+PNGs are written atomically (a temporary file renamed over the target: never half a file, and a
+symlink at the target is replaced, not followed).
 """
 from __future__ import annotations
 
+import io
 import math
-import os
 from typing import Sequence
 
 import numpy as np
+
+from jaxnets import storage
 
 
 def _grid_array(images: np.ndarray, ncol: int, pad: int = 1) -> np.ndarray:
@@ -33,9 +34,9 @@ def _grid_array(images: np.ndarray, ncol: int, pad: int = 1) -> np.ndarray:
 def save_figure(panels: Sequence[tuple[str, np.ndarray, int]], path: str, *,
                 row_labels: Sequence[str] | None = None, scale: float = 0.18) -> str:
     """panels: (title, images (N, H, W, C) in [0, 1], ncol). Writes one PNG, returns its path."""
-    import matplotlib
+    import matplotlib  # heavy (~0.5 s): only when a report draws a figure
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display backend
 
     grids = [(title, _grid_array(images, ncol)) for title, images, ncol in panels]
     widths = [g.shape[1] for _, g in grids]
@@ -51,9 +52,11 @@ def save_figure(panels: Sequence[tuple[str, np.ndarray, int]], path: str, *,
             rows = len(row_labels)
             ax.set_yticks([(i + 0.5) * grid.shape[0] / rows for i in range(rows)], list(row_labels), fontsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    storage.makedirs(storage.resolve(path).parent)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
     plt.close(fig)
+    storage.write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -63,7 +66,7 @@ def save_grid(images: np.ndarray, path: str, ncol: int = 10, title: str = "",
 
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    from scipy import linalg
+    from scipy import linalg  # heavy: only when a judge scores samples
 
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
@@ -77,66 +80,3 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
 def class_coverage(predicted: np.ndarray, num_classes: int = 10) -> float:
     share = np.bincount(np.asarray(predicted), minlength=num_classes) / max(len(predicted), 1)
     return float(np.minimum(share, 1.0 / num_classes).sum())
-
-
-def judge_config():
-    """The classifier config: experiments/mnist_cnn.py's smoke preset, shipped in the package
-    (jaxnets/configs/mnist_cnn.py) so that an installed wheel can train the judge."""
-    from jaxnets.configs.mnist_cnn import get_config
-
-    return get_config("smoke")
-
-
-class ImageJudge:
-    """A trained MNIST CNN used as a measuring stick for generated digits in [0, 1]."""
-
-    def __init__(self, judge_dir: str = "runs/mnist_judge", batch_size: int = 500):
-        import jax
-        from flax import nnx
-
-        from jaxnets.train.trainer import Trainer
-
-        config = judge_config()
-        config.train.progress = False
-        trainer = Trainer(config, judge_dir)
-        final = trainer.run()                # trains on first use; later a restore + one eval
-        self.heldout_accuracy = float(final["metrics"].get("eval/accuracy", float("nan")))
-        self.model = trainer.module().model
-        self.batch_size = batch_size
-        graphdef, state = nnx.split(self.model)
-
-        @jax.jit
-        def forward(state, x):
-            model = nnx.merge(graphdef, state)
-            feats = cnn_features(model, x)
-            return feats, jax.nn.softmax(model.head(feats))
-
-        self._forward = lambda x: forward(state, x)
-
-    def features_and_probs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = np.asarray(images, np.float32)
-        feats, probs = [], []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            pad = self.batch_size - len(chunk)   # fixed shapes: one compile
-            f, p = self._forward(np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)]))
-            feats.append(np.asarray(f)[:len(chunk)])
-            probs.append(np.asarray(p)[:len(chunk)])
-        return np.concatenate(feats), np.concatenate(probs)
-
-    def score(self, images: np.ndarray, labels: np.ndarray | None = None,
-              reference: np.ndarray | None = None) -> dict[str, float]:
-        """images in [0, 1]; labels: requested classes (optional); reference: real images."""
-        feats, probs = self.features_and_probs(images)
-        predicted = probs.argmax(-1)
-        out = {"confidence": float(probs.max(-1).mean()), "coverage": class_coverage(predicted)}
-        if labels is not None:
-            out["class_accuracy"] = float(np.mean(predicted == np.asarray(labels)))
-        if reference is not None:
-            out["frechet"] = frechet_distance(feats, self.features_and_probs(reference)[0])
-        return out
-
-
-def cnn_features(model, x):
-    """Penultimate activations of jaxnets.models.cnn.CNN (ReLU(fc), before dropout and head)."""
-    return model.features(x)

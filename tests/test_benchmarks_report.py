@@ -6,9 +6,9 @@ import os
 from benchmarks import common, report
 
 
-def _result(folder, name, benchmark, date, ms):
+def _result(folder, name, benchmark, date, ms, cpu="Test CPU"):
     data = {"benchmark": benchmark, "date": date, "command": f"python -m benchmarks.{benchmark}",
-            "machine": {"cpu_model": "Test CPU", "cores": 2, "isa_flags": ["avx2", "fma"],
+            "machine": {"cpu_model": cpu, "cores": 2, "isa_flags": ["avx2", "fma"],
                         "load_avg": [1.0, 0.5, 0.25], "native_isa": "avx2", "jax": "0", "commit": "abc"},
             "results": [{"name": "resnet20", "ms_per_step": ms, "ratio_jaxnets_over_torch": ms / 100}]}
     (folder / name).write_text(json.dumps(data))
@@ -54,4 +54,25 @@ def test_inline_values_in_prose(tmp_path, monkeypatch):
     assert report.main([]) == 0
     assert readme.read_text() == ("in <!-- value:startup:resnet20:ms_per_step -->17.8<!-- /value --> s; "
                                   "kept <!-- value:startup:missing:ms_per_step -->5<!-- /value -->\n")
+    assert report.main(["--check"]) == 0
+
+
+def test_one_table_per_cpu(tmp_path, monkeypatch):
+    """A result never stands for another CPU: each CPU keeps its newest table, newest CPU first,
+    and README's marker shows the newest overall."""
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    _result(results, "amd_old.json", "lstm", "2026-12-01T10:00:00+00:00", 150.0, cpu="AMD EPYC")
+    _result(results, "amd.json", "lstm", "2026-12-02T10:00:00+00:00", 140.0, cpu="AMD EPYC")
+    _result(results, "intel.json", "lstm", "2026-12-03T10:00:00+00:00", 90.0, cpu="Intel Xeon")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report:lstm -->\n<!-- /report:lstm -->\n")
+    monkeypatch.setattr(report, "RESULTS", results)
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    assert report.main([]) == 0
+    table = (results / "README.md").read_text()
+    intel, amd = table.index("### on Intel Xeon; avx2 fma"), table.index("### on AMD EPYC; avx2 fma")
+    assert intel < amd and "| resnet20 | 90 |" in table[intel:amd] and "| resnet20 | 140 |" in table[amd:]
+    assert "150" not in table
+    assert "| resnet20 | 90 |" in readme.read_text() and "140" not in readme.read_text()
     assert report.main(["--check"]) == 0

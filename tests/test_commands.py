@@ -56,13 +56,12 @@ def _reload_in_plain_jax(out, fn_name, inputs_npz):
 
 def _export_and_compare(workdir, out, capsys, batch):
     from jaxnets.commands import open_workdir
-    from jaxnets.export import inference_target
 
     assert main(["export", "--workdir", workdir, "--out", out]) == 0
     signature = json.load(open(os.path.join(out, "signature.json")))
     assert signature["inputs"][0]["shape"][0] == "b"
     trainer, _ = open_workdir(workdir)
-    _, module, fn, inputs = inference_target(trainer)
+    _, module, fn, inputs = trainer.task.inference_fn(trainer.module())
     rng = np.random.default_rng(0)
     xs = [np.repeat(x, batch, 0) for _, x in inputs]
     if xs[0].dtype.kind == "f":
@@ -118,7 +117,7 @@ def test_translate_greedy_and_beam(tmp_path_factory, capsys):
     source = np.zeros((1, split["source"].shape[1]), np.int32)
     source[0, :5] = [vocab.index(ch) for ch in "12+34"]
     for beam in (1, 3):   # the command's output is the shared decoder's, as text
-        want = task._text(np.asarray(decode(trainer.module().model, jnp.asarray(source),
+        want = task.detokenize(np.asarray(decode(trainer.module().model, jnp.asarray(source),
                                             split["target"].shape[1] - 1, bos_id=task.bos_id,
                                             eos_id=task.eos_id, beam_size=beam))[0])
         assert main(["translate", "--workdir", workdir, "12+34", "--beam", str(beam)]) == 0
@@ -161,4 +160,4 @@ def test_bad_workdirs_get_one_line_and_exit_2(tmp_path, classifier, capsys):
     assert main(["sample", "--workdir", str(tmp_path), "--num", "2"]) == 2
     assert "holds no checkpoint" in err()
     assert main(["generate", "--workdir", classifier]) == 2
-    assert "not a language model" in err()
+    assert "has no 'generate' entry point" in err()

@@ -72,7 +72,7 @@ def test_fold_follows_single_threaded_devices(monkeypatch):
     """The platform asks for the fold on single-threaded XLA:CPU devices only (where it pays),
     and the layer folds only the narrow, even-width inputs it is asked to."""
     from jaxnets.nn import conv
-    from jaxnets.platform.lowering import cpu_conv_lowering
+    from jaxnets.platform.lowering_rule import cpu_conv_lowering
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     assert cpu_conv_lowering().fold is True
     monkeypatch.setenv("XLA_FLAGS", "")

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from jaxnets.platform import allocator, devices
-from jaxnets.platform.lowering import lowering_for
+from jaxnets.platform.lowering_rule import lowering_for
 from jaxnets.models.resnet import ResNet
 
 import re

@@ -197,8 +197,10 @@ def test_tfds_round_trip_through_array_record(tmp_path):
                       label_key="cls")
     assert ds.info["num_classes"] == 3 and ds.info["label_names"] == ["a", "b", "c"]
     assert ds.info["image_shape"] == (4, 5, 3)
+    whole = lambda source: source.get_batch(range(len(source)))   # the lazy split, read in full
     for split, (n, seed) in {"train": (10, 0), "test": (4, 1)}.items():
-        got = ds.splits[split]
+        assert ds.splits[split].kind == "tfds" and len(ds.splits[split]) == n
+        got = whole(ds.splits[split])
         assert got["image"].dtype == np.uint8 and got["image"].shape == (n, 4, 5, 3)
         assert got["label"].dtype == np.int32
         # TFDS shuffles records when writing: compare as sets of (pixels, label).
@@ -209,9 +211,18 @@ def test_tfds_round_trip_through_array_record(tmp_path):
 
     held = _with_validation(ds, validation=3, seed=0)
     assert (held.size("train"), held.size("validation"), held.size("test")) == (7, 3, 4)
-    rows = lambda s: {im.tobytes() for im in held.splits[s]["image"]}
+    rows = lambda s: {im.tobytes() for im in whole(held.splits[s])["image"]}
     assert not rows("train") & rows("validation")
-    assert rows("train") | rows("validation") == {im.tobytes() for im in ds.splits["train"]["image"]}
+    assert rows("train") | rows("validation") == {im.tobytes() for im in whole(ds.splits["train"])["image"]}
     again = _with_validation(ds, validation=3, seed=0)
-    np.testing.assert_array_equal(again.splits["validation"]["image"],
-                                  held.splits["validation"]["image"])
+    np.testing.assert_array_equal(whole(again.splits["validation"])["image"],
+                                  whole(held.splits["validation"])["image"])
+    # Records read in Grain worker processes (the source pickled, reopened there) are the same.
+    from jaxnets.data.pipeline import eval_batches
+    batches = list(eval_batches(ds.splits["test"], 4, workers=1))
+    np.testing.assert_array_equal(batches[0]["image"], whole(ds.splits["test"])["image"])
+    # image_size > 0: records stay encoded (TFDS's SkipDecoding), the host transforms crop them.
+    enc = tfds_dataset("jaxnets_tiny_images", data_dir=str(tmp_path), image_key="img",
+                       label_key="cls", image_size=3)
+    out = enc.eval_transform(enc.splits["test"][0])
+    assert out["image"].shape == (3, 3, 3) and enc.info["image_shape"] == (3, 3, 3)

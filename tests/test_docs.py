@@ -45,7 +45,7 @@ def shell_commands():
 def test_docs_exist_and_have_commands():
     names = {os.path.basename(p) for p in DOCS}
     assert {"getting-started.md", "using-modules.md", "extending.md", "configuration.md",
-            "results.md"} <= names
+            "results.md", "architecture.md"} <= names
     assert len(shell_commands()) >= 8
 
 

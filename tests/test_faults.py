@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.faults import cluster
 from benchmarks.faults import suite as faults
 from helpers import tiny_config
 from jaxnets.errors import TrainingDiverged, UserError
@@ -205,3 +206,38 @@ def test_debug_flag_shows_the_traceback(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and expected in " ".join(result.stderr.split())
     assert "Traceback" in result.stderr and "KeyError" in result.stderr
+
+
+# ------------------------------------------------------------------ a busy cluster (issue #23)
+def test_launcher_killed_during_a_save_leaves_no_rank_and_relaunch_matches(tmp_path):
+    row = cluster.launcher_kill_during_save(str(tmp_path), trials=1)
+    assert row["ranks_alive_10s_after"] == 0 and row["digest_mismatch"] == 0
+    assert row["survived"] == row["trials"] == 1, row
+
+
+def test_concurrent_runs_one_refused_in_seconds_the_other_finishes(tmp_path):
+    digest = _lone_digest(tmp_path)
+    row = cluster.concurrent_runs(str(tmp_path), digest)
+    assert row["survived"] == 1 and row["refused_after_s"] < 10, row
+
+
+def test_permission_error_exits_2_moves_nothing_and_resumes_later(tmp_path):
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs util-linux's setpriv")
+    row = cluster.permission_error(str(tmp_path), _lone_digest(tmp_path))
+    assert row["survived"] == 1 and row["exit"] == 2, row
+
+
+def test_gs_workdir_on_an_emulator_killed_and_resumed(tmp_path):
+    if shutil.which("gcp-storage-emulator") is None:
+        pytest.skip("gcp-storage-emulator not installed (pip install -e .[dev])")
+    row = cluster.cloud_workdir(str(tmp_path), _lone_digest(tmp_path))
+    assert row["killed"] and row["digest_mismatch"] == 0, row
+    assert row["survived"] == 1, row
+
+
+def _lone_digest(tmp_path) -> str:
+    reference = str(tmp_path / "lone")
+    if not os.path.exists(os.path.join(reference, "final.json")):
+        assert faults.run(reference).returncode == 0
+    return faults.final(reference)["param_digest"]

@@ -67,7 +67,7 @@ def test_same_table_same_program_on_two_isas(tmp_path):
 
 
 def test_table_entries_drive_the_choice(tmp_path):
-    from jaxnets.platform.lowering import cpu_conv_lowering, lowering_for
+    from jaxnets.platform.lowering_rule import cpu_conv_lowering, lowering_for
     path = tmp_path / "t.json"
     key = filter_grad_key((8, 16, 16, 16), (8, 16, 16, 32))
     kernel_table.save({"format": kernel_table.FORMAT, kernel_table.FILTER_GRAD: {key: {"choice": "xla"}}},

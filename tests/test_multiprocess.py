@@ -63,7 +63,7 @@ def test_launch_two_processes_match_one_process(tmp_path):
     # A small U-Net without its attention block: XLA:CPU compiles the sharded U-Net step slowly.
     ("ddpm_mnist.py:smoke", ["--config.model.channels=8", "--config.model.attention=False",
                              "--config.data.batch_size=8",
-                             "--config.data.eval_batch_size=64", "--config.task_options.judge_dir=None",
+                             "--config.data.eval_batch_size=64", "--config.evals.judge.judge_dir=None",
                              "--config.task_options.num_samples=10",
                              "--config.task_options.sample_steps=2",
                              "--config.task_options.guidance_scales=(0.0,)"]),

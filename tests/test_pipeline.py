@@ -68,3 +68,13 @@ def test_worker_processes_give_the_same_batches_and_eval_pass():
 
 def _add_noise(record, rng):   # module level: pickled into the worker processes
     return {"x": record["x"] + rng.integers(100), "y": record["y"]}
+
+
+def test_order_is_numpy_permutation_of_seed_and_epoch():
+    """The documented order, from an independent formula: example j of batch s is
+    default_rng([seed, epoch]).permutation(n)[g % n], g = s * batch + j."""
+    it = TrainIterator(_split(23), batch_size=5, seed=7)
+    for step in (0, 4, 9):
+        g = step * 5 + np.arange(5)
+        want = [np.random.default_rng([7, int(x) // 23]).permutation(23)[int(x) % 23] for x in g]
+        assert np.array_equal(it.indices(step), want)

@@ -53,6 +53,28 @@ def test_sigkill_and_sigterm_resume_bit_identical(tmp_path):
     _wait_for_checkpoint(tmp_path / "termed", 10, proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "SIGTERM: saved checkpoint" in out and "Traceback" not in out, out
+    assert proc.returncode == 0 and "saved checkpoint at step" in out and "Traceback" not in out, out
     out, resumed = _finish(tmp_path / "termed")
+    assert resumed["param_digest"] == reference["param_digest"]
+
+    # Ctrl-C saves like SIGTERM, and a second signal while the save runs does not cut it short.
+    proc = _start(tmp_path / "interrupted")
+    _wait_for_checkpoint(tmp_path / "interrupted", 10, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "saved checkpoint at step" in out and "Traceback" not in out, out
+    out, resumed = _finish(tmp_path / "interrupted")
+    assert resumed["param_digest"] == reference["param_digest"]
+
+    # A signal while the run starts (before its loop) is honoured once training runs: step 0.
+    proc = _start(tmp_path / "early")
+    for line in proc.stdout:
+        if line.startswith("jaxnets: "):   # joined, building the state: the loop has not begun
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "saved checkpoint at step 0" in out and "Traceback" not in out, out
+    out, resumed = _finish(tmp_path / "early")
     assert resumed["param_digest"] == reference["param_digest"]

@@ -88,7 +88,7 @@ def test_language_model_bits_per_char_closed_form_and_sampling():
     np.testing.assert_allclose(out["loss"], expect, rtol=1e-5)
     np.testing.assert_allclose(out["bits_per_char"], expect / math.log(2), rtol=1e-5)
     # Sampling at a low temperature follows the oracle past the 4-token window (sliding).
-    toks = task.sample(state.model, [2], length=11, temperature=0.01)
+    toks = task.sample_tokens(state.model, [2], length=11, temperature=0.01)
     np.testing.assert_array_equal(toks, (np.arange(3, 14)) % V)
 
 

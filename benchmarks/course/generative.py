@@ -28,6 +28,7 @@ import time
 import jax
 import numpy as np
 
+from benchmarks.common import trained_judge
 from jaxnets import images as imlib
 from jaxnets.cli import repo_dir
 from jaxnets.config import load_config
@@ -44,8 +45,7 @@ def trained(name: str, experiment: str, preset: str, runs: str):
     config = load_config(os.path.join(repo_dir("experiments"), f"{experiment}.py") + f":{preset}")
     config.train.report = False      # sampling is done here, on the same footing for all models
     config.train.progress = False
-    if "judge_dir" in config.task_options:
-        config.task_options.judge_dir = os.path.join(runs, "judge")
+    config.evals = {}                 # the judge scores here, below
     t0 = time.time()
     trainer = Trainer(config, os.path.join(runs, name))
     final = trainer.run()
@@ -57,16 +57,8 @@ def trained(name: str, experiment: str, preset: str, runs: str):
 def samples_for(name: str, trainer, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     state, task = trainer.module(), trainer.task
     rng = jax.random.key(123)
-    if name == "ae":
-        train = trainer.dataset.splits["train"]["image"]
-        codes = np.asarray(jax.jit(state.model.encode)(np.asarray(train, np.float32) / 255.0), np.float64)
-        z = np.random.default_rng(0).multivariate_normal(codes.mean(0), np.cov(codes, rowvar=False), n)
-        return np.asarray(jax.jit(state.model.decode)(z.astype(np.float32))), None
-    if name == "vae":
-        z = jax.random.normal(rng, (n, state.model.latent_dim))
-        return np.asarray(jax.jit(state.model.mean_image)(z)), None
-    if name == "gan":
-        return task.sample(state, n), None
+    if name in ("ae", "vae", "gan"):   # the tasks' own samplers (seeds as before the move)
+        return task.sample(state, n, seed=123 if name == "vae" else 0), None
     labels = np.repeat(np.arange(10), n // 10)
     # the experiment's own sampler settings and guidance scale, as its report uses them
     return task.sampler_fn(state.ema, n)(task.conditions_for(state.ema, labels), task.guidance, rng), labels
@@ -82,7 +74,7 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     args = parser.parse_args(argv)
     wanted = args.models.split(",")
-    judge = imlib.ImageJudge(os.path.join(args.runs, "judge"))
+    judge = trained_judge(os.path.join(args.runs, "judge"))
     train, heldout = real_digits()
     # the floor: real training digits vs the held-out ones, at the same sample size
     subset = np.random.default_rng(0).choice(len(train), min(args.num_samples, len(train)), replace=False)

@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks.common import device_name, report
-from jaxnets.config import with_task_options
+from jaxnets import options
 from jaxnets.train.defaults import base_config
 from jaxnets.train.trainer import Trainer
 
@@ -81,7 +81,8 @@ def make_config(preset: dict, name: str, length: int, seed: int = 0):
     c.train.keep_checkpoints = 1
     c.train.progress = False
     c.train.report = False
-    return with_task_options(c)
+    options.validate(c)   # the tasks read their declared defaults for options left out
+    return c
 
 
 def greedy_accuracy(trainer: Trainer) -> dict:

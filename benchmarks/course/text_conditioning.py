@@ -27,7 +27,7 @@ import argparse
 import os
 import time
 
-from benchmarks.common import RESULTS, full_report
+from benchmarks.common import RESULTS, full_report, trained_judge
 
 VARIANTS = (("pooled", "text"), ("cross_attention", "text,cross"))
 FIGURES = ("samples.png", "samples_unseen_template.png", "reverse.png")
@@ -44,8 +44,9 @@ def train_variant(arg: str, variant_arg: str, runs: str) -> tuple[dict, str, flo
     from jaxnets.train.trainer import Trainer
 
     config = load_config(os.path.join(repo_dir("experiments"), "ddpm_mnist.py") + f":{arg}")
-    config.task_options.judge_dir = os.path.join(runs, "mnist_judge")
+    config.evals.judge.judge_dir = os.path.join(runs, "mnist_judge")
     config.train.progress = False
+    trained_judge(config.evals.judge.judge_dir)   # the evaluator loads it (as `jaxnets train` does)
     workdir = os.path.join(runs, "ddpm_" + "_".join(a for a in variant_arg.split(",")))
     t0 = time.time()
     final = Trainer(config, workdir).run()

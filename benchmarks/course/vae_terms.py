@@ -13,7 +13,7 @@ decoder on binarised MNIST-5k) trained three times through the one trainer with
   decode to digits.
 Numbers on the 1,000 held-out digits: recon NLL and KL in nats (one posterior sample, the task's
 eval), neg ELBO (their sum), and the Frechet distance of 1,000 prior samples to held-out digits
-in the judge classifier's feature space (jaxnets.images.ImageJudge; lower is better).
+in the judge classifier's feature space (jaxnets.evaluators.image_judge.ImageJudge; lower is better).
 Writes DIR (default benchmarks/results/vae_terms/): results.json and vae_terms.png (rows:
 settings; columns: reconstructions, prior samples, latent codes of held-out digits).
 
@@ -33,8 +33,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import device_name, report
-from jaxnets import images as imlib
+from benchmarks.common import device_name, report, trained_judge
 from jaxnets.cli import repo_dir
 from jaxnets.config import apply_overrides, load_config
 from jaxnets.tasks.common import heldout_images, one_of_each_digit
@@ -49,7 +48,7 @@ PRESETS = {"smoke": {"steps": 1500}, "full": {"steps": 5000}}
 def run_one(name, weights, steps, judge_dir, workroot):
     config = load_config(os.path.join(repo_dir("experiments"), "vae_mnist.py") + ":smoke,latent=2")
     config = apply_overrides(config, [f"task_options.{k}={v}" for k, v in weights.items()] + [
-        "task_options.compare_autoencoder=false", f"task_options.judge_dir={judge_dir}",
+        "task_options.compare_autoencoder=false", "evals.judge.judge_dir=None",
         f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
         "train.report=false", "train.progress=false"])
     workdir = os.path.join(workroot, name)
@@ -62,10 +61,10 @@ def run_one(name, weights, steps, judge_dir, workroot):
     x_in = (x > 0.5).astype(np.float32)
     codes = np.asarray(jax.jit(lambda v: vae.encode(v)[0])(x_in))
     decode = jax.jit(vae.mean_image)
-    prior = np.asarray(decode(jax.random.normal(jax.random.key(0), (1000, 2))))
+    prior = trainer.task.sample(trainer.module(), 1000, seed=0)   # the task's prior sampler
     pick = one_of_each_digit(labels, 2)
     recon = np.asarray(decode(codes[pick]))
-    judge = imlib.ImageJudge(judge_dir)
+    judge = trained_judge(judge_dir)
     scores = judge.score(prior, reference=x)
     m = final["metrics"]
     row = {"name": name, **weights, "recon_nll": m["eval/recon_nll"], "kl": m["eval/kl"],

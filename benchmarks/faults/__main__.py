@@ -1,6 +1,6 @@
-"""`python -m benchmarks.faults [--smoke] [--json]`: the fault suite (benchmarks/faults/suite.py)."""
+"""`python -m benchmarks.faults [--smoke] [--json]`: the fault suite (benchmarks/faults/main.py)."""
 import sys
 
-from benchmarks.faults.suite import main
+from benchmarks.faults.main import main
 
 sys.exit(main())

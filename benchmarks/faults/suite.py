@@ -2,8 +2,9 @@
 corrupt checkpoints, changed data on resume and bad input, each against real `jaxnets train`
 subprocesses on a tiny CNN over sklearn's 8x8 digits (offline).
 
-    python -m benchmarks.faults --smoke --json     # 6 kill/resume trials + every case, a few minutes
+    python -m benchmarks.faults --smoke --json     # 6 kill/resume trials + every case
     python -m benchmarks.faults --json             # 20 trials of up to 3 kills each
+(the command runs benchmarks/faults/main.py: these cases and cluster.py's)
 
 A trial survives when the resumed run exits 0, metrics.jsonl holds every train step exactly once
 and its final.json's `param_digest` equals the uninterrupted run's (`digest_mismatch` counts
@@ -13,14 +14,12 @@ tests/test_faults.py runs the fast cases of the same functions in CI.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -311,35 +310,3 @@ def bad_input(root, name, extra, expected, options) -> dict:
     return {"case": name, "ok": ok, "exit_code": out.returncode, "seconds": round(seconds, 1),
             "message": message[:300], "end": message[-400:],
             "traceback": "Traceback" in out.stderr}
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="6 kill/resume trials, one kill each")
-    parser.add_argument("--trials", type=int, default=None)
-    parser.add_argument("--kills", type=int, default=None, help="kills per trial")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="(the last line is always JSON)")
-    args = parser.parse_args(argv)
-    trials = args.trials or (6 if args.smoke else 20)
-    kills = args.kills or (1 if args.smoke else 3)
-    t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix="jaxnets_faults_") as root:
-        results = kill_resume(root, trials, kills, args.seed)
-        digest = final(os.path.join(root, "reference"))["param_digest"]
-        results += [corrupt_checkpoints(root, digest), changed_data(root), nonfinite(root)]
-        cases = [bad_input(root, name, *case) for name, case in bad_inputs(os.path.join(root, "inputs")).items()]
-        results.append({"name": "bad_input", "trials": len(cases), "survived": sum(c["ok"] for c in cases),
-                        "digest_mismatch": 0, "max_seconds": max(c["seconds"] for c in cases),
-                        "over_30s": [c["case"] for c in cases if c["seconds"] >= 30],
-                        "failed": [c for c in cases if not c["ok"]]})
-    for r in results:
-        print(f"{r['name']:24s} {r['survived']}/{r['trials']} survived, "
-              f"digest_mismatch {r['digest_mismatch']}", file=sys.stderr)
-    print(json.dumps({"benchmark": "faults", "device": "cpu", "seconds": round(time.time() - t0),
-                      "results": results}))
-    return 0 if all(r["survived"] == r["trials"] and not r["digest_mismatch"] for r in results) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

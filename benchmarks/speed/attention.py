@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnets.nn.attention import dot_product_attention
+from benchmarks.peak import efficiency
 
 
 def median_seconds(fn, *args, repeats):
@@ -81,7 +82,7 @@ def cpu_section(repeats):
             flops = attention_flops(b, t, h, d, False, name == "fwd_bwd")
             results.append({"name": f"{impl}_{name}_t{t}", "impl": impl, "pass": name, "B": b,
                             "T": t, "H": h, "D": d, "ms": round(seconds * 1e3, 2),
-                            "gflops_per_s": round(flops / seconds / 1e9, 1)})
+                            **efficiency(flops, seconds * 1e3)})
     for name in ("fwd", "fwd_bwd"):
         results.append({"name": f"blockwise_over_xla_time_{name}_t{t}",
                         "ratio": round(times["blockwise", name] / times["xla", name], 3)})

@@ -37,6 +37,7 @@ def main(argv=None):
     import numpy as np
 
     from benchmarks.common import machine, now
+    from benchmarks.peak import cpu_peak
     from jaxnets.kernels import conv_filter_grad, native
 
     isas = native.runnable_isas()
@@ -73,6 +74,8 @@ def main(argv=None):
             row[f"{isa}_cpu_ms"] = ms
             row[f"{isa}_over_xla"] = ms / xla_cpu
             row[f"{isa}_gflops"] = flops / ms / 1e6
+            # CPU time of one thread: against one core's share of the machine's peak.
+            row[f"{isa}_fraction_of_core_peak"] = round(flops / ms * 1e3 / (cpu_peak()["fp32_flops_per_s"] / cpu_peak()["cores"]), 4)
         row["xla_wall_ms"] = xla
         for isa in isas:
             row[f"{isa}_wall_ms"] = med(times[(shape, isa)])

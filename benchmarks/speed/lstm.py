@@ -53,6 +53,7 @@ import sys
 import time
 
 from benchmarks.common import peer_script  # noqa: E402
+from benchmarks.peak import efficiency  # noqa: E402
 
 SHAPES = [(64, 128, 256, 256), (16, 1024, 128, 128)]
 
@@ -109,7 +110,11 @@ def run(kind, B, T, D, H, unroll, variant, n):
 
     fwd = jax.jit(forward)
     fwd_bwd = jax.jit(jax.grad(lambda p, x: jnp.mean(jnp.square(forward(p, x)))))
+    gates = {"lstm": 4, "gru": 3}[kind]
     return {"name": f"{kind}_b{B}_t{T}_d{D}_h{H}",
+            # The gate matmuls (input and recurrent) of every step; the backward pass is counted
+            # as twice the forward (one product for the input gradient, one for the weights').
+            "fwd_flops": 2.0 * B * T * (D + H) * gates * H,
             "fwd_ms": bench(lambda: fwd(params, x), n=n),
             "fwd_bwd_ms": bench(lambda: fwd_bwd(params, x), n=n),
             "unroll": unroll, "variant": variant}
@@ -169,6 +174,9 @@ def main():
     for name, rounds in ours.items():
         r = {"name": name, "fwd_ms": median_of(rounds, "fwd_ms"),
              "fwd_bwd_ms": median_of(rounds, "fwd_bwd_ms"), "unroll": unroll, "variant": args.variant}
+        flops = {"fwd_ms": rounds[0]["fwd_flops"], "fwd_bwd_ms": 3 * rounds[0]["fwd_flops"]}
+        for key in ["fwd_ms", "fwd_bwd_ms"]:
+            r.update(efficiency(flops[key], r[key], prefix=key.replace("ms", "")))
         if name in theirs:
             for key in ["fwd_ms", "fwd_bwd_ms"]:
                 r["torch_" + key] = median_of(theirs[name], key)
@@ -176,6 +184,7 @@ def main():
                 # PyTorch given the same malloc settings as jaxnets (it gains too).
                 r["torch_tuned_alloc_" + key] = median_of(theirs_tuned[name], key)
                 r[key.replace("_ms", "_ratio_same_alloc")] = r[key] / r["torch_tuned_alloc_" + key]
+                r.update(efficiency(flops[key], r["torch_" + key], prefix="torch_" + key.replace("ms", "")))
         results.append(r)
     out = {"benchmark": "lstm",
            "device": f"cpu jax {jax.__version__} devices={jax.device_count()} {platform.machine()}"

@@ -42,6 +42,7 @@ import tempfile
 import time
 
 from benchmarks.common import ROOT, machine, now, peer_script
+from benchmarks.peak import efficiency
 
 PEER = peer_script("torch_resnet20.py")
 COMPARE_VARIANTS = {"default": {}, "avx2": {"JAXNETS_NATIVE_ISA": "avx2"},
@@ -74,8 +75,6 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "resnet_step.json"),
                     help="--compare: where the report goes")
     ap.add_argument("--pin", help="--compare: run both pinned to this CPU core (taskset), torch with 1 thread")
-    ap.add_argument("--same-allocator", action="store_true",
-                    help="--compare: also run PyTorch with jaxnets' malloc settings (what the allocator alone is worth)")
     ap.add_argument("jax_args", nargs="*", help="--compare: extra arguments for each step-mode run")
     args = ap.parse_args(argv)
     if args.depths is None:
@@ -158,6 +157,18 @@ def time_step(step, warmup, iters):
     return 1e3 * statistics.median(times), 1e3 * min(times)
 
 
+def train_step_flops(trainer, batch: int) -> float:
+    """Model FLOPs of one train step: 3x the forward pass (its input and weight gradients cost
+    one forward each), the forward counted by XLA's cost analysis of the model's own program."""
+    import jax
+    from flax import nnx
+    graphdef, params = nnx.split(trainer.module().model)
+    image = jax.ShapeDtypeStruct((batch, *trainer.dataset.info["image_shape"]), jax.numpy.float32)
+    cost = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)).lower(params, image).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost   # a list in older jax
+    return 3.0 * float(cost["flops"])
+
+
 def run_step_mode(args):
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
@@ -180,9 +191,11 @@ def run_step_mode(args):
             step().block_until_ready()
             compile_s = time.perf_counter() - t0
             ms, best = time_step(step, args.warmup, args.iters)
+            flops = train_step_flops(trainer, args.batch)
         results.append({"name": f"resnet{depth}", "batch": args.batch, "ms_per_step": ms,
                         "min_ms_per_step": best, "images_per_s": args.batch / ms * 1e3,
-                        "compile_s": compile_s})
+                        "compile_s": compile_s, "flops_per_step": flops,
+                        **efficiency(flops, ms, args.dtype)})
         if not args.json:
             print(f"resnet{depth}: {ms:.1f} ms/step (min {best:.1f}), "
                   f"{args.batch / ms * 1e3:.0f} img/s, first step {compile_s:.1f} s", file=sys.stderr)
@@ -230,8 +243,8 @@ def run_compare(args, argv):
     for i in range(args.rounds):
         load = os.getloadavg()[0]
         rd = {"load_avg_1min": load, "torch": last_json([args.peer_python, PEER, "--json"], args.pin)}
-        if args.same_allocator:
-            rd["torch_tuned_allocator"] = last_json([args.peer_python, PEER, "--json"], args.pin, True)
+        # PyTorch as a user gets it, and given jaxnets' malloc settings (the lead is not the allocator's).
+        rd["torch_tuned_allocator"] = last_json([args.peer_python, PEER, "--json"], args.pin, True)
         peer = by_result_name(rd["torch"])
         for v in args.variants:
             rd[v] = last_json([sys.executable, "-m", "benchmarks.speed.resnet_step", "--json", *step_mode_argv(args)],
@@ -253,12 +266,23 @@ def write_compare(args, argv, rounds) -> dict:
     med = statistics.median
     summary = []
     for n in names:
-        s = {"name": n, "torch_ms_per_step": med(by_result_name(rd["torch"])[n]["ms_per_step"] for rd in rounds)}
+        s = {"name": n, "torch_ms_per_step": med(by_result_name(rd["torch"])[n]["ms_per_step"] for rd in rounds),
+             "torch_same_alloc_ms_per_step": med(by_result_name(rd["torch_tuned_allocator"])[n]["ms_per_step"]
+                                                 for rd in rounds)}
         for v in args.variants:
             s[f"{v}_ms_per_step"] = med(by_result_name(rd[v])[n]["ms_per_step"] for rd in rounds)
             s[f"ratio_{v}_over_torch"] = med(rd[f"ratio_{v}"][n] for rd in rounds)
+        flops = by_result_name(rounds[0][args.variants[0]])[n].get("flops_per_step")
+        s["flops_per_step"] = flops
+        for v in args.variants:
+            s.update(efficiency(flops, s[f"{v}_ms_per_step"], args.dtype, prefix=f"{v}_"))
+        s.update(efficiency(flops, s["torch_ms_per_step"], args.dtype, prefix="torch_"))
         if "default" in args.variants:
             s["ms_per_step"], s["ratio_jaxnets_over_torch"] = s["default_ms_per_step"], s["ratio_default_over_torch"]
+            s["fraction_of_peak"] = s["default_fraction_of_peak"]
+            s["ratio_jaxnets_over_torch_same_alloc"] = med(
+                by_result_name(rd["default"])[n]["ms_per_step"]
+                / by_result_name(rd["torch_tuned_allocator"])[n]["ms_per_step"] for rd in rounds)
             if "xla" in args.variants:   # per round: the native path against XLA's alone
                 s["ratio_default_over_xla"] = med(by_result_name(rd["default"])[n]["ms_per_step"]
                                                   / by_result_name(rd["xla"])[n]["ms_per_step"] for rd in rounds)
@@ -299,7 +323,7 @@ def lever_lowering(name):
     arguments of the model: jaxnets.nn.lowering.Lowering)."""
     import dataclasses
 
-    from jaxnets.platform.lowering import lowering_for  # imports jax: only in --levers mode
+    from jaxnets.platform.lowering_rule import lowering_for  # imports jax: only in --levers mode
     lowering = lowering_for()
     if name == "xla_filter_grad":
         return dataclasses.replace(lowering, conv=dataclasses.replace(

@@ -46,8 +46,6 @@ def parse_args(argv=None):
     ap.add_argument("--set", action="append", default=[], help="jaxnets config override KEY=VALUE")
     ap.add_argument("--out", help="also write the full report (every round) to this file")
     ap.add_argument("--pin", type=int, help="run both on this one core, one thread each")
-    ap.add_argument("--same-allocator", action="store_true",
-                    help="give the PyTorch peer jaxnets' malloc settings (GLIBC_TUNABLES) too")
     return ap.parse_args(argv)
 
 
@@ -76,7 +74,8 @@ def jaxnets_step(config, workdir):
         box["state"], metrics = trainer.jit_train_step(box["state"], batch, box["i"])
         box["i"] += 1
         metrics["loss"].block_until_ready()
-    return step, trainer.dataset.info["vocab_size"]
+    flops = trainer.task.throughput(trainer.module()).get("flops")   # model FLOPs of one step
+    return step, trainer.dataset.info["vocab_size"], flops
 
 
 def time_calls(step, warmup, iters):
@@ -92,7 +91,7 @@ def time_calls(step, warmup, iters):
     return statistics.median(times), min(times), statistics.median(cpu)
 
 
-def peer(args, size, config, vocab):
+def peer(args, size, config, vocab, same_allocator=False):
     m = config.model
     cmd = [args.peer_python, os.path.join(PEERS_HERE, "torch_transformer_lm.py"), "--json", "--name", size,
            "--vocab", str(vocab), "--d-model", str(m.d_model), "--heads", str(m.num_heads),
@@ -100,7 +99,7 @@ def peer(args, size, config, vocab):
            "--batch", str(config.data.batch_size), "--positions", m.positions,
            "--warmup", str(args.warmup), "--iters", str(args.iters)]
     env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if args.pin is not None else {})}
-    if args.same_allocator:
+    if same_allocator:   # the peer given jaxnets' malloc settings: the lead is not the allocator's
         from jaxnets.platform.allocator import GLIBC_TUNABLES
         env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
@@ -121,19 +120,22 @@ def main(argv=None):
     auto_cpu_devices([c.data.batch_size for c in configs.values()], first.get("cpu_devices"))
     install_process_settings()   # as `jaxnets train` does
     from benchmarks.common import machine, now
-    steps, vocab, rounds = {}, {}, []
+    from benchmarks.peak import efficiency
+    steps, vocab, flops, rounds = {}, {}, {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for s in args.sizes:
             t = time.perf_counter()
-            steps[s], vocab[s] = jaxnets_step(configs[s], os.path.join(tmp, s))
+            steps[s], vocab[s], flops[s] = jaxnets_step(configs[s], os.path.join(tmp, s))
             steps[s]()
             print(f"{s}: built and compiled in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         for r in range(args.rounds):
             rd = {"load_avg_1min": os.getloadavg()[0]}
             for s in args.sizes:
                 torch_r = peer(args, s, configs[s], vocab[s])
+                same = peer(args, s, configs[s], vocab[s], same_allocator=True)
                 ms, best, cpu = time_calls(steps[s], args.warmup, args.iters)
                 rd[s] = {"torch_ms": torch_r["ms_per_step"], "jaxnets_ms": ms, "jaxnets_min_ms": best,
+                         "torch_same_alloc_ms": same["ms_per_step"], "ratio_same_alloc": ms / same["ms_per_step"],
                          "ratio": ms / torch_r["ms_per_step"], "torch_cpu_ms": torch_r["cpu_ms_per_step"],
                          "jaxnets_cpu_ms": cpu, "ratio_cpu": cpu / torch_r["cpu_ms_per_step"]}
                 print(f"round {r} {s}: jaxnets {ms:.1f} ms, torch {torch_r['ms_per_step']:.1f} ms "
@@ -144,14 +146,17 @@ def main(argv=None):
     results = []
     for s in args.sizes:
         c = configs[s]
-        ms = med(rd[s]["jaxnets_ms"] for rd in rounds)
+        ms, torch_ms = med(rd[s]["jaxnets_ms"] for rd in rounds), med(rd[s]["torch_ms"] for rd in rounds)
+        dtype = str(c.train.get("compute_dtype") or "float32")
         results.append({"name": s, "layers": c.model.num_layers, "d_model": c.model.d_model,
                         "batch": c.data.batch_size, "seq_len": c.data.options["seq_len"],
-                        "ms_per_step": ms, "torch_ms_per_step": med(rd[s]["torch_ms"] for rd in rounds),
+                        "ms_per_step": ms, "torch_ms_per_step": torch_ms, "flops_per_step": flops[s],
+                        **efficiency(flops[s], ms, dtype), **efficiency(flops[s], torch_ms, dtype, prefix="torch_"),
                         "ratio_jaxnets_over_torch": med(rd[s]["ratio"] for rd in rounds),
                         "ratio_cpu": med(rd[s]["ratio_cpu"] for rd in rounds),
-                        "tokens_per_s": c.data.batch_size * c.data.options["seq_len"] / ms * 1e3,
-                        "torch_malloc": "tuned" if args.same_allocator else "default"})
+                        "torch_same_alloc_ms_per_step": med(rd[s]["torch_same_alloc_ms"] for rd in rounds),
+                        "ratio_jaxnets_over_torch_same_alloc": med(rd[s]["ratio_same_alloc"] for rd in rounds),
+                        "tokens_per_s": c.data.batch_size * c.data.options["seq_len"] / ms * 1e3})
     import jax
     report = {"benchmark": "transformer_step" + ("_pinned" if args.pin is not None else ""),
               "device": f"cpu jax {jax.__version__} devices={jax.device_count()}",

@@ -1,5 +1,5 @@
 """A small CNN with dropout on MNIST-5k: experiments/mnist_cnn.py, and (smoke preset) the
-classifier `jaxnets.images.ImageJudge` scores generated digits with. Lives in the package so
+classifier the image judge (`jaxnets.evaluators.image_judge`) scores generated digits with. Lives in the package so
 that an installed wheel can build the judge without a clone."""
 from jaxnets.config import parse_arg
 from jaxnets.train.defaults import base_config

@@ -27,8 +27,9 @@ from jaxnets.errors import UserError
 SIDECAR = ".json"   # FILE + SIDECAR: {"dtype", "vocab_size", "vocab"} of a token file
 
 
-def _class_image(label: int, classes: int, rng: np.random.Generator) -> np.ndarray:
-    h, w = (int(x) for x in rng.integers(64, 384, size=2))
+def _class_image(label: int, classes: int, rng: np.random.Generator,
+                 sides: tuple[int, int] = (64, 384)) -> np.ndarray:
+    h, w = (int(x) for x in rng.integers(sides[0], sides[1], size=2))
     hue = np.array([np.sin(2 * np.pi * label / classes + k * 2.1) for k in range(3)]) * 90 + 128
     angle = np.pi * label / classes
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -38,8 +39,10 @@ def _class_image(label: int, classes: int, rng: np.random.Generator) -> np.ndarr
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def write_imagenet(out: str, images: int, classes: int, seed: int = 0) -> dict:
-    """The fixture folder; returns {"train": count, "val": count}."""
+def write_imagenet(out: str, images: int, classes: int, seed: int = 0,
+                   sides: tuple[int, int] = (64, 384)) -> dict:
+    """The fixture folder; returns {"train": count, "val": count}. Image sides are drawn
+    uniformly from `sides` (ImageNet's photos are mostly 300-500 px a side)."""
     if classes < 1 or images < 2 * classes:
         raise UserError(f"--images ({images}) must be at least twice --classes ({classes}) so "
                         "every class has a training and a validation image.")
@@ -53,7 +56,7 @@ def write_imagenet(out: str, images: int, classes: int, seed: int = 0) -> dict:
             split = "val" if i < n_val else "train"
             folder = os.path.join(out, split, name)
             os.makedirs(folder, exist_ok=True)
-            pixels = _class_image(label, classes, rng)
+            pixels = _class_image(label, classes, rng, sides)
             image = Image.fromarray(pixels)
             if i % 32 == 31:
                 image = image.convert("L")

@@ -5,6 +5,7 @@ dropout and batch-norm statistics, `rngs` (an `nnx.Rngs` with a 'dropout' stream
 the randomness of a training call. Import a class directly: `from jaxnets.models import ResNet`.
 """
 import inspect
+from typing import Any
 
 from jaxnets.errors import UserError
 from jaxnets.registry import Registry, lazy_module_getattr
@@ -53,14 +54,27 @@ MODELS = Registry("model", {
 })
 
 
+def constructor_keywords(name: str) -> dict[str, inspect.Parameter]:
+    """The keywords model `name` accepts (its constructor's signature, less self and rngs)."""
+    cls = MODELS.get(name)
+    target = cls.__init__ if isinstance(cls, type) else cls
+    return {k: p for k, p in inspect.signature(target).parameters.items() if k not in ("self", "rngs")}
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """Model `name`'s declared options and their defaults: its constructor keywords, the one
+    place they are declared (None for a keyword without a default, which the task supplies)."""
+    return {k: (None if p.default is inspect.Parameter.empty else p.default)
+            for k, p in constructor_keywords(name).items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+
+
 def build_model(model_config, rngs, **defaults):
     """Instantiate `model_config.name` with its keywords; `defaults` (e.g. num_classes,
     in_channels, dtype from the task) fill in only the keywords the constructor accepts and
     the config does not set."""
     kwargs = {k: v for k, v in dict(model_config).items() if k != "name"}
     cls = MODELS.get(model_config.name)
-    target = cls.__init__ if isinstance(cls, type) else cls
-    params = {k: p for k, p in inspect.signature(target).parameters.items() if k != "self"}
+    params = constructor_keywords(model_config.name)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     for key, value in defaults.items():
         if key not in kwargs and (takes_any or key in params):
@@ -68,5 +82,5 @@ def build_model(model_config, rngs, **defaults):
     unknown = [k for k in kwargs if k not in params and not takes_any]
     if unknown:
         raise UserError(f"Model {model_config.name!r} ({cls.__name__}) takes no keyword(s) {unknown}; "
-                        f"it accepts {[p for p in params if p != 'rngs']}.")
+                        f"it accepts {list(params)}.")
     return cls(**kwargs, rngs=rngs)

@@ -10,7 +10,9 @@ Inputs are NHWC (channels last: XLA's CPU and GPU convolutions prefer it). Optio
 channels, the CIFAR paper's choice; "B": 1x1 projection + BN where the shape changes),
 `preact`, `batch_norm` (False: convs get biases, no normalisation; for the degradation study),
 `dtype` (compute dtype, e.g. jnp.bfloat16; parameters stay float32), `width` (first stage's
-channels), `stem_stride` (2 on small offline data: 4x fewer pixels, same depth).
+channels), `stem_stride` (2 on small offline data: 4x fewer pixels, same depth),
+`zero_init_residual` (the last BN scale of every residual branch starts at 0, so each block
+starts as its shortcut: Goyal et al. 2017's large-batch ImageNet recipe).
 
 Lesion studies (Veit et al. 2016): `model(x, skip_blocks=(3,))` deletes block 3, i.e. the block
 output becomes its shortcut. A plain block has no shortcut; deleting it passes its input through
@@ -90,7 +92,7 @@ class Block(nnx.Module):
     """
 
     def __init__(self, cin, cout, stride, *, bottleneck, residual, preact, shortcut, batch_norm,
-                 dtype, rngs, lowering: Lowering = PLAIN):
+                 dtype, rngs, lowering: Lowering = PLAIN, zero_init_residual=False):
         self.cin, self.cout, self.stride, self.lowering = cin, cout, stride, lowering
         self.residual, self.preact = residual, preact
         mid = cout // 4 if bottleneck else cout
@@ -101,6 +103,8 @@ class Block(nnx.Module):
                                for i, o, k, s in specs])
         self.norms = nnx.List([norm(i if preact else o, enabled=batch_norm, dtype=dtype, rngs=rngs)
                                for i, o, _, _ in specs])
+        if zero_init_residual and residual and batch_norm and not preact:
+            self.norms[-1].scale[...] = jnp.zeros_like(self.norms[-1].scale[...])
         project = residual and (stride != 1 or cin != cout) and shortcut == "B"
         self.projection = nnx.data(
             conv(cin, cout, 1, stride, bias=bias, dtype=dtype, rngs=rngs, lowering=lowering) if project else None)
@@ -142,8 +146,8 @@ class ResNet(nnx.Module):
     def __init__(self, depth: int = 20, num_classes: int = 10, *, form: str = "cifar",
                  residual: bool = True, shortcut: str | None = None, preact: bool = False,
                  batch_norm: bool = True, in_channels: int = 3, width: int | None = None,
-                 stem_stride: int | None = None, dtype=jnp.float32,
-                 lowering: Lowering = PLAIN, rngs: nnx.Rngs):
+                 stem_stride: int | None = None, zero_init_residual: bool = False,
+                 dtype=jnp.float32, lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         if form == "cifar":
             if (depth - 2) % 6:
                 raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
@@ -177,7 +181,8 @@ class ResNet(nnx.Module):
                 stride = 2 if (i == 0 and stage > 0) else 1
                 blocks.append(Block(cin, cout, stride, bottleneck=bottleneck, residual=residual,
                                     preact=preact, shortcut=shortcut, batch_norm=batch_norm,
-                                    dtype=dtype, rngs=rngs, lowering=lowering))
+                                    dtype=dtype, rngs=rngs, lowering=lowering,
+                                    zero_init_residual=zero_init_residual))
                 cin = cout
         self.blocks = nnx.List(blocks)
         self.final_norm = nnx.data(norm(cin, enabled=batch_norm, dtype=dtype, rngs=rngs) if preact

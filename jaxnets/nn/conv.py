@@ -10,24 +10,24 @@ exposes). Every case but one goes straight to lax. The exception: a 3x3, stride-
 
 1. Narrow layers (at most 16 input channels, even width) are folded where `ConvLowering.fold`
    says (jaxnets.platform sets it on single-threaded CPU devices; see `_foldable`). XLA:CPU hands them to
-   Eigen at ~100 GFLOP/s on one core, while with 32 channels the same convolution runs on
-   YNNPACK at ~240 GFLOP/s (batch 64, 32x32, one core of this project's AVX-512 EPYC). So pairs
-   of neighbouring columns go into channels and the folded image is convolved instead:
+   Eigen, while with 32 channels the same convolution runs on YNNPACK at more than twice the
+   FLOP rate. So pairs of neighbouring columns go into channels and the folded image is
+   convolved instead:
 
        xp[b, h, j] = (x[b, h, 2j - 1], x[b, h, 2j])       j = 0 .. W/2   (one zero column each side)
        y[b, h, 2j + q] = sum over rows h-1..h+1 and folded columns j, j+1 of xp . K'
 
    a 3x2 convolution from 2C to 2O channels, whose kernel K' holds the 3x3 taps (and zeros) at
-   fixed places: 4/3 of the multiply-adds at 2.4x the speed. The input gradient is the same kind
-   of convolution (of the output gradient, with the flipped kernel), so it is folded too.
-   ResNet-20 train step, batch 64, one core: 180 -> 162 ms.
+   fixed places: 4/3 of the multiply-adds at the faster library's speed. The input gradient is
+   the same kind of convolution (of the output gradient, with the flipped kernel), so it is
+   folded too.
 2. The filter gradient runs in a native kernel (`jaxnets.kernels.conv_filter_grad`, C++ through
    XLA's FFI) where one is built and `ConvLowering.filter_grad_choice` says so: XLA:CPU computes it as a convolution whose kernel is the whole
-   gradient image, behind two transposes, at about half the speed. Train step, batch 64, one
-   core: ResNet-20 148 -> 125 ms, ResNet-56 458 -> 367 ms. Without a compiler, lax's form runs.
+   gradient image, behind two transposes, at about half the speed. Without a compiler, lax's
+   form runs.
 
-Results are the same sums in another order (float32 rounding only); see
-benchmarks/results/resnet_step.md for how each figure was measured.
+Results are the same sums in another order (float32 rounding only). The measurements behind
+each choice, with their commands: docs/cpu_choices.md.
 """
 from __future__ import annotations
 
@@ -52,17 +52,13 @@ def materialize(x):
     Why: XLA:CPU copies the elementwise chain that produces an activation (BN, ReLU and,
     across residual blocks, the whole stage: BN, add, ReLU, BN, add, ...) into every fusion
     that reads it, including the transposed copies its filter-gradient convolutions take,
-    and such a fused transpose runs at a fraction of a plain one's speed. One of them
-    recomputed four blocks of BN in 61 ms of a 465 ms ResNet-20 step (batch 128, one core);
-    in ResNet-56 the transposes took 188 ms with barriers at block outputs only and 59 ms
-    with them on every convolution input. XLA does not fuse through a matmul, and a matmul
-    with the identity is exact (each output is 1 * x_d plus exact zeros) and cheap (~0.3 ms
-    for 64x32x32x16). Measured with `python -m benchmarks.resnet_step`: ResNet-20 465 ->
-    365 ms per step on one core. Other backends get x untouched.
+    and such a fused transpose runs at a fraction of a plain one's speed: one of them
+    recomputed several blocks of BN inside a ResNet step. XLA does not fuse through a matmul,
+    and a matmul with the identity is exact (each output is 1 * x_d plus exact zeros) and cheap
+    next to a convolution. Other backends get x untouched.
 
     The cotangent passes straight through, with no barrier of its own: with the native filter
-    gradient, a barrier there too measured slower (ResNet-20 116.5 vs 120.9 ms, ResNet-56 342
-    vs 360 ms per step; batch 64, one core, one process).
+    gradient, a barrier there too measured slower. Figures: docs/cpu_choices.md.
 
     Whether a model calls it is its `Lowering.fusion_barriers` (jaxnets.platform: CPU only).
     """
@@ -117,9 +113,7 @@ def _direct(x, w, precision):
 def _foldable(channels, width, fold):
     """Fold this input? Only where `fold` (ConvLowering.fold) asks and the shape allows.
     jaxnets.platform asks on single-threaded XLA:CPU devices (as resnet_cifar runs). With one
-    multi-threaded device Eigen's threading of the narrow layers wins: ResNet-20 step,
-    batch 128, 226 folded vs 219 ms unfolded (one process, interleaved rounds), against 138 vs
-    159 ms on one single-threaded core at batch 64."""
+    multi-threaded device Eigen's threading of the narrow layers wins (docs/cpu_choices.md)."""
     return bool(fold) and channels <= FOLD_MAX_CHANNELS and width % 2 == 0
 
 

@@ -27,10 +27,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-# Scan unroll factor the layers use unless told otherwise (measured in benchmarks/lstm.py).
+# Scan unroll factor the layers use unless told otherwise (measured by `python -m benchmarks.lstm`).
 DEFAULT_UNROLL = 1
-# Timesteps fetched per loop iteration by the scan (see `_contiguous_scan`).
-# 4: LSTM b16 t1024 forward 31.7 -> 28.6 ms on one core; 8 made the backward slower.
+# Timesteps fetched per loop iteration by the scan (see `_contiguous_scan`): 4 beat 1 on the
+# forward pass, 8 made the backward slower (docs/cpu_choices.md).
 DEFAULT_CHUNK = 4
 
 
@@ -57,8 +57,8 @@ def _contiguous_scan(body, carry, xs, *, reverse: bool, unroll: int):
 
     Why: scanned over directly, XLA:CPU fuses the per-step dynamic-slice of `xs` into the
     step's pointwise maths and then compiles that fusion to scalar code (it reloads the
-    slice index inside the element loop), which made the LSTM gates 6x slower (9.3 vs
-    1.5 ms for b64 t128 h256, benchmarks/lstm.py). Carried slices are materialised as
+    slice index inside the element loop), which made the LSTM gates several times slower
+    (docs/cpu_choices.md). Carried slices are materialised as
     contiguous buffers by one cheap copy, and the pointwise maths vectorises. Fetching a
     chunk of steps at a time (static slices inside) also cuts the per-step loop overhead.
     """
@@ -95,8 +95,8 @@ def _project_fwd(x, w):
 
 def _project_bwd(res, dy):
     # Written out because XLA:CPU's own transpose of the einsum computed dW as a dot with
-    # both operands transposed, outside its fast matmul library: 67 ms of a 190 ms LSTM
-    # step (b64 t128 d256 h256, one thread). Here the narrow input is the one transposed.
+    # both operands transposed, outside its fast matmul library: a third of an LSTM step
+    # (docs/cpu_choices.md). Here the narrow input is the one transposed.
     x, w = res
     t, b, d = x.shape
     dy2 = dy.reshape(t * b, -1)

@@ -4,7 +4,8 @@
 Three ways in, tried in this order by `initialize()` (which `jaxnets train` calls before anything
 touches a backend):
 1. explicit: `JAXNETS_COORDINATOR=host:port JAXNETS_NUM_PROCESSES=N JAXNETS_PROCESS_ID=i`
-   (what `jaxnets launch` sets for its children; works anywhere);
+   (what `jaxnets launch` sets for its children; works anywhere); a loopback host
+   (127.0.0.1, localhost) makes the coordinator listen on loopback only, not on every interface;
 2. a cluster JAX detects by itself: SLURM (`srun`), Open MPI (`mpirun`), Cloud TPU VM pods,
    Kubernetes (with the `kubernetes` package); `jax.distributed.initialize()` reads the
    coordinator, process count and index from the environment (docs/cluster.md);
@@ -22,6 +23,7 @@ from jax._src import clusters
 from jaxnets.errors import UserError
 
 EXPLICIT = ("JAXNETS_COORDINATOR", "JAXNETS_NUM_PROCESSES", "JAXNETS_PROCESS_ID")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def detected_cluster() -> str | None:
@@ -64,8 +66,12 @@ def initialize() -> str:
         if missing:
             raise UserError(f"JAXNETS_COORDINATOR is set but {', '.join(missing)} is not: set all "
                             f"three ({', '.join(EXPLICIT)}) on every process, or use `jaxnets launch`.")
+        address = os.environ["JAXNETS_COORDINATOR"]
+        host = address.rsplit(":", 1)[0].strip("[]")
+        if host in LOCAL_HOSTS:   # a local job (`jaxnets launch`): listen on loopback only
+            timeouts["coordinator_bind_address"] = address
         jax.distributed.initialize(
-            coordinator_address=os.environ["JAXNETS_COORDINATOR"],
+            coordinator_address=address,
             num_processes=int(os.environ["JAXNETS_NUM_PROCESSES"]),
             process_id=int(os.environ["JAXNETS_PROCESS_ID"]), **timeouts)
         return "explicit"

@@ -5,7 +5,7 @@
     devices.py        per-core single-threaded CPU devices and the rule that picks them
     logs.py           third-party log and traceback filters (process-wide)
     install.py        `install_process_settings()`: what the CLI installs once per process
-    lowering.py       `lowering_for(config)`: the layer choices (fusion barriers, rows_dot, scan
+    lowering_rule.py  `lowering_for(config)`: the layer choices (fusion barriers, rows_dot, scan
                       unroll, convolution kernels) a task passes to its models, made ahead of
                       tracing from a fixed rule and the kernel table
     kernel_table.py   the JSON kernel table `jaxnets tune` writes (tune.py) and runs read

@@ -21,9 +21,8 @@ def one_device_per_core(count: int | None = None) -> int:
     the many small convolutions and elementwise ops of a training step; data parallelism
     over per-core devices (the trainer shards the batch over every device of its mesh, and
     batch norm statistics stay global because the step is one sharded program) splits the
-    work once. ResNet-56 train step, batch 128, 2-core CPU: 774 ms one device with two
-    threads vs 507 ms on two single-threaded devices (`python -m benchmarks.resnet_step
-    --cpu-devices 2`). Must run before JAX initialises its backends; a no-op (returning
+    work once (a ResNet step runs about a third faster; docs/cpu_choices.md, `python -m
+    benchmarks.resnet_step --cpu-devices 2`). Must run before JAX initialises its backends; a no-op (returning
     the current count) if XLA_FLAGS already fixes the device count. `jaxnets train` does
     it when the experiment's `cpu_devices` (or JAXNETS_CPU_DEVICES) asks (`auto_cpu_devices`).
     """
@@ -88,10 +87,8 @@ def auto_cpu_devices(batch_sizes, value: str | None = None, limit: int = 0) -> i
        job JAX's own layout stays (the devices are not ours to split).
     2. Only for steps made of large convolutions and matmuls, which the experiment states by
        setting cpu_devices="auto" (resnet_cifar, mnist_cnn); the default "1" covers the
-       rest. Quiet 2-core CPU, wall time, one device -> per-core: ResNet-56 step 774 -> 507
-       ms, mnist_cnn smoke 19.3 -> 16.9 s; but lstm_shakespeare 48 -> 61 s, gan (200 steps)
-       20 -> 30 s, vae 13 -> 17 s, ddpm (150 steps) 90 -> 114 s: chains of small sequential
-       ops lose, because a single-threaded device cannot spread them, while XLA's intra-op
+       rest. Per-core devices made the ResNet and CNN runs faster but the LSTM, GAN, VAE and
+       DDPM runs slower (docs/cpu_choices.md): chains of small sequential ops lose, because a single-threaded device cannot spread them, while XLA's intra-op
        pool can. The Transformer LM won per-core until its attention and weight gradients
        became plain matmuls, which XLA's pool threads well: it now runs on one device
        (`python -m benchmarks.transformer_step --set cpu_devices=auto` vs the default).

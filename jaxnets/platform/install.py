@@ -1,6 +1,6 @@
 """What the CLI entry point installs once per process, before any work.
 
-    install_process_settings()   # malloc, compilation cache, log filters
+    install_process_settings()   # malloc, compilation cache, log filters, orbax barriers
 
 Each is process-wide (glibc's allocator, JAX's global config, loggers and `sys.unraisablehook`),
 so nothing below the CLI calls this: constructing a `Trainer` in a notebook changes nothing
@@ -11,6 +11,7 @@ global. Research code may call it (or any one of the three) itself. The CPU devi
 from __future__ import annotations
 
 from jaxnets.platform.allocator import tune_host_allocator
+from jaxnets.platform.checkpoint_sync import use_coordination_service_barriers
 from jaxnets.platform.compile_cache import enable_compilation_cache, track_compile_time
 from jaxnets.platform.logs import quiet_third_party_tracebacks
 
@@ -20,3 +21,4 @@ def install_process_settings() -> None:
     track_compile_time()           # final.json's compile_s
     enable_compilation_cache()     # a repeated run loads its compiled programs
     quiet_third_party_tracebacks()
+    use_coordination_service_barriers()   # orbax's barriers off the devices (a multi-process hang)

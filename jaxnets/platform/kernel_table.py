@@ -5,7 +5,7 @@
 
 Runs read it (`config.platform.kernel_table=PATH`) before tracing, so the compiled program
 depends on the table's contents only: two hosts (even of different instruction sets) given one
-table compile the same program. Without a table the fixed rule of `jaxnets.platform.lowering`
+table compile the same program. Without a table the fixed rule of `jaxnets.platform.lowering_rule`
 applies. The timings are kept as the evidence for each choice.
 """
 from __future__ import annotations

@@ -26,6 +26,14 @@ class _DropOrbaxTraceback(logging.Filter):
         return True
 
 
+class _DropReadOnlyNotice(logging.Filter):
+    """orbax warns that a read-only CheckpointManager's directory is read only: it is on purpose
+    (the commands on a trained workdir never write checkpoints)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
 class _DropOrbaxTaskErrors(logging.Filter):
     """When one write of a save fails, orbax's other write tasks fail the same way and nobody
     awaits them: asyncio logs each ("Task exception was never retrieved", with a traceback)
@@ -45,7 +53,8 @@ class _DropOrbaxTaskErrors(logging.Filter):
 
 def quiet_third_party_tracebacks() -> None:
     """Install the filters above and the unraisable-exception hook below (once per process)."""
-    for name, kind in (("absl", _DropOrbaxTraceback), ("asyncio", _DropOrbaxTaskErrors)):
+    for name, kind in (("absl", _DropOrbaxTraceback), ("absl", _DropReadOnlyNotice),
+                       ("asyncio", _DropOrbaxTaskErrors)):
         logger = logging.getLogger(name)
         if not any(isinstance(f, kind) for f in logger.filters):
             logger.addFilter(kind())

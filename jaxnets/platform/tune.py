@@ -24,7 +24,7 @@ from jaxnets.nn import conv
 from jaxnets.nn.lowering import filter_grad_key
 from jaxnets.parallel import sharding
 from jaxnets.platform import kernel_table
-from jaxnets.platform.lowering import cpu_conv_lowering
+from jaxnets.platform.lowering_rule import cpu_conv_lowering
 
 
 def abstract_step_args(trainer) -> tuple:

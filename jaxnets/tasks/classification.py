@@ -16,21 +16,21 @@ from flax import nnx
 
 from jaxnets import metrics as M
 from jaxnets.data.augment import augment, parse_ops
-from jaxnets.tasks.base import State, Task
-from jaxnets.tasks.common import build_task_model
+from jaxnets.tasks.base import Inference, State, Task
+from jaxnets.tasks.common import build_task_model, image_batch_input
 
 
 class ClassificationTask(Task):
     # input_mean/input_std: per-channel statistics in [0, 1] units subtracted/divided on the
     # device after scaling uint8 images (e.g. ImageNet's (0.485, 0.456, 0.406)/(0.229, 0.224, 0.225)).
     options = {"input_key": "image", "label_smoothing": 0.0, "input_mean": None, "input_std": None}
+    entry_points = frozenset({"export"})
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        opts = config.task_options
-        self.input_key = opts.get("input_key", "image")
-        self.label_smoothing = opts.get("label_smoothing", 0.0)
-        mean, std = opts.get("input_mean"), opts.get("input_std")
+        self.input_key = self.opts["input_key"]
+        self.label_smoothing = self.opts["label_smoothing"]
+        mean, std = self.opts["input_mean"], self.opts["input_std"]
         self.input_mean = None if mean is None else np.asarray(mean, np.float32)
         self.input_std = None if std is None else np.asarray(std, np.float32)
         self.num_classes = dataset.info["num_classes"]
@@ -50,6 +50,12 @@ class ClassificationTask(Task):
     def build(self, rngs, make_optimizer):
         model = build_task_model(self.config.model, self.config, rngs, **self.model_defaults())
         return State(model=model, opt=make_optimizer(model))
+
+    def inference_fn(self, state):
+        """model(x) on inputs in [0, 1] (uint8 pixels / 255), normalised as in training."""
+        x = image_batch_input(self.example_row(self.input_key))
+        return Inference(self.config.model.name, state.model, lambda m, x: m(self.inputs({self.input_key: x})),
+                         [(self.input_key, x)])
 
     def inputs(self, batch, rng=None):
         x = batch[self.input_key]

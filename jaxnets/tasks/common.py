@@ -9,15 +9,15 @@ Mixed precision (one policy, applied where tasks build models: `build_task_model
 """
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxnets import models
-from jaxnets.platform.lowering import lowering_for
+from jaxnets import models, storage
+from jaxnets.errors import UserError
+from jaxnets.platform.lowering_rule import lowering_for
 
 
 def precision_policy(config) -> tuple[jnp.dtype, jnp.dtype]:
@@ -45,7 +45,7 @@ def store_params(model, config):
 def build_task_model(model_config, config, rngs, **defaults):
     """`jaxnets.models.build_model` under the precision policy and the platform's choices: the
     compute dtype goes in as the `dtype` default and the backend's layer choices as the
-    `lowering` default (`jaxnets.platform.lowering.lowering_for(config.platform)`, for models
+    `lowering` default (`jaxnets.platform.lowering_rule.lowering_for(config.platform)`, for models
     that take one); the parameters are then stored in the parameter dtype."""
     platform = {"lowering": lowering_for(config.get("platform"))}
     model = models.build_model(model_config, rngs,
@@ -70,6 +70,22 @@ def heldout_images(dataset, split: str, n: int) -> tuple[np.ndarray, np.ndarray]
     x = np.asarray(data["image"][:n], np.float32)
     x = x / 255.0 if np.asarray(data["image"][:1]).dtype == np.uint8 else x
     return x, np.asarray(data["label"][:n])
+
+
+def encode_text(vocab, text: str) -> list[int]:
+    """Character ids of `text` in a character vocabulary; a character outside it is a UserError."""
+    if not vocab:
+        raise UserError("This dataset has no character vocabulary to encode text with.")
+    index = {c: i for i, c in enumerate(vocab)}
+    unknown = sorted({c for c in text if c not in index})
+    if unknown:
+        raise UserError(f"Characters {''.join(unknown)!r} are not in the model's vocabulary.")
+    return [index[c] for c in text]
+
+
+def image_batch_input(x: np.ndarray) -> np.ndarray:
+    """An example input as the model sees it: uint8 pixels scaled to float32 [0, 1]."""
+    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x
 
 
 def sum_squared_error(recon, x):
@@ -114,5 +130,4 @@ def write_report(workdir: str, title: str, config, files, metrics: dict | None =
         lines += [f"| {k} | {v:.4g} |" for k, v in metrics.items() if np.ndim(v) == 0]
         lines.append("")
     lines += [f"![{f}]({f})" for f in files]
-    with open(os.path.join(workdir, "report.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    storage.write_text(storage.join(workdir, "report.md"), "\n".join(lines) + "\n")

@@ -15,7 +15,8 @@ task_options (defaults in brackets):
 - prompt_templates: training prompts; "{word}" / "{digit}" become "seven" / "7". The report
   prompts "a handwritten {word}" (seen in training) and "a drawing of the digit {word}" (a
   template never seen: how far the encoder generalises).
-- judge_dir [None]: an `ImageJudge` directory (trained on first use); without it no scores.
+`judged_images` gives the image judge (jaxnets/evaluators, `config.evals`) the scored sets:
+unconditional samples, or each guidance scale's samples with the requested digits.
 Images are scaled to [-1, 1]. Eval: held-out Algorithm 1 loss of the EMA model, fixed noise.
 """
 from __future__ import annotations
@@ -30,8 +31,10 @@ from flax import nnx
 
 from jaxnets import ddpm as dm
 from jaxnets import images as imlib
-from jaxnets.models.unet import NUMBER_WORDS
-from jaxnets.tasks.base import State, Task
+from jaxnets.errors import UserError
+from jaxnets.models import model_options
+from jaxnets.models.unet import NUMBER_WORDS, PromptTokenizer
+from jaxnets.tasks.base import Inference, State, Task
 from jaxnets.tasks.common import (build_task_model, heldout_images, image_model_defaults,
                                   to_unit_range, write_report)
 
@@ -47,27 +50,26 @@ def prompts_for(template: str) -> list[str]:
 class DiffusionTask(Task):
     options = {"schedule": "cosine", "num_steps": 1000, "p_uncond": 0.1, "ema_decay": 0.999,
                "sampler": "ddim", "sample_steps": 50, "eta": 0.0, "clip_x0": 1.0, "guidance": 3.0,
-               "guidance_scales": (0.0, 1.0, 3.0, 5.0), "judge_dir": None, "num_samples": 200,
+               "guidance_scales": (0.0, 1.0, 3.0, 5.0), "num_samples": 200,
                "prompt_templates": TRAIN_TEMPLATES}
+    entry_points = frozenset({"sample", "export"})
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        o = config.task_options
-        self.schedule = dm.make_schedule(o.get("schedule", "cosine"), o.get("num_steps", 1000))
-        self.conditioning = config.model.get("conditioning", None)
+        o = self.opts
+        self.schedule = dm.make_schedule(o["schedule"], o["num_steps"])
+        self.conditioning = {**model_options(config.model.name), **config.model}["conditioning"]
         self.num_classes = dataset.info.get("num_classes", 10)
-        self.p_uncond = o.get("p_uncond", 0.1)
-        self.ema_decay = o.get("ema_decay", 0.999)
-        self.sampler = o.get("sampler", "ddim")
-        self.sample_steps, self.eta, self.clip_x0 = o.get("sample_steps", 50), o.get("eta", 0.0), o.get("clip_x0", 1.0)
-        self.guidance = o.get("guidance", 3.0)
-        self.guidance_scales = tuple(o.get("guidance_scales", (0.0, 1.0, 3.0, 5.0)))
-        self.judge_dir = o.get("judge_dir", None)
-        self.num_samples = o.get("num_samples", 200)    # per scored set, a multiple of 10
+        self.p_uncond = o["p_uncond"]
+        self.ema_decay = o["ema_decay"]
+        self.sampler = o["sampler"]
+        self.sample_steps, self.eta, self.clip_x0 = o["sample_steps"], o["eta"], o["clip_x0"]
+        self.guidance = o["guidance"]
+        self.guidance_scales = tuple(o["guidance_scales"])
+        self.num_samples = o["num_samples"]    # per scored set, a multiple of 10
         if self.conditioning == "text":
-            from jaxnets.models.unet import PromptTokenizer
             self.tokenizer = PromptTokenizer()
-            templates = o.get("prompt_templates", TRAIN_TEMPLATES)
+            templates = o["prompt_templates"]
             # (classes, templates, max_len): the train step picks a random template per example
             self.prompt_table = np.stack([self.tokenizer.encode(prompts_for(t)) for t in templates], 1)
 
@@ -116,13 +118,19 @@ class DiffusionTask(Task):
         return {"loss": float(sums["loss_sum"] / sums["count"])}
 
     # ------------------------------------------------------------------ sampling
-    def sampler_fn(self, model, n: int, trajectory: bool = False):
+    def sampler_fn(self, model, n: int, trajectory: bool = False, steps: int | None = None):
         """A jitted (cond, scale, rng) -> images in [0, 1]; the whole chain is one lax.scan.
-        trajectory=True: (images, {"t", "x_t", "x0"}) with every step's x_t and predicted x_0."""
+        trajectory=True: (images, {"t", "x_t", "x0"}) with every step's x_t and predicted x_0.
+        steps: DDIM sampling steps (default: task_options.sample_steps)."""
         graphdef, params = nnx.split(model)
-        shape = (n, *self.dataset.info["image_shape"])
+        sample = jax.jit(self.sample_program(graphdef, n, trajectory, steps))
+        return lambda cond, scale, rng: jax.tree.map(np.asarray, sample(params, cond, jnp.float32(scale), rng))
 
-        @jax.jit
+    def sample_program(self, graphdef, n: int, trajectory: bool = False, steps: int | None = None):
+        """The pure (params, cond, scale, rng) -> images of `sampler_fn`, not yet compiled."""
+        shape = (n, *self.dataset.info["image_shape"])
+        sample_steps = self.sample_steps if steps is None else steps
+
         def sample(params, cond, scale, rng):
             net = nnx.merge(graphdef, params)
             if self.conditioning is None:
@@ -136,14 +144,37 @@ class DiffusionTask(Task):
                 out = dm.ddpm_sample(self.schedule, eps_fn, x_T, chain_rng, clip_x0=self.clip_x0,
                                      trajectory=trajectory)
             else:
-                out = dm.ddim_sample(self.schedule, eps_fn, x_T, chain_rng, num_sample_steps=self.sample_steps,
+                out = dm.ddim_sample(self.schedule, eps_fn, x_T, chain_rng, num_sample_steps=sample_steps,
                                      eta=self.eta, clip_x0=self.clip_x0, trajectory=trajectory)
             to_unit = lambda x: jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
             if trajectory:
                 return to_unit(out[0]), {**out[1], "x_t": to_unit(out[1]["x_t"]), "x0": to_unit(out[1]["x0"])}
             return to_unit(out)
 
-        return lambda cond, scale, rng: jax.tree.map(np.asarray, sample(params, cond, jnp.float32(scale), rng))
+        return sample
+
+    def judged_images(self, state, context):
+        """The image judge's sets (jaxnets/evaluators), sampled on the sharded EMA state on every
+        process (`context.call`): unconditional samples, or per guidance scale ("w{scale}_",
+        with the requested digits when scale > 0), the guidance in use ("") and, for text, an
+        unseen prompt template; all compared with held-out digits."""
+        graphdef, params = nnx.split(state.ema)
+        program = self.sample_program(graphdef, self.num_samples)
+        run = lambda cond, scale, seed: context.call(
+            lambda p, c, s, k: program(p, c, s, jax.random.wrap_key_data(k)), params, cond,
+            np.float32(scale), np.asarray(jax.random.key_data(jax.random.key(seed))))
+        if self.conditioning is None:
+            return {"": (run(None, 0.0, 1), None, True)}
+        labels = np.repeat(np.arange(10), self.num_samples // 10)
+        template = SEEN_PROMPT if self.conditioning == "text" else None
+        cond = np.asarray(self.conditions_for(state.ema, labels, template))
+        sets = {f"w{scale:g}_": (run(cond, scale, 1), labels if scale > 0 else None, True)
+                for scale in self.guidance_scales}
+        sets[""] = (run(cond, self.guidance, 2), labels, True)
+        if self.conditioning == "text":
+            unseen = np.asarray(self.conditions_for(state.ema, labels, UNSEEN_PROMPT))
+            sets["unseen_template_"] = (run(unseen, self.guidance, 3), labels, True)
+        return sets
 
     def conditions_for(self, model, labels: np.ndarray, template: str | None = None):
         if self.conditioning == "class":
@@ -152,24 +183,52 @@ class DiffusionTask(Task):
             return jnp.asarray(self.tokenizer.encode(prompts_for(template))[labels])
         return None
 
+    def sample(self, state, n: int, seed: int = 0, *, steps: int | None = None, guidance: float | None = None,
+               label: int | None = None, prompt: str | None = None) -> np.ndarray:
+        """n images from the EMA denoiser. Conditioned on class labels: `label` (default digits
+        0..9 in turn); on text: `prompt` (default "a handwritten {word}" for 0..9 in turn);
+        guidance: the classifier-free guidance scale (default task_options.guidance)."""
+        if steps is not None and steps < 1:
+            raise UserError(f"The number of sampling steps must be at least 1, got {steps}.")
+        model = state.ema
+        sample = self.sampler_fn(model, n, steps=steps)
+        key = jax.random.key(seed)
+        if self.conditioning is None:
+            if label is not None or prompt is not None:
+                raise UserError("This DDPM is unconditional: drop --label/--prompt.")
+            return sample(None, 0.0, key)
+        scale = self.guidance if guidance is None else guidance
+        digits = np.arange(n) % 10
+        if self.conditioning == "class":
+            if prompt is not None:
+                raise UserError("This DDPM is conditioned on class labels: use --label D, not --prompt.")
+            labels = np.full(n, label, np.int32) if label is not None else digits
+            return sample(self.conditions_for(model, labels), scale, key)
+        if label is not None:
+            raise UserError("This DDPM is conditioned on text: use --prompt, not --label.")
+        if prompt is None:
+            return sample(self.conditions_for(model, digits, SEEN_PROMPT), scale, key)
+        return sample(np.repeat(self.tokenizer.encode(prompt), n, axis=0), scale, key)
+
+    def inference_fn(self, state):
+        """The EMA noise predictor eps(x_t, t[, condition])."""
+        x = np.zeros((1, *self.dataset.info["image_shape"]), np.float32)
+        inputs = [("x_t", x), ("t", np.zeros((1,), np.int32))]
+        if self.conditioning is None:
+            return Inference("unet", state.ema, lambda m, x, t: m(x, t), inputs)
+        cond = np.asarray(self.conditions_for(state.ema, np.zeros(1, np.int32), "{word}"))
+        return Inference("unet", state.ema, lambda m, x, t, c: m(x, t, c), [*inputs, ("condition", cond)])
+
     def report(self, state, workdir):
         model, n = state.ema, self.num_samples
         sample = self.sampler_fn(model, n)
         labels = np.repeat(np.arange(10), n // 10)        # n / 10 per class, class-major
-        judge = imlib.ImageJudge(self.judge_dir) if self.judge_dir else None
-        real, _ = heldout_images(self.dataset, self.config.data.eval_split, 1000)
         metrics, files = {}, []
         rows = lambda imgs: imgs.reshape(10, n // 10, *imgs.shape[1:])[:, :10].reshape(-1, *imgs.shape[1:])
-
-        def score(prefix, images, targets):
-            if judge:
-                got = judge.score(images, targets, reference=real)
-                metrics.update({f"eval/{prefix}{k}": v for k, v in got.items()})
 
         if self.conditioning is None:
             images = sample(None, 0.0, jax.random.key(1))
             files.append(_grid(images[:100], workdir, "samples.png", f"unconditional DDPM ({self.sampler})"))
-            score("", images, None)
         else:
             template = SEEN_PROMPT if self.conditioning == "text" else None
             cond = self.conditions_for(model, labels, template)
@@ -177,7 +236,6 @@ class DiffusionTask(Task):
             for scale in self.guidance_scales:
                 images = sample(cond, scale, jax.random.key(1))
                 sweep.append((f"guidance {scale:g}", rows(images), 10))
-                score(f"w{scale:g}_", images, labels if scale > 0 else None)
             imlib.save_figure(sweep, os.path.join(workdir, "guidance_sweep.png"),
                               row_labels=[str(d) for d in range(10)])
             files.append("guidance_sweep.png")
@@ -185,17 +243,15 @@ class DiffusionTask(Task):
             what = f'prompts "{template}"' if template else "class labels"
             files.append(_grid(rows(images), workdir, "samples.png",
                                f"{what}, guidance {self.guidance:g} (row = requested digit)"))
-            score("", images, labels)
             if self.conditioning == "text":
                 unseen = sample(self.conditions_for(model, labels, UNSEEN_PROMPT), self.guidance, jax.random.key(3))
                 files.append(_grid(rows(unseen), workdir, "samples_unseen_template.png",
                                    f'prompts "{UNSEEN_PROMPT}" (template not seen in training)'))
-                score("unseen_template_", unseen, labels)
         files += self.trajectory_figures(model, workdir)
         notes = (f"schedule T={self.schedule.num_steps}, sampler {self.sampler}"
                  f"{'' if self.sampler == 'ddpm' else f' ({self.sample_steps} steps, eta {self.eta})'}; "
-                 f"{n} samples per scored set; held-out eval/loss (Algorithm 1, EMA weights) is in final.json."
-                 + (f" Judge: jaxnets CNN, held-out accuracy {judge.heldout_accuracy:.3f}." if judge else ""))
+                 f"{n} samples per scored set; held-out eval/loss (Algorithm 1, EMA weights) and the "
+                 "image judge's scores (eval/judge_heldout_accuracy, eval/*class_accuracy, ...) are in final.json.")
         write_report(workdir, f"DDPM ({self.conditioning or 'unconditional'})", self.config, files, metrics, notes)
         return metrics
 

@@ -23,8 +23,8 @@ import optax
 from flax import nnx
 
 from jaxnets import images as imlib
-from jaxnets.tasks.base import State, Task
-from jaxnets.tasks.common import (build_task_model, heldout_images, image_model_defaults,
+from jaxnets.tasks.base import Inference, State, Task
+from jaxnets.tasks.common import (build_task_model, image_model_defaults,
                                   to_unit_range, write_report)
 
 
@@ -42,13 +42,13 @@ def generator_loss(logits_fake, kind: str = "non_saturating"):
 
 
 class GANTask(Task):
-    options = {"generator_loss": "non_saturating", "judge_dir": None}
+    options = {"generator_loss": "non_saturating"}
+    entry_points = frozenset({"sample", "export"})
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.g_loss_kind = config.task_options.get("generator_loss", "non_saturating")
+        self.g_loss_kind = self.opts["generator_loss"]
         generator_loss(jnp.zeros(1), self.g_loss_kind)   # a bad name fails now
-        self.judge_dir = config.task_options.get("judge_dir", None)
 
     def build(self, rngs, make_optimizer):
         defaults = image_model_defaults(self.config, self.dataset)
@@ -109,20 +109,30 @@ class GANTask(Task):
         return {"d_real_heldout": float(sums["d_real_sum"]) / n,
                 "loss": float(sums["d_loss_real_sum"]) / n}
 
-    def sample(self, state, n: int, seed: int = 0) -> np.ndarray:
+    def sample(self, state, n: int, seed: int = 0, **conditions) -> np.ndarray:
         """n generated images in [0, 1] (G in inference mode: running batch-norm statistics)."""
+        self.refuse_conditions(**conditions)
         graphdef, params = nnx.split(state.generator)
         gen = jax.jit(lambda p, z: (nnx.merge(graphdef, p)(z) + 1.0) / 2.0)
         return np.asarray(gen(params, self.latents(state, jax.random.key(seed), n)))
+
+    def judged_images(self, state, context):
+        """1000 samples for the image judge (jaxnets/evaluators), compared with held-out digits;
+        generated on the sharded state on every process (`context.call`)."""
+        graphdef, params = nnx.split(state.generator)
+        z = np.asarray(self.latents(state, jax.random.key(0), 1000), np.float32)
+        gen = lambda p, z: (nnx.merge(graphdef, p)(z) + 1.0) / 2.0
+        return {"samples_": (context.call(gen, params, z), None, True)}
+
+    def inference_fn(self, state):
+        """The generator G(z), images in [-1, 1]."""
+        z = np.zeros((1, state.generator.latent_dim), np.float32)
+        return Inference("generator", state.generator, lambda g, z: g(z), [("z", z)])
 
     def report(self, state, workdir):
         samples = self.sample(state, 1000)
         imlib.save_grid(samples[:100], os.path.join(workdir, "samples.png"), 10, "DCGAN samples")
         metrics = {}
-        if self.judge_dir:
-            real, _ = heldout_images(self.dataset, self.config.data.eval_split, 1000)
-            metrics = {f"eval/samples_{k}": v for k, v in
-                       imlib.ImageJudge(self.judge_dir).score(samples, reference=real).items()}
         write_report(workdir, "DCGAN", self.config, ["samples.png"], metrics,
                      f"generator loss: {self.g_loss_kind}; D(x) on held-out digits is in final.json.")
         return metrics

@@ -23,9 +23,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxnets.errors import UserError
 from jaxnets.models.decoding import generate
-from jaxnets.tasks.base import State, Task
-from jaxnets.tasks.common import build_task_model
+from jaxnets.models.transformer import training_flops_per_token
+from jaxnets.tasks.base import Inference, State, Task
+from jaxnets.tasks.common import build_task_model, encode_text
 
 LN2 = math.log(2.0)
 
@@ -33,17 +35,17 @@ LN2 = math.log(2.0)
 class LanguageModelTask(Task):
     options = {"tokens_key": "tokens", "sample_prompt": "ROMEO:", "sample_length": 300,
                "sample_temperature": 0.8, "sample_context": None}   # None: the dataset's seq_len
+    entry_points = frozenset({"generate", "export"})
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        opts = config.task_options
-        self.tokens_key = opts.get("tokens_key", "tokens")
+        self.tokens_key = self.opts["tokens_key"]
         self.vocab = dataset.info.get("vocab")
         self.vocab_size = dataset.info["vocab_size"]
-        self.sample_prompt = opts.get("sample_prompt", "ROMEO:")
-        self.sample_length = int(opts.get("sample_length", 300))
-        self.sample_temperature = float(opts.get("sample_temperature", 0.8))
-        self.sample_context = int(opts.get("sample_context") or dataset.info.get("seq_len", 128))
+        self.sample_prompt = self.opts["sample_prompt"]
+        self.sample_length = int(self.opts["sample_length"])
+        self.sample_temperature = float(self.opts["sample_temperature"])
+        self.sample_context = int(self.opts["sample_context"] or dataset.info.get("seq_len", 128))
 
     def build(self, rngs, make_optimizer):
         model = build_task_model(self.config.model, self.config, rngs, vocab_size=self.vocab_size)
@@ -69,7 +71,6 @@ class LanguageModelTask(Task):
         tokens = self.config.data.batch_size * seq_len
         out = {"tokens": float(tokens)}
         if hasattr(state.model, "init_cache"):    # a Transformer LM (KV cache): count its FLOPs
-            from jaxnets.models.transformer import training_flops_per_token
             out["flops"] = tokens * training_flops_per_token(state.model, seq_len)
         return out
 
@@ -84,7 +85,7 @@ class LanguageModelTask(Task):
                 "perplexity": math.exp(min(loss, 50.0)), "tokens": float(sums["tokens"])}
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, model, prompt_ids, length: int, temperature: float, seed: int = 0) -> np.ndarray:
+    def sample_tokens(self, model, prompt_ids, length: int, temperature: float, seed: int = 0) -> np.ndarray:
         """`length` tokens sampled after `prompt_ids`, the model seeing at most `sample_context`
         tokens. A model with a KV cache (`init_cache` + `decode_step`) feeds one token per
         step; any other causal model reruns a sliding window (`sample_window`). Both draw
@@ -94,13 +95,30 @@ class LanguageModelTask(Task):
             return sample_cached(model, prompt_ids, length, temperature, self.sample_context, seed)
         return sample_window(model, prompt_ids, length, temperature, self.sample_context, seed)
 
+    def generate(self, state, prompt: str, length: int, temperature: float | None = None, seed: int = 0) -> str:
+        """The `length` characters sampled after `prompt` (temperature: the task's by default)."""
+        ids = encode_text(self.vocab, prompt)
+        if not ids:
+            raise UserError("The prompt must not be empty.")
+        if length < 1:
+            raise UserError(f"The length must be at least 1, got {length}.")
+        temperature = self.sample_temperature if temperature is None else temperature
+        if temperature <= 0:
+            raise UserError(f"The temperature must be positive, got {temperature}.")
+        toks = self.sample_tokens(state.model, ids, length, temperature, seed)
+        return "".join(self.vocab[int(i)] for i in toks)
+
+    def inference_fn(self, state):
+        x = self.example_row(self.tokens_key)[:, :-1]        # the inputs of the next-token targets
+        return Inference(self.config.model.name, state.model, lambda m, x: m(x), [(self.tokens_key, x)])
+
     def report(self, state, workdir):
         if not self.vocab or self.sample_length <= 0:
             return {}
         index = {c: i for i, c in enumerate(self.vocab)}
         prompt = [index[c] for c in self.sample_prompt if c in index] or [0]
-        toks = self.sample(state.model if hasattr(state, "model") else state, prompt,
-                           self.sample_length, self.sample_temperature, self.config.seed)
+        toks = self.sample_tokens(state.model if hasattr(state, "model") else state, prompt,
+                                  self.sample_length, self.sample_temperature, self.config.seed)
         text = "".join(self.vocab[i] for i in prompt) + "".join(self.vocab[int(i)] for i in toks)
         with open(os.path.join(workdir, "samples.txt"), "w", encoding="utf-8") as f:
             f.write(text + "\n")

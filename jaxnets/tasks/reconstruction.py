@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from jaxnets import images as imlib
-from jaxnets.tasks.base import State, Task
+from jaxnets.tasks.base import Inference, State, Task
 from jaxnets.tasks.common import (build_task_model, different_digit_pairs, heldout_images,
                                    image_model_defaults, interpolation_codes, latent_map,
                                    one_of_each_digit, sum_squared_error, to_unit_range, write_report)
@@ -24,6 +24,8 @@ from jaxnets.tasks.common import (build_task_model, different_digit_pairs, heldo
 
 class AutoEncoderTask(Task):
     options = {}
+    entry_points = frozenset({"sample", "export"})
+    fit_examples = 5000   # training images whose codes the sampler's Gaussian is fitted to
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -54,6 +56,21 @@ class AutoEncoderTask(Task):
     def summarize(self, sums):
         sse = float(sums["sse_sum"] / sums["count"])
         return {"loss": sse, "recon_sse": sse, "recon_mse": sse / float(np.prod(self.image_shape))}
+
+    def sample(self, state, n: int, seed: int = 0, **conditions) -> np.ndarray:
+        """n decoded codes drawn from a Gaussian fitted to the codes of (up to `fit_examples`)
+        training images: an AE has no prior, this is the simplest density over its codes."""
+        self.refuse_conditions(**conditions)
+        model = state.model
+        x, _ = heldout_images(self.dataset, self.config.data.train_split, self.fit_examples)
+        codes = np.asarray(jax.jit(model.encode)(x), np.float64)
+        z = np.random.default_rng(seed).multivariate_normal(codes.mean(0), np.cov(codes, rowvar=False), n)
+        return np.asarray(jax.jit(model.decode)(z.astype(np.float32)))
+
+    def inference_fn(self, state):
+        """The decoder: latent -> image."""
+        z = np.zeros((1, state.model.latent_dim), np.float32)
+        return Inference(self.config.model.name + "_decoder", state.model, lambda m, z: m.decode(z), [("z", z)])
 
     def report(self, state, workdir):
         model = state.model

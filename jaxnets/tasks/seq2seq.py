@@ -31,19 +31,21 @@ import optax
 from flax import nnx
 
 from jaxnets.models.decoding import beam_search, generate
-from jaxnets.tasks.base import State, Task
-from jaxnets.tasks.common import build_task_model
+from jaxnets.errors import UserError
+from jaxnets.tasks.base import Inference, State, Task
+from jaxnets.tasks.common import build_task_model, encode_text
 
 
 class Seq2SeqTask(Task):
     options = {"source_key": "source", "target_key": "target", "report_examples": 20}
+    entry_points = frozenset({"translate", "export"})
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        opts, info = config.task_options, dataset.info
-        self.source_key = opts.get("source_key", "source")
-        self.target_key = opts.get("target_key", "target")
-        self.report_examples = int(opts.get("report_examples", 20))
+        info = dataset.info
+        self.source_key = self.opts["source_key"]
+        self.target_key = self.opts["target_key"]
+        self.report_examples = int(self.opts["report_examples"])
         self.pad_id, self.bos_id, self.eos_id = info["pad_id"], info["bos_id"], info["eos_id"]
         self.vocab = info.get("vocab")
 
@@ -92,7 +94,8 @@ class Seq2SeqTask(Task):
                 "token_accuracy": float(sums["correct"] / sums["tokens"]),
                 "exact_match": float(sums["exact"] / sums["count"]), "count": float(sums["count"])}
 
-    def _text(self, ids) -> str:
+    def detokenize(self, ids) -> str:
+        """Text of token ids up to EOS, without padding and BOS."""
         out = []
         for i in np.asarray(ids):
             if i == self.eos_id:
@@ -100,6 +103,27 @@ class Seq2SeqTask(Task):
             if i not in (self.pad_id, self.bos_id):
                 out.append(self.vocab[i] if self.vocab else f"{i} ")
         return "".join(out)
+
+    def translate(self, state, text: str, beam: int = 1) -> str:
+        """Greedy (beam 1) or beam-search decoding of one source string."""
+        if beam < 1:
+            raise UserError(f"The beam size must be at least 1, got {beam}.")
+        source_row, target_row = self.example_row(self.source_key), self.example_row(self.target_key)
+        width, length = source_row.shape[1], target_row.shape[1] - 1
+        ids = encode_text(self.vocab, text)
+        if len(ids) > width:
+            raise UserError(f"The source has {len(ids)} characters; this model reads at most {width}.")
+        source = np.full((1, width), self.pad_id, np.int32)
+        source[0, :len(ids)] = ids
+        graphdef, params = nnx.split(state.model)
+        run = jax.jit(lambda p, s: self.greedy_decode(nnx.merge(graphdef, p), s, length, beam_size=beam))
+        return self.detokenize(np.asarray(run(params, jnp.asarray(source)))[0])
+
+    def inference_fn(self, state):
+        """Teacher-forced logits(source, target_in)."""
+        src, tgt = self.example_row(self.source_key), self.example_row(self.target_key)[:, :-1]
+        return Inference(self.config.model.name, state.model, lambda m, s, t: m(s, t),
+                         [("source", src), ("target_in", tgt)])
 
     def report(self, state, workdir):
         split = self.dataset.splits.get(self.config.data.eval_split)
@@ -113,8 +137,8 @@ class Seq2SeqTask(Task):
         pred = np.asarray(decode(params, jnp.asarray(source)))
         lines = []
         for s, t, p in zip(source, target, pred):
-            ok = self._text(p) == self._text(t[1:])
-            lines.append(f"{self._text(s)!r:>24} -> {self._text(p)!r:<16} target {self._text(t[1:])!r}"
+            ok = self.detokenize(p) == self.detokenize(t[1:])
+            lines.append(f"{self.detokenize(s)!r:>24} -> {self.detokenize(p)!r:<16} target {self.detokenize(t[1:])!r}"
                          f"{'' if ok else '  WRONG'}")
         with open(os.path.join(workdir, "decoded.txt"), "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")

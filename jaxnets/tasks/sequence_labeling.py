@@ -16,25 +16,29 @@ import optax
 from flax import nnx
 
 from jaxnets import metrics as M
-from jaxnets.tasks.base import State, Task
+from jaxnets.tasks.base import Inference, State, Task
 from jaxnets.tasks.common import build_task_model
 
 
 class SequenceLabelingTask(Task):
     options = {"tokens_key": "tokens", "labels_key": "labels", "label_mask_key": "label_mask"}
+    entry_points = frozenset({"export"})
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        opts = config.task_options
-        self.tokens_key = opts.get("tokens_key", "tokens")
-        self.labels_key = opts.get("labels_key", "labels")
-        self.label_mask_key = opts.get("label_mask_key", "label_mask")
+        self.tokens_key = self.opts["tokens_key"]
+        self.labels_key = self.opts["labels_key"]
+        self.label_mask_key = self.opts["label_mask_key"]
         self.num_classes = dataset.info["num_classes"]
 
     def build(self, rngs, make_optimizer):
         model = build_task_model(self.config.model, self.config, rngs, num_classes=self.num_classes,
                                  vocab_size=self.dataset.info["vocab_size"])
         return State(model=model, opt=make_optimizer(model))
+
+    def inference_fn(self, state):
+        x = self.example_row(self.tokens_key)
+        return Inference(self.config.model.name, state.model, lambda m, x: m(x), [(self.tokens_key, x)])
 
     def _weights(self, batch):
         labels = batch[self.labels_key]

@@ -12,11 +12,14 @@ a resumed run keeps the best so far, and a run that stopped early stays stopped 
 """
 from __future__ import annotations
 
+import json
 import math
-import os
 
+import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 
+from jaxnets import storage
 from jaxnets.errors import UserError
 from jaxnets.train import checkpoint as ckpt
 
@@ -24,11 +27,9 @@ BEST_DIR = "best"
 
 
 def _load_json(path: str) -> dict | None:
-    import json
-    if not os.path.isfile(path):
+    if not storage.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(storage.read_text(path))
 
 
 class BestKeeper:
@@ -48,7 +49,7 @@ class BestKeeper:
             raise UserError(f"train.best_metric={self.metric!r} needs evaluations, but "
                             "data.eval_split is empty.")
         self.enabled = bool(self.metric)
-        self.directory = os.path.abspath(os.path.join(workdir, BEST_DIR))
+        self.directory = storage.join(workdir, BEST_DIR)
         self.write_json = write_json
         self.value, self.step, self.since_best, self.last_eval = None, None, 0, -1
         self.manager = None
@@ -58,7 +59,7 @@ class BestKeeper:
                 self.directory, item_names=("state", "meta"),
                 options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
                                                      enable_async_checkpointing=False))
-            saved = _load_json(os.path.join(self.directory, "best.json"))
+            saved = _load_json(storage.join(self.directory, "best.json"))
             if saved and saved.get("metric") == self.metric and saved.get("mode") == self.mode:
                 self.value, self.step = saved["value"], saved["step"]
                 self.since_best = saved.get("evals_since_best", 0)
@@ -99,7 +100,7 @@ class BestKeeper:
 
     def _write_json(self) -> None:
         if self.write_json:
-            ckpt.write_json(os.path.join(self.directory, "best.json"), {
+            ckpt.write_json(storage.join(self.directory, "best.json"), {
                 "metric": self.metric, "mode": self.mode, "value": self.value, "step": self.step,
                 "evals_since_best": self.since_best, "last_eval_step": self.last_eval,
                 "patience": self.patience,
@@ -120,9 +121,8 @@ class BestKeeper:
 
 def restore_best(trainer) -> int:
     """Load WORKDIR/best's state into `trainer` (a `jaxnets.train.Trainer`); returns its step."""
-    from flax import nnx
-    directory = os.path.join(trainer.workdir, BEST_DIR)
-    manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
+    directory = storage.join(trainer.workdir, BEST_DIR)
+    manager = ocp.CheckpointManager(directory, item_names=("state", "meta"))
     try:
         step = manager.latest_step()
         if step is None:
@@ -131,7 +131,6 @@ def restore_best(trainer) -> int:
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if meta.get("signature") != ckpt.signature(pure):
             raise UserError(f"{directory}/{step} holds a different model than this config builds.")
-        import jax
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                               ckpt.to_saveable(pure))
         restored = manager.restore(step, args=ocp.args.Composite(

@@ -17,7 +17,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxnets import storage
 from jaxnets.errors import UserError
+from jaxnets.train.metric_log import strict_json
 
 
 def _is_key(x) -> bool:
@@ -50,13 +52,25 @@ def describe(pure: dict) -> list[str]:
 SEAL = "jaxnets_files.json"   # per-checkpoint file sizes, written once its save has finished
 
 
+class IntegrityError(ValueError):
+    """A checkpoint's files are not what its save committed (a size changed, a file is gone)."""
+
+
+SET_ASIDE = ("corrupt-",)   # names of checkpoints moved aside (invisible to orbax)
+
+
 class Checkpointer:
-    def __init__(self, workdir: str, keep: int):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    """`read_only`: for the commands on a trained workdir: nothing is created, renamed or saved."""
+
+    def __init__(self, workdir: str, keep: int, read_only: bool = False):
+        self.directory = storage.join(workdir, "checkpoints")   # local (absolute), gs:// or s3://
+        self.read_only = read_only
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                                 create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=None if read_only else keep, enable_async_checkpointing=True,
+                create=not read_only, read_only=read_only,
+                save_interval_steps=0 if read_only else 1),
             item_names=("state", "meta"),
         )
         self._unsealed: set[int] = set()   # saved by this run, file sizes not yet recorded
@@ -67,17 +81,21 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def set_aside(self) -> list[str]:
+        """Checkpoints earlier runs moved aside as damaged (`corrupt-STEP`)."""
+        return [d for d in storage.listdir(self.directory) if d.startswith(SET_ASIDE)]
+
     def move_aside(self, step: int) -> str:
         """Rename checkpoint `step` to `corrupt-STEP` (nothing is deleted). The dash matters:
         orbax reads digit-only names and `PREFIX_STEP` names as steps, so `corrupt-150` stays
         invisible to the manager, its step listing and its max_to_keep clean-up."""
-        source = os.path.join(self.directory, str(step))
-        target = os.path.join(self.directory, f"corrupt-{step}")
+        source = storage.join(self.directory, str(step))
+        target = storage.join(self.directory, f"corrupt-{step}")
         n = 1
-        while os.path.exists(target):
+        while storage.exists(target):
             n += 1
-            target = os.path.join(self.directory, f"corrupt-{step}-{n}")
-        os.rename(source, target)
+            target = storage.join(self.directory, f"corrupt-{step}-{n}")
+        storage.rename_dir(source, target)
         self.manager.reload()
         return target
 
@@ -97,32 +115,30 @@ class Checkpointer:
         need (orbax leaves some after merging per-process indexes) would pass unnoticed;
         `verify_files` refuses any size change. A save killed before sealing has no record and is
         trusted to orbax alone, as are checkpoints of older jaxnets versions."""
-        if jax.process_index() != 0:
+        if jax.process_index() != 0 or self.read_only:
             return
         for step in sorted(self._unsealed - {exclude}):
-            part = os.path.join(self.directory, str(step))
+            part = storage.join(self.directory, str(step))
             try:
-                files = {os.path.relpath(os.path.join(root, f), part): os.path.getsize(os.path.join(root, f))
-                         for root, _, names in os.walk(part) for f in names if f != SEAL}
+                files = {rel: n for rel, n in storage.file_sizes(part).items() if rel != SEAL}
             except FileNotFoundError:   # removed by max_to_keep meanwhile
                 files = {}
             if files:
-                write_json(os.path.join(part, SEAL), {"files": files})
+                write_json(storage.join(part, SEAL), {"files": files})
             self._unsealed.discard(step)
 
     def verify_files(self, step: int) -> None:
-        """Raise (ValueError) if a file recorded at save time is missing or changed size."""
-        part = os.path.join(self.directory, str(step))
-        if not os.path.exists(os.path.join(part, SEAL)):
+        """Raise IntegrityError if a file recorded at save time is missing or changed size."""
+        part = storage.join(self.directory, str(step))
+        if not storage.exists(storage.join(part, SEAL)):
             return
-        with open(os.path.join(part, SEAL)) as f:
-            files = json.load(f)["files"]
+        files = json.loads(storage.read_text(storage.join(part, SEAL)))["files"]
+        now = storage.file_sizes(part)
         for rel, size in sorted(files.items()):
-            path = os.path.join(part, rel)
-            if not os.path.exists(path):
-                raise ValueError(f"file {rel} is missing")
-            if os.path.getsize(path) != size:
-                raise ValueError(f"file {rel} is {os.path.getsize(path)} bytes, {size} when saved")
+            if rel not in now:
+                raise IntegrityError(f"file {rel} is missing")
+            if now[rel] != size:
+                raise IntegrityError(f"file {rel} is {now[rel]} bytes, {size} when saved")
 
     def restore(self, step: int, abstract_pure: dict, expected_signature: str) -> tuple[dict, dict]:
         self.verify_files(step)
@@ -206,13 +222,8 @@ def param_digest(params_pure: dict) -> str:
 
 def write_json(path: str, obj) -> None:
     """Atomic, strict JSON: NaN/Infinity become null and a dict gets their names in "nonfinite"."""
-    from jaxnets.train.metric_log import strict_json
-
     bad: list[str] = []
     clean = strict_json(json.loads(json.dumps(obj, default=float)), bad=bad)
     if bad and isinstance(clean, dict):
         clean["nonfinite"] = bad
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(clean, f, indent=2, allow_nan=False)
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(clean, indent=2, allow_nan=False))

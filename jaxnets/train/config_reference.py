@@ -16,10 +16,11 @@ HEADER = """# Configuration reference
 
 Generated from `jaxnets/train/defaults.py` by `python -m jaxnets.train.config_reference`; do
 not edit by hand. Every experiment config starts from these defaults; change any key with
-`--config.KEY=VALUE` (the key must exist) and print a resolved config with
-`jaxnets train --config FILE --print_config`. `task_options`, `model` and `data.options` are
-free-form: the task, the model constructor and the dataset loader read them (see each one's
-docstring).
+`--config.KEY=VALUE` (the key must exist or be declared) and print a resolved config with
+`jaxnets train --config FILE --print_config`. `task_options`, `model` and `data.options` hold
+the options declared by the task (its `options`), the model constructor (its keywords) and
+the dataset loader (its keywords), each in one place (`jaxnets/options.py`); `--print_config`
+shows an experiment's, defaults included, and an undeclared key is refused.
 
 | key | default | meaning |
 |---|---|---|

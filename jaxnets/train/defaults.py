@@ -50,8 +50,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.param_dtype = "float32"                # parameter storage (jaxnets/tasks/common.py)
     c.train.profile_steps = ()                     # (start, stop): jax.profiler trace in WORKDIR/profile
     c.train.report = True                          # call task.report() at the end
+    # Evaluators (jaxnets/evaluators): name -> {"kind": ..., "every": N (0: at the end only), ...}.
+    c.evals = ml_collections.ConfigDict()
     c.train.progress = True                        # progress bar when stderr is a terminal
     c.train.max_nonfinite_steps = 5                # stop (exit 3) after this many skipped steps in a row
+    c.train.accept_lost_checkpoints = False        # start at step 0 when every checkpoint is damaged
     c.train.restart_data = False                   # resume despite changed data settings: new data order
     c.train.best_metric = ""                       # e.g. "eval/loss": keep the best state in WORKDIR/best/
     c.train.best_mode = "min"                      # min | max: which way best_metric improves
@@ -69,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.cpu_devices = "1"
     # Logical axis name (on parameters, activations and the batch) -> mesh axis (jaxnets.parallel.sharding).
     c.sharding_rules = DEFAULT_RULES
-    # Backend-specific layer choices (jaxnets.platform.lowering), made before anything is traced.
+    # Backend-specific layer choices (jaxnets.platform.lowering_rule), made before anything is traced.
     c.platform = ml_collections.ConfigDict()
     c.platform.lowering = "auto"                   # auto: the backend's rule (CPU: fusion barriers, ...); plain: none
     c.platform.kernel_table = ""                   # JSON from `jaxnets tune`; "" = the fixed rule

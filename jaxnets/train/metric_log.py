@@ -4,10 +4,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
+from tqdm import tqdm
+
+from jaxnets import storage
 
 
 def _scalar(v):
@@ -57,17 +62,31 @@ class MetricWriter:
         self.enabled = enabled
         if not enabled:
             return
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        if resume_step is not None and os.path.exists(self.path):
-            _truncate_rows(self.path, resume_step)
-        self._file = open(self.path, "a")
-        from tensorboardX import SummaryWriter
-        tb_dir = os.path.join(workdir, "tensorboard")
+        self.path = storage.join(workdir, "metrics.jsonl")
+        self.remote = storage.is_remote(workdir)
+        if self.remote:
+            # An object cannot be appended to: the rows are kept and the object rewritten on
+            # every write (a few kB per thousand steps), which also makes every version whole.
+            self._rows = _read_text_rows(storage.read_text(self.path)) if storage.exists(self.path) else []
+            self._rows = [r for r in self._rows if resume_step is None or r.get("step", 0) <= resume_step]
+            storage.write_text(self.path, "".join(self._rows_text()))
+        else:
+            if resume_step is not None and os.path.exists(self.path):
+                _truncate_rows(self.path, resume_step)
+            self._file = open(self.path, "a")
+        from tensorboardX import SummaryWriter  # heavy (protobuf): only when a run writes metrics
+        tb_dir = storage.join(workdir, "tensorboard")
         # TensorBoard hides events with step >= purge_step from older event files.
-        purge = resume_step + 1 if resume_step is not None and os.path.isdir(tb_dir) else None
+        purge = resume_step + 1 if resume_step is not None and storage.isdir(tb_dir) else None
+        # Object stores: events are written to a local folder and uploaded when the writer closes.
+        self._tb_remote = tb_dir if self.remote else None
+        self._tb_local = tempfile.mkdtemp(prefix="jaxnets-tensorboard-") if self.remote else tb_dir
         # A resumed run's event file gets its own name even within the same second.
-        self._tb = SummaryWriter(tb_dir, purge_step=purge,
+        self._tb = SummaryWriter(self._tb_local, purge_step=purge,
                                  filename_suffix=f".resumed{resume_step}" if purge else "")
+
+    def _rows_text(self):
+        return [json.dumps(strict_json(r), allow_nan=False) + "\n" for r in self._rows]
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled or not metrics:
@@ -76,16 +95,37 @@ class MetricWriter:
         row = {"step": int(step), **strict_json({k: _scalar(v) for k, v in metrics.items()}, bad=bad)}
         if bad:
             row["nonfinite"] = bad
-        self._file.write(json.dumps(row, allow_nan=False) + "\n")
-        self._file.flush()
+        if self.remote:
+            self._rows.append(row)
+            storage.write_text(self.path, "".join(self._rows_text()))
+        else:
+            self._file.write(json.dumps(row, allow_nan=False) + "\n")
+            self._file.flush()
         for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                 self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        self._tb.close()
+        if self.remote:
+            for name in os.listdir(self._tb_local):
+                with open(os.path.join(self._tb_local, name), "rb") as f:
+                    storage.write_bytes(storage.join(self._tb_remote, name), f.read())
+            shutil.rmtree(self._tb_local, ignore_errors=True)
+        else:
             self._file.close()
-            self._tb.close()
+
+
+def _read_text_rows(text: str) -> list[dict]:
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:   # a torn last line
+            continue
+    return [r for r in rows if isinstance(r, dict)]
 
 
 def _truncate_rows(path: str, resume_step: int) -> None:
@@ -102,7 +142,6 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool):
         self.bar = None
         if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
     def update(self, step: int, postfix: dict | None = None) -> None:

@@ -7,8 +7,10 @@ pure function of (state, batch, step) with explicit in/out shardings and the sta
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
-import signal
+import sys
 import time
 from typing import Any
 
@@ -16,32 +18,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
+from jaxnets import storage
 from jaxnets.config import validate_config
 from jaxnets.data import load_dataset
 from jaxnets.data.pipeline import TrainIterator, eval_batches
 from jaxnets.data.memory import host_rss_peak_kib
 from jaxnets.errors import UserError
+from jaxnets.evaluators import EvalContext, build_evaluators
 from jaxnets.parallel import mesh as meshlib
 from jaxnets.parallel import sharding
 from jaxnets.parallel.sharding import axis_rules
 from jaxnets.platform import compile_cache
 from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
-from jaxnets.train import guard, resume
+from jaxnets.train import guard, resume, workdir_lock
 from jaxnets.train.best import BestKeeper
 from jaxnets.train.metric_log import MetricWriter, Progress, log_line
 from jaxnets.train.optim import OptimizerFactory
+from jaxnets.train.preemption import PreemptionWatch
 from jaxnets.train.profiling import StepProfiler
 
 
 def check_workdir(workdir: str) -> None:
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        storage.makedirs(workdir)   # a local folder, or a gs:// / s3:// prefix
+        probe = storage.join(workdir, f".write_test.{os.getpid()}")
+        storage.write_text(probe, "ok")
+        storage.remove(probe)
     except OSError as e:
         raise UserError(f"Cannot write to workdir {workdir!r} ({e.strerror or e}). Choose a "
                         "directory you can create and write, e.g. --workdir runs/NAME.") from None
@@ -50,15 +55,31 @@ def check_workdir(workdir: str) -> None:
 class Trainer:
     """Builds everything from a config; `run()` trains, evaluates, checkpoints and reports."""
 
-    def __init__(self, config, workdir: str | None, *, layout_only: bool = False):
+    def __init__(self, config, workdir: str | None, *, layout_only: bool = False,
+                 read_only: bool = False):
         """`layout_only`: stop after the abstract state and its shardings (for `--print_layout`):
-        nothing is allocated, no workdir is needed."""
-        self.config, self.workdir = config, workdir
+        nothing is allocated, no workdir is needed. `read_only`: for the commands on a trained
+        workdir: no lock is taken, nothing under checkpoints/ is created, renamed or saved."""
+        self.config, self.workdir, self.read_only = config, workdir, read_only
         validate_config(config)
-        if not layout_only:
+        if not layout_only and not read_only:
             check_workdir(workdir)
         self.joined = meshlib.maybe_initialize_distributed()
         self.is_main = jax.process_index() == 0
+        # One writer per workdir, taken before any real work so a second run stops in seconds.
+        self.lock = None if layout_only or read_only else workdir_lock.lock_for_job(workdir)
+        try:
+            self._setup(config, layout_only)
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _setup(self, config, layout_only: bool) -> None:
         self.mesh = meshlib.make_mesh(dict(config.mesh), config.mesh_devices)
         self.rules = tuple(config.sharding_rules)
         meshlib.check_input_feed(self.mesh, self.rules)   # every process reads its own share
@@ -81,6 +102,7 @@ class Trainer:
                 raise UserError(f"Dataset {config.data.name!r} has no split {split!r}; it has "
                                 f"{sorted(self.dataset.splits)}.")
         self.task = TASKS.get(config.task)(config, self.dataset)
+        self.evaluators = [] if layout_only else build_evaluators(config, self.task, self.dataset)
         self.optimizers = OptimizerFactory(config)
         self._build_state(allocate=not layout_only)
         if not layout_only:
@@ -159,7 +181,6 @@ class Trainer:
     def param_digest(self) -> str:
         params = nnx.to_pure_dict(nnx.state(self.module(), nnx.Param))
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             params = multihost_utils.process_allgather(params, tiled=True)
         return ckpt.param_digest(params)
 
@@ -176,8 +197,10 @@ class Trainer:
     def restore_latest(self, checkpointer: ckpt.Checkpointer) -> int:
         """Restore the newest readable checkpoint (older ones if newer are corrupt); 0 if none."""
         pure = nnx.to_pure_dict(self.state)
-        found = resume.restore_newest_good(checkpointer, pure, ckpt.signature(pure),
-                                           log=lambda m: print(m, flush=True))
+        found = resume.restore_newest_good(
+            checkpointer, pure, ckpt.signature(pure), log=lambda m: print(m, flush=True),
+            read_only=self.read_only,
+            accept_lost=bool(self.config.train.get("accept_lost_checkpoints", False)))
         if found is None:
             return 0
         step, restored, meta = found
@@ -190,6 +213,12 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        finally:
+            self.release_lock()   # held since __init__; also when resuming is refused
+
+    def _run(self) -> dict[str, Any]:
         c = self.config
         total = c.train.steps
         checkpointer = ckpt.Checkpointer(self.workdir, c.train.keep_checkpoints)
@@ -219,7 +248,7 @@ class Trainer:
                     if checkpointer.latest_step() != step:
                         checkpointer.save(step, nnx.to_pure_dict(self.state), self._meta(step), force=True)
                     checkpointer.wait()
-                    print(f"SIGTERM: saved checkpoint at step {step} in {checkpointer.directory}"
+                    print(f"Stop requested (SIGTERM/SIGINT): saved checkpoint at step {step} in {checkpointer.directory}"
                           f"{' (all processes agreed on this step)' if preempted.distributed else ''}; "
                           "run the same command again to resume.", flush=True)
                     return {"step": step, "preempted": True}
@@ -267,6 +296,12 @@ class Trainer:
                         log_line(step, total, {**eval_metrics, **train_loss}, t_start)
                     best.observe(step, eval_metrics, lambda: nnx.to_pure_dict(self.state), self._meta)
                     t0 = time.time()
+                due = [e for e in self.evaluators if e.due(step) and step < total]
+                if due:
+                    evaluated = self.run_evaluators(step, due)
+                    writer.write(step, _scalars(evaluated))
+                    eval_metrics.update(evaluated)
+                    t0 = time.time()
                 if step % c.train.checkpoint_every == 0 or step == total or best.stopped:
                     checkpointer.save(step, nnx.to_pure_dict(self.state), self._meta(step),
                                       force=step == total or best.stopped)
@@ -274,6 +309,10 @@ class Trainer:
             data.close()   # worker processes end here: their peak memory is then measurable
             if not eval_metrics and c.data.eval_split:
                 eval_metrics = {f"eval/{k}": v for k, v in self.evaluate().items()}
+            if self.evaluators:   # every evaluator once at the end, on every process
+                evaluated = self.run_evaluators(step, self.evaluators)
+                writer.write(step, _scalars(evaluated))
+                eval_metrics.update(evaluated)
             if c.train.report:
                 report = self.report()
                 eval_metrics.update(report)
@@ -286,7 +325,7 @@ class Trainer:
             # compile), all compilation in the process, and the steps after the first.
             final.update({**timing, "compile_s": compile_cache.compile_seconds()} if step > start else {})
             if self.is_main:
-                ckpt.write_json(os.path.join(self.workdir, "final.json"), final)
+                ckpt.write_json(storage.join(self.workdir, "final.json"), final)
             return final
         finally:
             data.close()
@@ -306,7 +345,6 @@ class Trainer:
         """
         if jax.process_count() == 1:
             return self.task.report(self.module(), self.workdir) or {}
-        from jax.experimental import multihost_utils
         saveable = ckpt.to_saveable(nnx.to_pure_dict(self.state))
         host = multihost_utils.process_allgather(saveable, tiled=True)
         report = {}
@@ -318,6 +356,15 @@ class Trainer:
         multihost_utils.sync_global_devices("jaxnets report")
         return report   # empty on the other processes: logs and final.json come from process 0
 
+    def run_evaluators(self, step: int, evaluators) -> dict[str, Any]:
+        """The evaluators' metrics at `step`, on the sharded state; every process runs them."""
+        context = EvalContext(self.mesh, self.rules, step, self.workdir)
+        metrics: dict[str, Any] = {}
+        with contextlib.redirect_stdout(sys.stdout if self.is_main else io.StringIO()):
+            for evaluator in evaluators:
+                metrics.update(evaluator(self.module(), context))
+        return metrics
+
     def data_summary(self, data: TrainIterator) -> dict[str, Any]:
         """final.json's "data" (records each process read, decoding workers, source kind) and
         "host_rss_peak_bytes": the peak resident memory of the largest process, its finished
@@ -325,7 +372,6 @@ class Trainer:
         # int32 (JAX's default integer): memory in KiB fits, bytes would not.
         mine = np.array([data.examples_read, host_rss_peak_kib()], np.int32)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 2)
         else:
             every = mine[None]
@@ -347,39 +393,6 @@ class Trainer:
         return {f"train/{k}": float(np.mean([v[k] for v in values])) for k in values[0]}
 
 
-class PreemptionWatch:
-    """`watch(step)` -> True when the run should save and stop at `step`.
-
-    Multi-process: JAX's preemption sync point. JAX's own SIGTERM notifier tells the
-    coordination service, and every process then returns True at the same step, so all of them
-    save one checkpoint together (an orbax save is a collective: a lone saver would deadlock).
-    A Python SIGTERM handler would silently replace that notifier, so none is installed there.
-    Single process: a Python handler that only sets a flag (read between steps).
-    """
-
-    def __init__(self):
-        from jax._src import distributed
-        self.distributed = distributed.global_state.preemption_sync_manager is not None
-        self.flag = False
-        self.previous = None
-        if not self.distributed:
-            self.previous = signal.signal(signal.SIGTERM, self._on_signal)
-
-    def _on_signal(self, sig, frame):
-        self.flag = True
-
-    def __call__(self, step: int) -> bool:
-        if self.distributed:
-            from jax.experimental import multihost_utils
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.flag
-
-    def close(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-            self.previous = None
-
-
 # Dense bf16 peak FLOP/s per chip, for model FLOP utilisation (train/mfu).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
               "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6e": 918e12}
@@ -388,6 +401,10 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
 def peak_flops_per_device() -> float | None:
     kind = jax.devices()[0].device_kind
     return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if np.ndim(v) == 0 and not isinstance(v, str)}
 
 
 def _jsonable(metrics: dict) -> dict:
