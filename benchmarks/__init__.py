@@ -28,7 +28,7 @@ ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
     **{name: (f"benchmarks.speed.{name}", ()) for name in (
         "attention", "bf16_units", "conv_filter_grad", "cpu_layout", "decode", "input_pipeline", "lstm", "lstm_gpu",
         "model_step",
-        "resnet_step", "scaling", "startup", "train_step", "transformer_step")},
+        "resnet_step", "scaling", "scaling_compiled", "startup", "train_step", "transformer_step")},
     "resnet_step_compare": ("benchmarks.speed.resnet_step", ("--compare",)),
     "resnet_step_levers": ("benchmarks.speed.resnet_step", ("--levers",)),
     **{name: (f"benchmarks.course.{name}", ()) for name in (

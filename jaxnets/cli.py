@@ -1,7 +1,8 @@
-"""`jaxnets train|tune|list|bench`.
+"""`jaxnets train|compile|tune|launch|list|bench` (and the workdir commands).
 
     jaxnets train --config experiments/mnist_cnn.py:smoke --workdir runs/x [--config.KEY=VALUE ...]
     jaxnets train --config experiments/mnist_cnn.py:smoke --print_layout   (where every array lives)
+    jaxnets compile --config experiments/lm_7b.py --target tpu:v5p-64 --config.mesh.fsdp=64 [--json]
     jaxnets launch --processes 2 --devices-per-process 2 -- train --config ... --workdir runs/x
     jaxnets tune --config experiments/resnet_cifar.py:smoke --out kernels.json   (kernel table)
     jaxnets list
@@ -14,6 +15,7 @@ non-finite steps exits with status 3; anything else is a bug and keeps its trace
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -26,12 +28,15 @@ from jaxnets.data import DATASETS
 from jaxnets.errors import UserError
 from jaxnets.models import MODELS
 from jaxnets.evaluators import pending_runs
+from jaxnets.parallel.compile import format_report
 from jaxnets.parallel.launch import die_with_launcher, launch
+from jaxnets.parallel.targets import parse_target, prepare
 from jaxnets.platform import kernel_table, tune
 from jaxnets.platform.devices import auto_cpu_devices, cpu_devices_setting
 from jaxnets.platform import cpu_threads
 from jaxnets.platform.install import install_process_settings
 from jaxnets.tasks import TASKS
+from jaxnets.train.ahead_of_time import compile_for_target
 from jaxnets.train.preemption import install_early_handlers, uninstall_early_handlers
 from jaxnets.train.trainer import Trainer, train
 
@@ -106,6 +111,23 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def cmd_compile(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="jaxnets compile", description="Compile the train step `jaxnets train` would run for "
+        "a target (a TPU slice, or N host CPU devices) without allocating it; report its memory "
+        "per device (and whether it fits), FLOPs, collectives and a roofline bound.")
+    parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
+    parser.add_argument("--target", required=True,
+                        help="tpu:v5p-N, tpu:v5e-N, tpu:v6e-N, tpu:v4-N (N chips) or cpu:N")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args, config = _config_from(parser, argv)
+    target = parse_target(args.target)
+    prepare(target)   # before JAX starts: forced host devices, libtpu beside other processes
+    report = compile_for_target(config, target)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
 def cmd_tune(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="jaxnets tune", description="Time the kernel choices of an experiment on this machine "
@@ -168,7 +190,7 @@ def cmd_launch(argv: list[str]) -> int:
     return launch(argv)
 
 
-COMMANDS = {"train": cmd_train, "tune": cmd_tune, "launch": cmd_launch, "list": cmd_list,
+COMMANDS = {"train": cmd_train, "compile": cmd_compile, "tune": cmd_tune, "launch": cmd_launch, "list": cmd_list,
             "bench": cmd_bench}
 # Commands that run programs here install the process-wide settings (jaxnets.platform.install);
 # list, bench and launch run none themselves.

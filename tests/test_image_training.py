@@ -53,3 +53,18 @@ def test_corrupt_file_in_a_worker_is_a_user_error_naming_it(folder, tmp_path):
     c = _config(str(bad_root), 2, workers=1)
     with pytest.raises(UserError, match="broken.jpg"):
         train(c, str(tmp_path / "w"))
+
+
+
+def test_imagenet_recipe_is_the_standard_one():
+    """experiments/resnet50_imagenet.py (its smoke runs end to end in the acceptance commands of
+    docs/data.md; too heavy for the suite): ResNet-50 v1.5, Nesterov SGD at 0.1 per 256 images,
+    warm-up + cosine, label smoothing 0.1, no decay on norms/biases, bf16, 1,024 global."""
+    from jaxnets.config import load_config
+    c = load_config("experiments/resnet50_imagenet.py")
+    assert (c.model.name, c.model.form, c.model.depth) == ("resnet", "imagenet", 50)
+    assert c.optim.name == "momentum" and c.optim.nesterov and c.optim.lr == 0.4
+    assert c.optim.schedule == "warmup_cosine" and not c.optim.decay_all
+    assert c.task_options.label_smoothing == 0.1 and c.data.batch_size == 1024
+    assert c.train.compute_dtype == "bfloat16" and c.data.name == "image_folder"
+    assert load_config("experiments/resnet50_imagenet.py:tfds").data.name == "imagenet2012"

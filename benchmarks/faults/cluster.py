@@ -164,8 +164,12 @@ def cloud_workdir(root, digest: str) -> dict:
                 time.sleep(0.2)
         workdir = "gs://faults/run"
         os.environ.update(env)   # this process polls the bucket through the same helpers
-        first = f"{workdir}/checkpoints/5/commit_success.txt"
-        proc = subprocess.Popen(command(workdir), cwd=REPO, env=_env(env), text=True,
+        # Checkpoints every 20 steps: the kill lands after the first one, not inside the next save.
+        # (A save cut short on the emulator cannot be redone yet: TensorStore then has to update
+        # objects conditionally, and the emulator's downloads carry no x-goog-generation header.)
+        every = "--config.train.checkpoint_every=20"
+        first = f"{workdir}/checkpoints/20/commit_success.txt"
+        proc = subprocess.Popen(command(workdir, every), cwd=REPO, env=_env(env), text=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline, killed = time.time() + 300, False
         while proc.poll() is None and time.time() < deadline:
@@ -175,7 +179,7 @@ def cloud_workdir(root, digest: str) -> dict:
                 break
             time.sleep(0.2)
         proc.wait()
-        done = run(workdir, env=env)
+        done = run(workdir, every, env=env)
         ok = done.returncode == 0
         got = json.loads(storage.read_text(workdir + "/final.json"))["param_digest"] if ok else None
         evaluated = subprocess.run([sys.executable, "-m", "jaxnets.cli", "eval", "--workdir", workdir],

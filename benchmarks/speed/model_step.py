@@ -35,12 +35,21 @@ SIZES = {
         "model.depth=56", "model.stem_stride=1", "data.batch_size=256",
         "train.compute_dtype='bfloat16'"]),
     ("resnet", True): ("experiments/resnet_cifar.py:smoke", ["data.batch_size=16", "model.depth=8"]),
+    # ResNet-50 v1.5 at 224 px, bf16: the ImageNet recipe on a fixture folder (`--set
+    # data.options.root=DIR`, written by `python -m jaxnets.data.fixtures imagenet`).
+    ("resnet50", False): ("experiments/resnet50_imagenet.py", [
+        "data.batch_size=256", "data.eval_batch_size=256", "data.workers=0"]),
+    ("resnet50", True): ("experiments/resnet50_imagenet.py:smoke", [
+        "data.batch_size=8", "data.eval_batch_size=8", "model.depth=18",
+        "data.options.image_size=32", "train.compute_dtype='float32'"]),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=("transformer_lm", "resnet"), required=True)
+    parser.add_argument("--model", choices=("transformer_lm", "resnet", "resnet50"), required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="more config overrides (e.g. data.options.root=DIR for resnet50)")
     parser.add_argument("--tiny", action="store_true", help="CPU-sized check of the script")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
@@ -48,12 +57,13 @@ def main() -> None:
     args = parser.parse_args()
     install_process_settings()   # malloc, compilation cache: as `jaxnets train` does
     spec, overrides = SIZES[(args.model, args.tiny)]
-    config = apply_overrides(load_config(spec), overrides + ["train.report=False",
-                                                             "train.progress=False"])
+    config = apply_overrides(load_config(spec), overrides + args.set + [
+        "train.report=False", "train.progress=False"])
     config.cpu_devices = "1"
     with tempfile.TemporaryDirectory() as workdir:
         trainer = Trainer(config, workdir)
-        it = TrainIterator(trainer.dataset.splits[config.data.train_split], config.data.batch_size, 0)
+        it = TrainIterator(trainer.dataset.splits[config.data.train_split], config.data.batch_size, 0,
+                           transform=trainer.dataset.train_transform)
         batch = trainer.put_batch(next(it))
         counter = {"i": 0}
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+
 _LOG2E = math.log2(math.e)
 _PAD_SEGMENT = -(2 ** 31)  # id of padding keys and queries: never equal to a real id (>= 0)
 

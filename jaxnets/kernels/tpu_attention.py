@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas.ops.tpu import flash_attention as upstream
 
+
 # The upstream kernel tiles sequences in blocks of 128 (its default BlockSizes).
 BLOCK = 128
 
@@ -24,7 +25,9 @@ def supports(q, k) -> bool:
 
 
 def tpu_flash_attention(q, k, v, *, causal=False, q_segment_ids=None, kv_segment_ids=None,
-                        scale=None):
+                        scale=None, interpret: bool | None = None):
+    """`interpret`: Pallas' TPU interpret mode (default: unless JAX's backend is a TPU). A
+    program compiled ahead of time for a TPU slice from a CPU host passes False."""
     if (q_segment_ids is None) != (kv_segment_ids is None):
         raise ValueError("Pass both q_segment_ids and kv_segment_ids, or neither.")
     if not supports(q, k):
@@ -44,7 +47,9 @@ def tpu_flash_attention(q, k, v, *, causal=False, q_segment_ids=None, kv_segment
         return upstream.flash_attention(to_bhtd(q), to_bhtd(k), to_bhtd(v), segment_ids=segments,
                                         causal=causal, sm_scale=scale)
 
-    if jax.default_backend() == "tpu":
+    if interpret is None:
+        interpret = jax.default_backend() != "tpu"
+    if not interpret:
         out = call()
     else:
         with pltpu.force_tpu_interpret_mode():

@@ -27,28 +27,41 @@ from flax import nnx
 
 from jaxnets.nn.attention import MultiHeadAttention
 from jaxnets.nn.embedding import TokenEmbedding
-from jaxnets.nn.layers import LayerNorm, Linear
+from jaxnets.nn.layers import Linear, Norm
+from jaxnets.nn.mlp import SwiGLU
 from jaxnets.nn.lowering import PLAIN, Lowering
 from jaxnets.parallel.sharding import constrain
 
 
 class TransformerLayer(nnx.Module):
+    """`norm` "layer" (LayerNorm) or "rms" (RMSNorm); `mlp` "plain" (W2 act(W1 x)) or "swiglu";
+    `rotary_base`: rotary positions in self-attention (Llama: norm="rms", mlp="swiglu",
+    use_bias=False, rotary_base=10000)."""
+
     def __init__(self, d_model: int, num_heads: int, d_ff: int, *, cross_attention=False,
                  dropout=0.1, pre_ln=True, num_kv_heads=None, activation="relu",
-                 attention_impl="auto", dtype=None, lowering: Lowering = PLAIN, rngs: nnx.Rngs):
-        mha = lambda: MultiHeadAttention(d_model, num_heads, num_kv_heads=num_kv_heads,
-                                         implementation=attention_impl, dtype=dtype,
-                                         lowering=lowering, rngs=rngs)
-        norm = lambda: LayerNorm(d_model, dtype=dtype, rngs=rngs)
+                 attention_impl="auto", norm="layer", mlp="plain", use_bias=True,
+                 rotary_base=None, dtype=None, lowering: Lowering = PLAIN, rngs: nnx.Rngs):
+        mha = lambda rotary: MultiHeadAttention(
+            d_model, num_heads, num_kv_heads=num_kv_heads, implementation=attention_impl,
+            use_bias=use_bias, rotary_base=rotary, dtype=dtype, lowering=lowering, rngs=rngs)
+        norm_layer = lambda: Norm(norm, d_model, dtype=dtype, rngs=rngs)
         self.pre_ln, self.activation = pre_ln, getattr(jax.nn, activation)
-        self.self_attention, self.self_norm = mha(), norm()
-        self.cross_attention = mha() if cross_attention else None
-        self.cross_norm = norm() if cross_attention else None
-        dense = lambda i, o, axes: Linear(i, o, axes=axes, dtype=dtype,
-                                          dot_general=lowering.dot_general, rngs=rngs)
-        self.ff_in = dense(d_model, d_ff, ("embed", "mlp"))
-        self.ff_out = dense(d_ff, d_model, ("mlp", "embed"))
-        self.ff_norm = norm()
+        self.self_attention, self.self_norm = mha(rotary_base), norm_layer()
+        self.cross_attention = mha(None) if cross_attention else None
+        self.cross_norm = norm_layer() if cross_attention else None
+        if mlp == "swiglu":
+            self.ff = SwiGLU(d_model, d_ff, use_bias=use_bias, dtype=dtype,
+                             dot_general=lowering.dot_general, rngs=rngs)
+        elif mlp == "plain":
+            dense = lambda i, o, axes: Linear(i, o, axes=axes, use_bias=use_bias, dtype=dtype,
+                                              dot_general=lowering.dot_general, rngs=rngs)
+            self.ff_in = dense(d_model, d_ff, ("embed", "mlp"))
+            self.ff_out = dense(d_ff, d_model, ("mlp", "embed"))
+        else:
+            raise ValueError(f"mlp must be 'plain' or 'swiglu', got {mlp!r}.")
+        self.mlp = mlp
+        self.ff_norm = norm_layer()
         self.dropout = nnx.Dropout(dropout)
 
     def _residual(self, x, norm, block, train, key):
@@ -60,7 +73,7 @@ class TransformerLayer(nnx.Module):
 
     def __call__(self, x, *, causal=False, segment_ids=None, memory=None,
                  memory_segment_ids=None, cache=None, cache_index=None, train=False,
-                 dropout_key=None):
+                 dropout_key=None, positions=None):
         """Returns (x, new_cache); `cache` = {"self": {"k","v"}, "cross": (k, v)} when decoding."""
         keys = jax.random.split(dropout_key, 3) if dropout_key is not None else [None] * 3
         new_cache = None
@@ -68,8 +81,10 @@ class TransformerLayer(nnx.Module):
         def self_block(h):
             nonlocal new_cache
             if cache is None:
-                return self.self_attention(h, causal=causal, segment_ids=segment_ids)
-            h, self_cache = self.self_attention(h, cache=cache["self"], cache_index=cache_index)
+                return self.self_attention(h, causal=causal, segment_ids=segment_ids,
+                                           positions=positions)
+            h, self_cache = self.self_attention(h, cache=cache["self"], cache_index=cache_index,
+                                                positions=positions)
             new_cache = dict(cache, self=self_cache)
             return h
 
@@ -81,8 +96,25 @@ class TransformerLayer(nnx.Module):
                 segments = (jnp.zeros(x.shape[:2], jnp.int32), memory_segment_ids)
             cross = lambda h: self.cross_attention(h, memory, kv=kv, segment_ids=segments)
             x = self._residual(x, self.cross_norm, cross, train, keys[1])
-        ff = lambda h: self.ff_out(constrain(self.activation(self.ff_in(h)), ("batch", None, "mlp")))
+        if self.mlp == "swiglu":
+            ff = self.ff
+        else:
+            ff = lambda h: self.ff_out(constrain(self.activation(self.ff_in(h)), ("batch", None, "mlp")))
         return self._residual(x, self.ff_norm, ff, train, keys[2]), new_cache
+
+
+# What a rematerialised layer keeps for the backward pass: "full" only its input (everything
+# else is recomputed), "dots_saveable" the outputs of its matmuls (the cheap elementwise ops
+# are recomputed), "none" everything (no recomputation, most memory).
+REMAT_POLICIES = ("none", "full", "dots_saveable")
+
+
+def remat_policy_of(remat) -> str:
+    """A model's `remat` (bool) or `remat_policy` (str) as one of REMAT_POLICIES."""
+    policy = {True: "full", False: "none", None: "none"}.get(remat, remat)
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy must be one of {', '.join(REMAT_POLICIES)}; got {remat!r}.")
+    return policy
 
 
 def make_layers(n, scan, make_layer, rngs):
@@ -111,8 +143,10 @@ def run_layers(layers, x, *, num_layers, scan, remat, train=False, rngs=None, ca
     def apply_split(graphdef, state, x, layer_cache, key):
         return apply(nnx.merge(graphdef, state), x, layer_cache, key)
 
-    if remat:
-        apply_split = jax.checkpoint(apply_split, static_argnums=(0,))
+    policy = remat_policy_of(remat)
+    if policy != "none":
+        saveable = jax.checkpoint_policies.dots_saveable if policy == "dots_saveable" else None
+        apply_split = jax.checkpoint(apply_split, static_argnums=(0,), policy=saveable)
     if scan:
         graphdef, state = nnx.split(layers)
 
@@ -124,7 +158,7 @@ def run_layers(layers, x, *, num_layers, scan, remat, train=False, rngs=None, ca
     for i, layer in enumerate(layers):
         layer_cache = None if cache is None else jax.tree.map(lambda a: a[i], cache)
         key = None if keys is None else keys[i]
-        if remat:
+        if policy != "none":
             x, c = apply_split(*nnx.split(layer), x, layer_cache, key)
         else:  # called in place, so sown intermediates (attention maps) stay on the layer
             x, c = apply(layer, x, layer_cache, key)
@@ -138,21 +172,29 @@ class _Stack(nnx.Module):
 
     def __init__(self, vocab_size, *, d_model, num_heads, num_layers, d_ff, cross_attention,
                  dropout, pre_ln, num_kv_heads, positions, max_len, activation, scan_layers,
-                 remat, attention_impl, dtype, rngs, lowering=PLAIN, embedding=None):
-        self.embed = embedding or TokenEmbedding(vocab_size, d_model, positions=positions,
-                                                 max_len=max_len, dropout=dropout, dtype=dtype,
-                                                 rngs=rngs)
+                 remat, attention_impl, dtype, rngs, lowering=PLAIN, embedding=None,
+                 norm="layer", mlp="plain", use_bias=True, rotary_base=10000.0):
+        # Rotary positions live in attention: the embedding adds none and, with no sinusoid
+        # to balance, is not scaled by sqrt(d_model) (Llama).
+        rotary = positions == "rotary"
+        self.embed = embedding or TokenEmbedding(
+            vocab_size, d_model, positions=None if rotary else positions, scale=not rotary,
+            max_len=max_len, dropout=dropout, dtype=dtype, rngs=rngs)
         make = lambda r: TransformerLayer(
             d_model, num_heads, d_ff, cross_attention=cross_attention, dropout=dropout,
             pre_ln=pre_ln, num_kv_heads=num_kv_heads, activation=activation,
-            attention_impl=attention_impl, dtype=dtype, lowering=lowering, rngs=r)
+            attention_impl=attention_impl, norm=norm, mlp=mlp, use_bias=use_bias,
+            rotary_base=rotary_base if rotary else None, dtype=dtype, lowering=lowering, rngs=r)
         self.layers = make_layers(num_layers, scan_layers, make, rngs)
         self.unroll = lowering.scan_unroll(num_layers)
-        self.final_norm = LayerNorm(d_model, dtype=dtype, rngs=rngs) if pre_ln else None
+        self.final_norm = Norm(norm, d_model, dtype=dtype, rngs=rngs) if pre_ln else None
         self.num_layers, self.scan_layers, self.remat = num_layers, scan_layers, remat
+        self.rotary = rotary
 
     def __call__(self, tokens, *, positions=None, train=False, rngs=None, cache=None, **kwargs):
         x = self.embed(tokens, positions=positions, train=train, rngs=rngs)
+        if self.rotary:
+            kwargs["positions"] = positions
         x, cache = run_layers(self.layers, x, num_layers=self.num_layers, scan=self.scan_layers,
                               remat=self.remat, train=train, rngs=rngs, cache=cache,
                               unroll=self.unroll, **kwargs)
@@ -232,13 +274,19 @@ class TransformerLM(nnx.Module):
     def __init__(self, vocab_size: int, *, d_model=256, num_heads=4, num_layers=4, d_ff=None,
                  dropout=0.1, pre_ln=True, num_kv_heads=None, positions="learned", max_len=1024,
                  activation="gelu", tie_output=True, scan_layers=False, remat=False,
-                 attention_impl="auto", dtype=None, lowering: Lowering = PLAIN,
+                 remat_policy=None, attention_impl="auto", norm="layer", mlp="plain",
+                 use_bias=True, rotary_base=10000.0, dtype=None, lowering: Lowering = PLAIN,
                  rngs: nnx.Rngs):
+        """Llama-style: positions="rotary", norm="rms", mlp="swiglu", use_bias=False,
+        tie_output=False, num_kv_heads < num_heads (GQA). `remat_policy` ("none", "full",
+        "dots_saveable") overrides `remat` (True = "full")."""
         self.decoder = _Stack(vocab_size, **_stack_options(
             d_model=d_model, num_heads=num_heads, num_layers=num_layers, d_ff=d_ff,
             cross_attention=False, dropout=dropout, pre_ln=pre_ln, num_kv_heads=num_kv_heads,
             positions=positions, max_len=max_len, activation=activation, scan_layers=scan_layers,
-            remat=remat, attention_impl=attention_impl, dtype=dtype, lowering=lowering, rngs=rngs))
+            remat=remat_policy_of(remat_policy or remat), attention_impl=attention_impl,
+            norm=norm, mlp=mlp, use_bias=use_bias, rotary_base=rotary_base, dtype=dtype,
+            lowering=lowering, rngs=rngs))
         self.output = None if tie_output else Linear(d_model, vocab_size, axes=("embed", "vocab"),
                                                      dtype=dtype, dot_general=lowering.dot_general,
                                                      rngs=rngs)

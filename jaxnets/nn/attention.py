@@ -45,6 +45,7 @@ from jaxnets.kernels.blockwise_attention import blockwise_attention
 from jaxnets.kernels.masks import split_heads_of_mask, structured_mask
 from jaxnets.nn.layers import Linear
 from jaxnets.nn.lowering import PLAIN, Lowering
+from jaxnets.nn.rotary import apply_rotary
 from jaxnets.parallel import sharding
 from jaxnets.parallel.sharding import constrain
 
@@ -87,8 +88,12 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, segment_i
             from jaxnets.kernels.flash_attention import flash_attention as kernel_fn  # delays Pallas + its Triton backend (~0.2 s) to first use
         else:
             from jaxnets.kernels.tpu_attention import tpu_flash_attention as kernel_fn  # delays the TPU Pallas ops (~0.3 s): TPU only
+        # Compiled for the platform the program is for (interpret mode elsewhere, for tests).
+        native = {"pallas": "gpu", "pallas_tpu": "tpu"}[implementation]
+        interpret = sharding.current_platform() != native
         kernel = lambda q, k, v, qs, ks, lens: kernel_fn(
-            q, k, v, causal=causal, q_segment_ids=qs, kv_segment_ids=ks, scale=scale)
+            q, k, v, causal=causal, q_segment_ids=qs, kv_segment_ids=ks, scale=scale,
+            interpret=interpret)
         return per_shard(kernel, q, k, v, q_seg, kv_seg, None)
     if implementation == "cudnn":
         return _cudnn_attention(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg,
@@ -136,8 +141,9 @@ def per_shard(kernel, q, k, v, q_seg, kv_seg, kv_lengths):
 
 
 def choose_implementation(q, k, v, *, mask=None, segment_ids=None) -> str:
-    """The fastest implementation that honours these inputs on the default backend."""
-    backend = jax.default_backend()
+    """The fastest implementation that honours these inputs on the platform the program is
+    for (`sharding.current_platform()`: a TPU slice's when compiled ahead of time for one)."""
+    backend = sharding.current_platform()
     if backend == "tpu":
         from jaxnets.kernels.tpu_attention import supports  # delays the TPU Pallas ops (~0.3 s): TPU only
         return "pallas_tpu" if mask is None and supports(q, k) else "xla"
@@ -289,9 +295,9 @@ def _fold_lengths_into_segments(q, k, q_seg, kv_seg, kv_lengths):
 
 
 def _cudnn_attention(q, k, v, *, causal, mask, q_segment_ids, kv_segment_ids, kv_lengths, scale):
-    if jax.default_backend() != "gpu":
+    if sharding.current_platform() != "gpu":
         raise ValueError("implementation='cudnn' needs an NVIDIA GPU (the default backend is "
-                         f"{jax.default_backend()!r}); use 'blockwise' or 'xla' here.")
+                         f"{sharding.current_platform()!r}); use 'blockwise' or 'xla' here.")
     if q.dtype not in (jnp.bfloat16, jnp.float16):
         raise ValueError(f"implementation='cudnn' takes float16/bfloat16 inputs, got {q.dtype}.")
     if causal and q.shape[1] != k.shape[1]:
@@ -353,11 +359,12 @@ class MultiHeadAttention(nnx.Module):
 
     def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None,
                  head_dim: int | None = None, context_features: int | None = None,
-                 use_bias: bool = True, implementation: str = "auto", dtype=None,
+                 use_bias: bool = True, implementation: str = "auto", rotary_base=None, dtype=None,
                  lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
         self.head_dim = head_dim or d_model // num_heads
         self.implementation = implementation
+        self.rotary_base = rotary_base   # rotate q and k by their positions (nn/rotary.py)
         # Logical axes: projections split by head over "tensor" (Megatron: no communication
         # inside attention), model width over "fsdp".
         dense = lambda i, o, axes: Linear(i, o, axes=axes, use_bias=use_bias, dtype=dtype,
@@ -378,13 +385,22 @@ class MultiHeadAttention(nnx.Module):
         return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
     def __call__(self, x, context=None, *, causal=False, mask=None, segment_ids=None,
-                 kv_lengths=None, kv=None, cache=None, cache_index=None):
+                 kv_lengths=None, kv=None, cache=None, cache_index=None, positions=None):
+        """`positions` ([T] or [B, T]; default arange(T), offset by `cache_index` when
+        decoding) place queries and keys for rotary attention; ignored without it."""
         b, t, _ = x.shape
         q = constrain(self.query(x).reshape(b, t, self.num_heads, self.head_dim),
                       ("batch", None, "heads", None))
         if kv is None:
             kv = self.project_kv(x if context is None else context)
         k, v = kv
+        if self.rotary_base is not None:
+            if context is not None:
+                raise ValueError("Rotary positions are for self-attention (q and k share positions).")
+            if positions is None:
+                positions = jnp.arange(t) + (0 if cache_index is None else cache_index)
+            q = apply_rotary(q, positions, base=self.rotary_base)
+            k = apply_rotary(k, positions, base=self.rotary_base)
         if cache is not None:
             if context is not None or causal or mask is not None:
                 raise ValueError("A KV cache is for causal self-attention: pass only x, cache and "

@@ -88,6 +88,20 @@ def LayerNorm(features: int, *, axis: str | None = "embed", **kw) -> nnx.LayerNo
     return _norm(nnx.LayerNorm, features, axis, **kw)
 
 
+def RMSNorm(features: int, *, axis: str | None = "embed", **kw) -> nnx.RMSNorm:
+    """x / sqrt(mean(x^2) + eps) * scale (Zhang & Sennrich 2019): no centring, no bias."""
+    return nnx.RMSNorm(features, scale_metadata=meta((axis,)), **kw)
+
+
+def Norm(kind: str, features: int, **kw):
+    """"layer" (LayerNorm) or "rms" (RMSNorm) over the model width."""
+    if kind == "layer":
+        return LayerNorm(features, **kw)
+    if kind == "rms":
+        return RMSNorm(features, **kw)
+    raise ValueError(f"norm must be 'layer' or 'rms', got {kind!r}.")
+
+
 def BatchNorm(features: int, *, axis: str | None = "conv_out", **kw) -> nnx.BatchNorm:
     return _norm(nnx.BatchNorm, features, axis, **kw)
 

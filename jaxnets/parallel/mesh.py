@@ -46,14 +46,16 @@ def mesh_shape(axes: dict[str, int], num_devices: int) -> dict[str, int]:
     return dict(zip(names, sizes))
 
 
-def make_mesh(axes: dict[str, int], num_devices: int = 0) -> Mesh:
-    """A mesh over the first `num_devices` devices (0: all) with Auto axis types.
+def make_mesh(axes: dict[str, int], num_devices: int = 0, devices: list | None = None) -> Mesh:
+    """A mesh over the first `num_devices` of `devices` (default jax.devices(); 0: all) with
+    Auto axis types (`jaxnets compile` passes a TPU slice's abstract devices).
 
     Auto (not jax.make_mesh's default Explicit) so that XLA's partitioner places every op from
     the parameter and batch shardings, and custom kernels need shard_map only where they are
     called. `mesh_devices=1` means one device, whatever the axes say (the reference run).
     """
-    devices = jax.devices()
+    every = list(devices) if devices is not None else jax.devices()
+    devices = every
     if num_devices:
         if num_devices > len(devices):
             raise UserError(f"mesh_devices={num_devices} but only {len(devices)} devices are present.")
@@ -62,9 +64,10 @@ def make_mesh(axes: dict[str, int], num_devices: int = 0) -> Mesh:
         axes = {name: 1 for name in axes} or {"data": 1}
     shape = mesh_shape(axes, len(devices))
     types = (jax.sharding.AxisType.Auto,) * len(shape)
-    if len(devices) == len(jax.devices()):
+    if len(devices) == len(every):
         # jax.make_mesh orders devices by their physical topology (ICI rings, hosts).
-        return jax.make_mesh(tuple(shape.values()), tuple(shape), axis_types=types)
+        return jax.make_mesh(tuple(shape.values()), tuple(shape), axis_types=types,
+                             devices=every)
     return Mesh(np.asarray(devices).reshape(tuple(shape.values())), tuple(shape), axis_types=types)
 
 

@@ -98,6 +98,15 @@ def current():
     return mesh, tuple(flax_spmd.get_logical_axis_rules() or DEFAULT_RULES)
 
 
+def current_platform() -> str:
+    """The platform the program being traced is for: the current mesh's devices' ("tpu" while
+    `jaxnets compile` traces for a TPU slice on a CPU host, where `jax.default_backend()` stays
+    "cpu"), else JAX's default backend. Kernels are chosen by it."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
 def mesh_axes_of(name: str) -> tuple[str, ...]:
     """The mesh axes (of size > 1) a logical name maps to in the current context."""
     mesh, rules = current()
@@ -177,16 +186,23 @@ def shard_count(mesh, spec: P) -> int:
                      for e in spec if e is not None)
 
 
-def format_layout(mesh: Mesh, rows: list[dict]) -> str:
-    """The table `jaxnets train --print_layout` prints: where every array of the state lives."""
-    lines = [f"mesh {dict(mesh.shape)} over {mesh.size} devices"]
-    width = max(len(r["path"]) for r in rows)
+def layout_bytes(mesh: Mesh, rows: list[dict]) -> tuple[int, int]:
+    """(global bytes, bytes per device) of a `state_layout`: what `mesh.state_bytes` reads from
+    the allocated arrays, known before anything is allocated (a PRNG key counts 8 data bytes)."""
     total = per_device = 0
     for r in rows:
         itemsize = np.dtype(r["dtype"]).itemsize if r["dtype"] and "key" not in r["dtype"] else 8
         nbytes = math.prod(r["shape"]) * itemsize
-        split = shard_count(mesh, r["spec"])
-        total, per_device = total + nbytes, per_device + nbytes // split
+        total, per_device = total + nbytes, per_device + nbytes // shard_count(mesh, r["spec"])
+    return total, per_device
+
+
+def format_layout(mesh: Mesh, rows: list[dict]) -> str:
+    """The table `jaxnets train --print_layout` prints: where every array of the state lives."""
+    lines = [f"mesh {dict(mesh.shape)} over {mesh.size} devices"]
+    width = max(len(r["path"]) for r in rows)
+    total, per_device = layout_bytes(mesh, rows)
+    for r in rows:
         names = "(" + ", ".join(str(n) for n in r["names"]) + ")" if r["names"] else "-"
         spec = "P(" + ", ".join(repr(e) for e in r["spec"]) + ")"
         note = ("   !! " + "; ".join(r["notes"])) if r["notes"] else ""

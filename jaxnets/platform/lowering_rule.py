@@ -22,6 +22,7 @@ import jax
 from jaxnets.errors import UserError
 from jaxnets.kernels import native
 from jaxnets.nn.lowering import ConvLowering, Lowering
+from jaxnets.parallel.sharding import current_platform
 from jaxnets.platform import kernel_table
 from jaxnets.platform.devices import single_threaded_cpu
 
@@ -37,13 +38,14 @@ MODES = ("auto", "plain")
 
 
 def lowering_for(platform_config=None, backend: str | None = None) -> Lowering:
-    """The `Lowering` for `backend` (default: JAX's default backend) under `platform_config`
+    """The `Lowering` for `backend` (default: the current mesh's platform, a TPU slice's when
+    the trainer builds for `jaxnets compile`, else JAX's default backend) under `platform_config`
     (a run's `config.platform`: {"lowering": "auto" | "plain", "kernel_table": path or ""})."""
     settings = dict(platform_config or {})
     mode = settings.get("lowering", "auto")
     if mode not in MODES:
         raise UserError(f"platform.lowering must be one of {MODES}, got {mode!r}.")
-    backend = backend or jax.default_backend()
+    backend = backend or current_platform()
     if mode == "plain" or backend != "cpu":
         return Lowering()
     table = kernel_table.load(settings.get("kernel_table") or "")

@@ -14,6 +14,7 @@ import os
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -65,6 +66,8 @@ class Checkpointer:
     def __init__(self, workdir: str, keep: int, read_only: bool = False):
         self.directory = storage.join(workdir, "checkpoints")   # local (absolute), gs:// or s3://
         self.read_only = read_only
+        if storage.is_remote(self.directory) and not read_only and jax.process_index() == 0:
+            self._remove_unfinished_saves()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -74,6 +77,16 @@ class Checkpointer:
             item_names=("state", "meta"),
         )
         self._unsealed: set[int] = set()   # saved by this run, file sizes not yet recorded
+
+    def _remove_unfinished_saves(self) -> None:
+        """An object store has no atomic rename: a save cut short leaves objects under STEP/
+        without commit_success.txt. They are removed before resuming, so the step is saved anew
+        instead of over objects TensorStore would update conditionally (which a local GCS
+        emulator cannot serve: its downloads carry no x-goog-generation header)."""
+        for name in storage.listdir(self.directory):
+            part = storage.join(self.directory, name)
+            if name.isdigit() and not storage.exists(storage.join(part, "commit_success.txt")):
+                storage.remove_tree(part)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -211,13 +224,56 @@ class _storage_errors:
 
 
 def param_digest(params_pure: dict) -> str:
-    """sha256 over every parameter array (path, dtype, shape, bytes) in sorted path order."""
+    """A sha256 hex digest of every parameter array, the same on any topology, with nothing
+    gathered: each array is reduced on its devices (`_array_lanes`) to 4 words that depend on
+    every element's bits and global position, and only those words reach the host, where
+    they are hashed with the arrays' paths, dtypes and shapes in sorted path order."""
+    items = list(_leaf_items(params_pure))
+    arrays = [x if isinstance(x, jax.Array) else jnp.asarray(x) for _, x in items]
+    lanes = [np.asarray(_array_lanes(x)) for x in arrays]
     h = hashlib.sha256()
-    for path, x in _leaf_items(params_pure):
-        arr = np.asarray(jax.device_get(x))
-        h.update(f"{path}:{arr.dtype}:{arr.shape}".encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
+    for (path, _), x, words in zip(items, arrays, lanes):
+        h.update(f"{path}:{np.dtype(x.dtype)}:{tuple(x.shape)}".encode())
+        h.update(words.astype("<u4").tobytes())
     return h.hexdigest()
+
+
+_LANE_SEEDS = (0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F)
+
+
+def _fmix32(x):
+    """MurmurHash3's 32-bit finaliser: every input bit flips each output bit with p ~ 1/2."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _element_bits(x):
+    """uint32 words holding each element's exact bits (8-byte types: two words each)."""
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    size = np.dtype(x.dtype).itemsize
+    if size == 4 or size == 8:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16}[size]).astype(jnp.uint32)
+
+
+@jax.jit
+def _array_lanes(x):
+    """4 uint32 sums over elements of mix(bits, global index): wrap-around integer sums do not
+    depend on the order XLA adds the shards in, so every sharding gives the same words, and
+    the output is 16 bytes (replicated): no device or host ever holds another's shard."""
+    bits = _element_bits(x)
+    index = jnp.zeros(bits.shape, jnp.uint32)
+    stride = 1
+    for d in reversed(range(bits.ndim)):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, d) * jnp.uint32(stride)
+        stride = (stride * bits.shape[d]) % (1 << 32)
+    return jnp.stack([jnp.sum(_fmix32(bits ^ _fmix32(index * jnp.uint32(seed) + jnp.uint32(k))),
+                              dtype=jnp.uint32)
+                      for k, seed in enumerate(_LANE_SEEDS)])
 
 
 def write_json(path: str, obj) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -23,10 +24,12 @@ from jax.experimental import multihost_utils
 from jaxnets import storage
 from jaxnets.config import validate_config
 from jaxnets.data import load_dataset
-from jaxnets.data.pipeline import TrainIterator, eval_batches
+from jaxnets.data.pipeline import TrainIterator, eval_batches, read_records
+from jaxnets.data.source import as_source
 from jaxnets.data.memory import host_rss_peak_kib
 from jaxnets.errors import UserError
 from jaxnets.evaluators import EvalContext, build_evaluators
+from jaxnets.parallel import chips
 from jaxnets.parallel import mesh as meshlib
 from jaxnets.parallel import sharding
 from jaxnets.parallel.sharding import axis_rules
@@ -56,20 +59,24 @@ class Trainer:
     """Builds everything from a config; `run()` trains, evaluates, checkpoints and reports."""
 
     def __init__(self, config, workdir: str | None, *, layout_only: bool = False,
-                 read_only: bool = False):
-        """`layout_only`: stop after the abstract state and its shardings (for `--print_layout`):
-        nothing is allocated, no workdir is needed. `read_only`: for the commands on a trained
-        workdir: no lock is taken, nothing under checkpoints/ is created, renamed or saved."""
+                 read_only: bool = False, devices: list | None = None):
+        """`layout_only`: build the abstract state, its shardings and the jitted steps, and
+        allocate nothing (for `--print_layout` and `jaxnets compile`, which lowers the very
+        step `run()` would call); no workdir is needed. `read_only`: for the commands on a
+        trained workdir: no lock is taken, nothing under checkpoints/ is created, renamed or
+        saved. `devices`: what the mesh spans (default `jax.devices()`); `jaxnets compile`
+        passes a target topology's abstract devices."""
         self.config, self.workdir, self.read_only = config, workdir, read_only
         validate_config(config)
         if not layout_only and not read_only:
             check_workdir(workdir)
-        self.joined = meshlib.maybe_initialize_distributed()
+        # A target topology's devices belong to no job this process could join.
+        self.joined = meshlib.maybe_initialize_distributed() if devices is None else "abstract"
         self.is_main = jax.process_index() == 0
         # One writer per workdir, taken before any real work so a second run stops in seconds.
         self.lock = None if layout_only or read_only else workdir_lock.lock_for_job(workdir)
         try:
-            self._setup(config, layout_only)
+            self._setup(config, layout_only, devices)
         except BaseException:
             self.release_lock()
             raise
@@ -79,8 +86,8 @@ class Trainer:
             self.lock.release()
             self.lock = None
 
-    def _setup(self, config, layout_only: bool) -> None:
-        self.mesh = meshlib.make_mesh(dict(config.mesh), config.mesh_devices)
+    def _setup(self, config, layout_only: bool, devices) -> None:
+        self.mesh = meshlib.make_mesh(dict(config.mesh), config.mesh_devices, devices=devices)
         self.rules = tuple(config.sharding_rules)
         meshlib.check_input_feed(self.mesh, self.rules)   # every process reads its own share
         dp = sharding.data_parallel_size(self.mesh, self.rules)
@@ -105,15 +112,15 @@ class Trainer:
         self.evaluators = [] if layout_only else build_evaluators(config, self.task, self.dataset)
         self.optimizers = OptimizerFactory(config)
         self._build_state(allocate=not layout_only)
-        if not layout_only:
-            self._compile_steps()
+        self._compile_steps()   # jax.jit objects only: nothing is traced or compiled yet
 
     # ---------------------------------------------------------------- state and shardings
     def _build_state(self, allocate: bool = True) -> None:
         build = lambda: self.task.build(nnx.Rngs(self.config.seed), self.optimizers)
         # Logical names are resolved by our rules (with divisibility fallbacks, in
-        # sharding.state_layout), never by flax's eager sharding.
-        with nnx.use_eager_sharding(False):
+        # sharding.state_layout), never by flax's eager sharding. Built under the mesh, so the
+        # layer choices (`lowering_for`) are those of the mesh's platform.
+        with nnx.use_eager_sharding(False), axis_rules(self.mesh, self.rules):
             abstract = nnx.eval_shape(build)
         self.graphdef, abstract_state = nnx.split(abstract)
         self.abstract_state = abstract_state
@@ -126,6 +133,20 @@ class Trainer:
         with nnx.use_eager_sharding(False):
             # Initialise directly into the target shardings: no host copy of the parameters.
             self.state = jax.jit(lambda: nnx.split(build())[1], out_shardings=self.state_sharding)()
+
+    def abstract_step_args(self) -> tuple:
+        """(state, batch, step) of one train step as `jax.ShapeDtypeStruct`s carrying the
+        shardings the step takes: `jit_train_step.lower(*these)` needs no allocated array."""
+        state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                             self.abstract_state, self.state_sharding)
+        # One record read and transformed as training reads it: the batch's fields and shapes.
+        source = as_source(self.dataset.splits[self.config.data.train_split])
+        one = read_records(source, np.zeros(1, np.int64), self.dataset.train_transform, [[0, 0]])
+        batch = {key: jax.ShapeDtypeStruct((self.config.data.batch_size,) + np.shape(v)[1:],
+                                           np.asarray(v).dtype, sharding=self.batch_sharding)
+                 for key, v in one.items()}
+        step = jax.ShapeDtypeStruct((), jnp.int32, sharding=self.replicated)
+        return state, batch, step
 
     def layout_table(self) -> str:
         return sharding.format_layout(self.mesh, self.layout)
@@ -179,10 +200,9 @@ class Trainer:
         return self.task.summarize(jax.device_get(totals))
 
     def param_digest(self) -> str:
-        params = nnx.to_pure_dict(nnx.state(self.module(), nnx.Param))
-        if jax.process_count() > 1:
-            params = multihost_utils.process_allgather(params, tiled=True)
-        return ckpt.param_digest(params)
+        """final.json's digest of the parameters, reduced where they live (every process calls
+        it; nothing is gathered): equal for equal parameters on any mesh or process count."""
+        return ckpt.param_digest(nnx.to_pure_dict(nnx.state(self.module(), nnx.Param)))
 
     # ---------------------------------------------------------------- checkpoints
     def _meta(self, step: int) -> dict:
@@ -337,24 +357,19 @@ class Trainer:
             best.close()
 
     def report(self) -> dict[str, Any]:
-        """`task.report` (sampling, decoding, judges, plots) on process 0, on a host copy.
+        """`task.report` (sampling, decoding, judges, plots) on every process, on the sharded state.
 
-        With several processes the state is a global array that no single process may compute
-        on alone; every process joins one all-gather, process 0 runs the report on its first
-        local device (files are written once), and the others wait at a barrier.
+        Nothing is gathered: the report's programs run on the state where it lives, as one SPMD
+        program over all processes (so every process must run them). Process 0 writes into the
+        workdir; the others write the same files into a scratch folder that is then deleted,
+        and return nothing (logs and final.json come from process 0).
         """
         if jax.process_count() == 1:
             return self.task.report(self.module(), self.workdir) or {}
-        saveable = ckpt.to_saveable(nnx.to_pure_dict(self.state))
-        host = multihost_utils.process_allgather(saveable, tiled=True)
-        report = {}
-        if self.is_main:
-            local = jax.device_put(host, jax.local_devices()[0])
-            state = jax.tree.map(lambda x: x, self.state)   # same structure, values replaced below
-            nnx.replace_by_pure_dict(state, ckpt.from_saveable(local, nnx.to_pure_dict(self.state)))
-            report = self.task.report(nnx.merge(self.graphdef, state), self.workdir) or {}
-        multihost_utils.sync_global_devices("jaxnets report")
-        return report   # empty on the other processes: logs and final.json come from process 0
+        with tempfile.TemporaryDirectory(prefix="jaxnets-report-") as scratch:
+            report = self.task.report(self.module(), self.workdir if self.is_main else scratch) or {}
+            multihost_utils.sync_global_devices("jaxnets report")
+        return report if self.is_main else {}
 
     def run_evaluators(self, step: int, evaluators) -> dict[str, Any]:
         """The evaluators' metrics at `step`, on the sharded state; every process runs them."""
@@ -394,13 +409,9 @@ class Trainer:
 
 
 # Dense bf16 peak FLOP/s per chip, for model FLOP utilisation (train/mfu).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
-              "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6e": 918e12}
-
-
 def peak_flops_per_device() -> float | None:
-    kind = jax.devices()[0].device_kind
-    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+    """Dense bf16 peak FLOP/s of this process's device (jaxnets.parallel.chips), for train/mfu."""
+    return chips.peak_flops(jax.devices()[0].device_kind)
 
 
 def _scalars(metrics: dict) -> dict:
