@@ -63,6 +63,11 @@ def join(path, *parts) -> str:
 
 
 def exists(path) -> bool:
+    if is_remote(path):   # fresh, not fsspec's cached listing: other processes write there too
+        honour_emulator()
+        fs, where = fsspec.core.url_to_fs(str(path))
+        fs.invalidate_cache()
+        return fs.exists(where)
     return resolve(path).exists()
 
 
