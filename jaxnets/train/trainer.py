@@ -203,11 +203,11 @@ class Trainer:
     def param_digest(self) -> str:
         """final.json's digest of the parameters, reduced where they live (every process calls
         it; nothing is gathered): equal for equal parameters on any mesh or process count."""
-        return ckpt.param_digest(nnx.state(self.module(), nnx.Param).to_pure_dict())
+        return ckpt.param_digest(nnx.to_pure_dict(nnx.state(self.module(), nnx.Param)))
 
     # ---------------------------------------------------------------- checkpoints
     def _meta(self, step: int) -> dict:
-        pure = self.state.to_pure_dict()
+        pure = nnx.to_pure_dict(self.state)
         return {"step": step, "seed": self.config.seed, "signature": ckpt.signature(pure),
                 "layout": ckpt.describe(pure),
                 "data": {"step": step, **resume.data_description(
@@ -217,7 +217,7 @@ class Trainer:
 
     def restore_latest(self, checkpointer: ckpt.Checkpointer) -> int:
         """Restore the newest readable checkpoint (older ones if newer are corrupt); 0 if none."""
-        pure = self.state.to_pure_dict()
+        pure = nnx.to_pure_dict(self.state)
         found = resume.restore_newest_good(
             checkpointer, pure, ckpt.signature(pure), log=lambda m: print(m, flush=True),
             read_only=self.read_only,
@@ -267,7 +267,7 @@ class Trainer:
             while step < total and not best.stopped:
                 if preempted(step):
                     if checkpointer.latest_step() != step:
-                        checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=True)
+                        checkpointer.save(step, nnx.to_pure_dict(self.state), self._meta(step), force=True)
                     checkpointer.wait()
                     print(f"Stop requested (SIGTERM/SIGINT): saved checkpoint at step {step} in {checkpointer.directory}"
                           f"{' (all processes agreed on this step)' if preempted.distributed else ''}; "
@@ -304,7 +304,7 @@ class Trainer:
                     writer.write(step, logged)
                     if monitor.diverged and checkpointer.latest_step() != step:
                         # The skipped updates changed nothing: this is the last finite state.
-                        checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=True)
+                        checkpointer.save(step, nnx.to_pure_dict(self.state), self._meta(step), force=True)
                     monitor.raise_if_diverged()   # exit 3
                     progress.update(step, {k.split("/")[-1]: v for k, v in logged.items()
                                            if k in ("train/loss", "train/steps_per_sec")})
@@ -315,7 +315,7 @@ class Trainer:
                     if progress.bar is None and self.is_main:
                         train_loss = {k: v for k, v in logged.items() if k == "train/loss"}
                         log_line(step, total, {**eval_metrics, **train_loss}, t_start)
-                    best.observe(step, eval_metrics, self.state.to_pure_dict, self._meta)
+                    best.observe(step, eval_metrics, lambda: nnx.to_pure_dict(self.state), self._meta)
                     t0 = time.time()
                 due = [e for e in self.evaluators if e.due(step) and step < total]
                 if due:
@@ -324,7 +324,7 @@ class Trainer:
                     eval_metrics.update(evaluated)
                     t0 = time.time()
                 if step % c.train.checkpoint_every == 0 or step == total or best.stopped:
-                    checkpointer.save(step, self.state.to_pure_dict(), self._meta(step),
+                    checkpointer.save(step, nnx.to_pure_dict(self.state), self._meta(step),
                                       force=step == total or best.stopped)
             checkpointer.wait()
             data.close()   # worker processes end here: their peak memory is then measurable
