@@ -17,6 +17,7 @@ credentials are configured, since an emulator checks none.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import fsspec
@@ -62,6 +63,11 @@ def join(path, *parts) -> str:
 
 
 def exists(path) -> bool:
+    if is_remote(path):   # fresh, not fsspec's cached listing: other processes write there too
+        honour_emulator()
+        fs, where = fsspec.core.url_to_fs(str(path))
+        fs.invalidate_cache()
+        return fs.exists(where)
     return resolve(path).exists()
 
 
@@ -75,6 +81,13 @@ def makedirs(path) -> None:
 
 def listdir(path) -> list[str]:
     p = resolve(path)
+    if is_remote(p):   # a fresh listing, not a cached one: other processes write there too
+        fs, where = fsspec.core.url_to_fs(str(p))
+        fs.invalidate_cache()
+        try:
+            return sorted({os.path.basename(x.rstrip("/")) for x in fs.ls(where, detail=False)})
+        except FileNotFoundError:
+            return []
     return sorted(child.name for child in p.iterdir()) if p.is_dir() else []
 
 
@@ -88,6 +101,20 @@ def read_bytes(path) -> bytes:
 
 def remove(path) -> None:
     resolve(path).unlink()
+
+
+def remove_tree(path) -> None:
+    """A folder and everything under it (on object stores: every object under the prefix)."""
+    if not is_remote(path):
+        shutil.rmtree(str(resolve(path)), ignore_errors=True)
+        return
+    honour_emulator()
+    fs, where = fsspec.core.url_to_fs(str(path))
+    try:
+        fs.rm(where, recursive=True)
+    except FileNotFoundError:   # gcsfs: the objects are gone, the folder was only a prefix
+        pass
+    fs.invalidate_cache()
 
 
 def file_sizes(directory) -> dict[str, int]:

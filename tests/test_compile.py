@@ -93,3 +93,15 @@ def test_tpu_target_through_the_cli(capsys):
     peak_s = report["flops_per_step"] / 8 / report["peak_flops_per_device"]
     assert report["step_time_lower_bound_s"] >= peak_s
     assert 0 < report["mfu_upper_bound"] <= 1
+
+
+def test_a_step_the_compiler_refuses_for_hbm_is_a_fits_false_verdict():
+    from jaxnets.parallel import compile as aot
+    # The TPU compiler's own message (7B, data=8 on v5p-8), as jax raises it.
+    message = ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total "
+               "memory required for HLO temporaries (161.87G) exceeds available HBM (95.73G). "
+               "HLO module: jit_step.")
+    assert aot.out_of_memory(message) and not aot.out_of_memory("INTERNAL: something else")
+    found = aot._OOM.search(message)
+    assert found.group(1) == "HLO temporaries"
+    assert int(float(found.group(2)) * aot._UNITS[found.group(3)]) == int(161.87 * 2**30)

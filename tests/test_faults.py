@@ -231,7 +231,7 @@ def test_permission_error_exits_2_moves_nothing_and_resumes_later(tmp_path):
 def test_gs_workdir_on_an_emulator_killed_and_resumed(tmp_path):
     if shutil.which("gcp-storage-emulator") is None:
         pytest.skip("gcp-storage-emulator not installed (pip install -e .[dev])")
-    row = cluster.cloud_workdir(str(tmp_path), _lone_digest(tmp_path))
+    row = cluster.cloud_workdir(str(tmp_path))
     assert row["killed"] and row["digest_mismatch"] == 0, row
     assert row["survived"] == 1, row
 

@@ -174,3 +174,17 @@ def test_restore_onto_another_topology(tmp_path):
                   "--config.train.steps=20", "--workdir", str(tmp_path / "procs"))
     assert out.returncode == 0 and "Resumed from" in out.stdout, out.stdout[-3000:]
     assert _final(tmp_path / "procs")["metrics"]["eval/loss"] == pytest.approx(want, rel=1e-3)
+
+
+def test_mesh_the_input_feed_cannot_serve_exits_2(tmp_path):
+    """tensor=4 over 2 processes x 2 devices: each tensor group spans both processes, so devices
+    of two processes would need the same batch rows while each process reads its own share.
+    Refused with the rule (exit 2, one paragraph), not a raw ValueError from JAX."""
+    out = _launch("--processes", "2", "--devices-per-process", "2", "--", "train", *CLASSIFIER,
+                  "--config.mesh.tensor=4", "--config.train.steps=1", "--workdir", str(tmp_path / "w"),
+                  timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr
+    rank0 = [line[4:] for line in out.stdout.splitlines() if line.startswith("[0] ")]
+    message = " ".join(" ".join(rank0).split())
+    assert "tensor spans processes" in message and "must stay within one process" in message, message
+    assert "Traceback" not in out.stdout + out.stderr

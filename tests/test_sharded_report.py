@@ -31,7 +31,7 @@ def test_fsdp_report_gets_shards_and_digest_is_topology_free(tmp_path, monkeypat
     original = LanguageModelTask.report
 
     def recording_report(self, state, workdir):
-        seen["params"] = nnx.state(state, nnx.Param).to_pure_dict()
+        seen["params"] = nnx.to_pure_dict(nnx.state(state, nnx.Param))
         return original(self, state, workdir)
 
     monkeypatch.setattr(LanguageModelTask, "report", recording_report)
@@ -50,7 +50,7 @@ def test_fsdp_report_gets_shards_and_digest_is_topology_free(tmp_path, monkeypat
 
     # The same parameters on one device (a host copy put on device 0) give the same digest.
     one_device = jax.tree.map(lambda x: jax.device_put(np.asarray(x), jax.devices()[0]),
-                              nnx.state(trainer.module(), nnx.Param).to_pure_dict())
+                              nnx.to_pure_dict(nnx.state(trainer.module(), nnx.Param)))
     assert ckpt.param_digest(one_device) == final["param_digest"]
     # A 1-device trainer restoring the fsdp=8 run's checkpoint reports the same digest.
     single = Trainer(config("mesh_devices=1"), str(tmp_path / "fsdp"))

@@ -71,8 +71,8 @@ def test_gradient_accumulation_equals_big_batch(tmp_path):
     a.run()
     b = Trainer(acc, str(tmp_path / "acc"))
     b.run()
-    pa = nnx.state(a.module().model, nnx.Param).to_pure_dict()
-    pb = nnx.state(b.module().model, nnx.Param).to_pure_dict()
+    pa = nnx.to_pure_dict(nnx.state(a.module().model, nnx.Param))
+    pb = nnx.to_pure_dict(nnx.state(b.module().model, nnx.Param))
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), pa, pb)
 
 
@@ -122,5 +122,5 @@ def test_bfloat16_compute_keeps_float32_params(tmp_path):
     trainer.run()
     losses = _losses(tmp_path)
     assert np.all(np.isfinite(losses)) and losses[-5:].mean() < losses[:5].mean()
-    params = nnx.state(trainer.module().model, nnx.Param).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(trainer.module().model, nnx.Param))
     assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype("float32")}

@@ -234,7 +234,13 @@ def main() -> None:
         paper += on_paper(size, abstract_state(size))
     write_report(measured, paper)
     from benchmarks.common import report
-    report("scaling", measured + paper)
+    from benchmarks.speed.scaling_compiled import load_rows
+    # Rows from the compiler (`python -m benchmarks.scaling_compiled` stores them: minutes per
+    # row on a CPU host), beside the on-paper ones they check.
+    compiled = [{"name": f"compiled-{r['model']}-{r['layout']}-{r['devices']}", **r}
+                for r in load_rows() if "params" in r]
+    report("scaling", [{**r, "source": "measured"} for r in measured]
+           + [{**r, "source": "paper"} for r in paper] + compiled)
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def _load_params(model: nnx.Module, judge_dir: str) -> None:
                         f"{str(e)[:200]}); retrain it: remove {judge_dir!r} and run again.") from e
     by_path = {_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(saved["model"])[0]}
     params = nnx.state(model, nnx.Param)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params.to_pure_dict())
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(params))
     missing = [_path(p) for p, _ in leaves if _path(p) not in by_path]
     if missing:
         raise UserError(f"The image judge's checkpoint {where} lacks {missing[:3]}: it holds "

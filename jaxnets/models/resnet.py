@@ -20,7 +20,7 @@ the parameter-free option-A map so shapes still fit. `skip_blocks` may also be a
 length `model.num_blocks` (1 = delete), so one compiled function evaluates every lesion.
 
 Speed on CPU: `lowering` (a `jaxnets.nn.lowering.Lowering`, chosen per backend by
-jaxnets.platform and passed in by the task) sends 3x3 convolutions through
+the platform layer and passed in by the task) sends 3x3 convolutions through
 `jaxnets.nn.conv.conv3x3` (16-channel layers folded into 32-channel ones, which XLA:CPU computes
 1.5x faster; filter gradients in a native kernel, ~2x XLA's) and every convolution input
 through `materialize` (a fusion barrier). The default `Lowering()` is plain XLA (GPU/TPU).

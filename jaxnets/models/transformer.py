@@ -14,7 +14,7 @@ position-wise feed-forward block, each wrapped in a residual connection with Lay
 (pre-LN, default: stable without warm-up tricks) or after (post-LN, as in the paper).
 `scan_layers=True` stores the layers' parameters stacked and runs them with one lax.scan
 (one compiled layer, fast compiles for deep stacks; `lowering.unroll_layers` unrolls short
-stacks, as jaxnets.platform asks on CPU); `remat=True` recomputes each layer's
+stacks, as the platform layer asks on CPU); `remat=True` recomputes each layer's
 activations in the backward pass (jax.checkpoint) to trade compute for memory.
 Source padding (`pad_id`) is masked through segment ids, which every attention
 implementation honours, including the fused kernel. Decoding: decoding.py.

@@ -81,15 +81,16 @@ class TextEncoder(nnx.Module):
     """Token + learned position embeddings, pre-LN Transformer blocks, LayerNorm'd [CLS] output."""
 
     def __init__(self, vocab_size: int, dim: int = 64, num_layers: int = 2, num_heads: int = 4,
-                 max_len: int = 8, *, dtype=None, rngs: nnx.Rngs):
+                 max_len: int = 8, *, dtype=None, lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         self.tokens = Embed(vocab_size, dim, dtype=dtype, rngs=rngs)
         self.positions = Param(0.02 * jax.random.normal(rngs.params(), (max_len, dim)), (None, "embed"))
         self.attn_norms = nnx.List([LayerNorm(dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
-        self.attns = nnx.List([MultiHeadAttention(dim, num_heads, dtype=dtype, rngs=rngs)
+        self.attns = nnx.List([MultiHeadAttention(dim, num_heads, dtype=dtype, lowering=lowering, rngs=rngs)
                                for _ in range(num_layers)])
         self.mlp_norms = nnx.List([LayerNorm(dim, dtype=dtype, rngs=rngs) for _ in range(num_layers)])
-        self.mlps_in = nnx.List([Linear(dim, 4 * dim, axes=("embed", "mlp"), dtype=dtype, rngs=rngs) for _ in range(num_layers)])
-        self.mlps_out = nnx.List([Linear(4 * dim, dim, axes=("mlp", "embed"), dtype=dtype, rngs=rngs) for _ in range(num_layers)])
+        dense = lambda i, o, axes: Linear(i, o, axes=axes, dtype=dtype, dot_general=lowering.dot_general, rngs=rngs)
+        self.mlps_in = nnx.List([dense(dim, 4 * dim, ("embed", "mlp")) for _ in range(num_layers)])
+        self.mlps_out = nnx.List([dense(4 * dim, dim, ("mlp", "embed")) for _ in range(num_layers)])
         self.final_norm = LayerNorm(dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, token_ids: jax.Array) -> jax.Array:
@@ -137,9 +138,10 @@ class ResBlock(nnx.Module):
 
 
 class SelfAttention2D(nnx.Module):
-    def __init__(self, ch: int, num_heads: int = 4, groups: int = 8, *, dtype=None, rngs: nnx.Rngs):
+    def __init__(self, ch: int, num_heads: int = 4, groups: int = 8, *, dtype=None,
+                 lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         self.norm = GroupNorm(ch, num_groups=min(groups, ch), dtype=dtype, rngs=rngs)
-        self.attn = MultiHeadAttention(ch, num_heads, dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(ch, num_heads, dtype=dtype, lowering=lowering, rngs=rngs)
 
     def __call__(self, x):
         b, h, w, c = x.shape
@@ -152,9 +154,10 @@ class CrossAttention2D(nnx.Module):
     the GroupNorm'd feature map, keys/values from the text encoder, [PAD] tokens masked."""
 
     def __init__(self, ch: int, context_dim: int, num_heads: int = 4, groups: int = 8, *,
-                 dtype=None, rngs: nnx.Rngs):
+                 dtype=None, lowering: Lowering = PLAIN, rngs: nnx.Rngs):
         self.norm = GroupNorm(ch, num_groups=min(groups, ch), dtype=dtype, rngs=rngs)
-        self.attn = MultiHeadAttention(ch, num_heads, context_features=context_dim, dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(ch, num_heads, context_features=context_dim, dtype=dtype,
+                                       lowering=lowering, rngs=rngs)
 
     def __call__(self, x, context, lengths):
         b, h, w, c = x.shape
@@ -194,7 +197,8 @@ class UNet(nnx.Module):
             self.cond_embed = Embed(num_classes + 1, emb_dim, dtype=dtype, rngs=rngs)
         elif conditioning == "text":
             self.text_encoder = TextEncoder(self.tokenizer.vocab_size, text_dim, text_layers,
-                                            max_len=self.tokenizer.max_len, dtype=dtype, rngs=rngs)
+                                            max_len=self.tokenizer.max_len, dtype=dtype,
+                                            lowering=lowering, rngs=rngs)
             if not self.cross:
                 self.cond_embed = Linear(text_dim, emb_dim, axes=("embed", None), dtype=dtype, rngs=rngs)
             self.word_embed = (Embed(self.tokenizer.vocab_size, emb_dim, dtype=dtype, rngs=rngs)
@@ -206,15 +210,16 @@ class UNet(nnx.Module):
         self.downsample = nnx.List([conv3x3(c_, c_, strides=2, dtype=dtype, lowering=lowering, rngs=rngs)
                                     for c_ in chs[:-1]])
         self.mid1 = ResBlock(chs[-1], chs[-1], emb_dim, dtype=dtype, lowering=lowering, rngs=rngs)
-        self.mid_attn = SelfAttention2D(chs[-1], dtype=dtype, rngs=rngs) if attention else None
+        self.mid_attn = SelfAttention2D(chs[-1], dtype=dtype, lowering=lowering, rngs=rngs) if attention else None
         self.mid2 = ResBlock(chs[-1], chs[-1], emb_dim, dtype=dtype, lowering=lowering, rngs=rngs)
         ups_in = [chs[-1], *chs[:0:-1]]            # channels arriving at each level, top-down
         self.up = nnx.List([ResBlock(a + b, b, emb_dim, dtype=dtype, lowering=lowering, rngs=rngs)
                             for a, b in zip(ups_in, chs[::-1])])
         self.upsample = nnx.List([conv3x3(c_, c_, dtype=dtype, lowering=lowering, rngs=rngs) for c_ in chs[:0:-1]])
         if self.cross:
-            self.cross_mid = CrossAttention2D(chs[-1], text_dim, dtype=dtype, rngs=rngs)
-            self.cross_up = nnx.List([CrossAttention2D(b, text_dim, dtype=dtype, rngs=rngs) for b in chs[::-1]])
+            self.cross_mid = CrossAttention2D(chs[-1], text_dim, dtype=dtype, lowering=lowering, rngs=rngs)
+            self.cross_up = nnx.List([CrossAttention2D(b, text_dim, dtype=dtype, lowering=lowering, rngs=rngs)
+                                      for b in chs[::-1]])
         self.norm_out = GroupNorm(channels, num_groups=min(8, channels), dtype=dtype, rngs=rngs)
         self.conv_out = conv3x3(channels, c, kernel_init=nnx.initializers.zeros,
                                  dtype=dtype, lowering=lowering, rngs=rngs)

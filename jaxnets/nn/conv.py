@@ -9,7 +9,7 @@ exposes). Every case but one goes straight to lax. The exception: a 3x3, stride-
 "same"-padded NHWC convolution (`conv3x3`, with its own VJP). Two things change there:
 
 1. Narrow layers (at most 16 input channels, even width) are folded where `ConvLowering.fold`
-   says (jaxnets.platform sets it on single-threaded CPU devices; see `_foldable`). XLA:CPU hands them to
+   says (the platform layer sets it on single-threaded CPU devices; see `_foldable`). XLA:CPU hands them to
    Eigen, while with 32 channels the same convolution runs on YNNPACK at more than twice the
    FLOP rate. So pairs of neighbouring columns go into channels and the folded image is
    convolved instead:
@@ -60,7 +60,7 @@ def materialize(x):
     The cotangent passes straight through, with no barrier of its own: with the native filter
     gradient, a barrier there too measured slower. Figures: docs/cpu_choices.md.
 
-    Whether a model calls it is its `Lowering.fusion_barriers` (jaxnets.platform: CPU only).
+    Whether a model calls it is its `Lowering.fusion_barriers` (the platform layer: CPU only).
     """
     return _barrier(x)
 
@@ -112,7 +112,7 @@ def _direct(x, w, precision):
 
 def _foldable(channels, width, fold):
     """Fold this input? Only where `fold` (ConvLowering.fold) asks and the shape allows.
-    jaxnets.platform asks on single-threaded XLA:CPU devices (as resnet_cifar runs). With one
+    The platform layer asks on single-threaded XLA:CPU devices (as resnet_cifar runs). With one
     multi-threaded device Eigen's threading of the narrow layers wins (docs/cpu_choices.md)."""
     return bool(fold) and channels <= FOLD_MAX_CHANNELS and width % 2 == 0
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -118,6 +119,48 @@ def analyse(trainer, target: Target, compiled, text: str,
     return report
 
 
+_OOM = re.compile(r"memory required for ([\w ]+?) \(([\d.]+)([KMGT]?)\) exceeds available HBM "
+                  r"\(([\d.]+)([KMGT]?)\)")
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def out_of_memory(message: str) -> bool:
+    return "RESOURCE_EXHAUSTED" in message and ("HbmOom" in message or "Ran out of memory" in message)
+
+
+def analyse_out_of_memory(trainer, target: Target, message: str,
+                          timings: dict | None = None) -> dict[str, Any]:
+    """The report of a step the compiler refused for want of HBM: `fits` false, the state's
+    bytes from its layout and what the compiler said it needed (`compiler_required_bytes`)."""
+    mesh, config = trainer.mesh, trainer.config
+    state_total, state_per_device = sharding.layout_bytes(mesh, trainer.layout)
+    found = _OOM.search(message)
+    required = int(float(found.group(2)) * _UNITS[found.group(3)]) if found else None
+    chip = target.chip
+    report = {
+        "target": target.text, "platform": target.platform,
+        "device_kind": compiled_device_kind(mesh), "devices": int(mesh.size),
+        "mesh": {k: int(v) for k, v in mesh.shape.items()},
+        "params": int(sum(r["size"] for r in _param_rows(trainer))),
+        "state_bytes": int(state_total), "state_bytes_per_device": int(state_per_device),
+        # Unknown past the point the compiler stopped; the total is at least its requirement
+        # (temporaries) plus the state the step takes as its argument.
+        "bytes_per_device": {"arguments": None, "outputs": None, "aliased": None,
+                             "temporaries": required, "code": None,
+                             "total": (required or 0) + int(state_per_device)},
+        "device_memory_bytes": int(chip.hbm_bytes if chip else _host_memory_bytes()),
+        "fits": False, "batch_size": int(config.data.batch_size),
+        "flops_per_step": None, "flops_per_example": None,
+        "collectives": {k: {"count": None, "bytes": None} for k in hlo.KINDS},
+        "step_time_lower_bound_s": None, "mfu_upper_bound": None,
+        "compiler_error": message.strip().splitlines()[0][:400],
+        "compiler_required_bytes": required,
+    }
+    if timings:
+        report.update({k: round(v, 3) for k, v in timings.items()})
+    return report
+
+
 def compiled_device_kind(mesh) -> str:
     return str(mesh.devices.flat[0].device_kind)
 
@@ -150,6 +193,11 @@ def _host_memory_bytes() -> int:
 def format_report(r: dict[str, Any]) -> str:
     gib = lambda b: f"{b / 2**30:.2f} GiB"
     b = r["bytes_per_device"]
+    head = [f"target {r['target']} ({r['device_kind']}): {r['devices']} devices, mesh {r['mesh']}",
+            f"params {r['params']:,}; state {gib(r['state_bytes'])} in all, "
+            f"{gib(r['state_bytes_per_device'])} per device"]
+    if r.get("compiler_error"):
+        return "\n".join(head + [f"fits: False (the compiler: {r['compiler_error']})"])
     lines = [f"target {r['target']} ({r['device_kind']}): {r['devices']} devices, mesh {r['mesh']}",
              f"params {r['params']:,}; state {gib(r['state_bytes'])} in all, "
              f"{gib(r['state_bytes_per_device'])} per device",

@@ -10,6 +10,10 @@ import logging
 import os
 import sys
 
+# Imported first so the "absl" logger is absl's own class, whose records name the code that
+# logged (orbax); a plain logger created by the filter below would name absl's wrapper instead.
+import absl.logging  # noqa: F401
+
 
 class _DropOrbaxTraceback(logging.Filter):
     """orbax logs a failed background save with its traceback before the error reaches the

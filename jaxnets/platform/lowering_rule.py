@@ -17,12 +17,14 @@ nothing is timed here.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import jax
 
 from jaxnets.errors import UserError
 from jaxnets.kernels import native
 from jaxnets.nn.lowering import ConvLowering, Lowering
-from jaxnets.parallel.sharding import current_platform
 from jaxnets.platform import kernel_table
 from jaxnets.platform.devices import single_threaded_cpu
 
@@ -37,15 +39,33 @@ UNROLL_MAX_LAYERS = 12
 MODES = ("auto", "plain")
 
 
+class _Building(threading.local):
+    backend: str | None = None
+
+
+_building = _Building()
+
+
+@contextlib.contextmanager
+def building_for(backend: str):
+    """While active, `lowering_for` decides for `backend`: the trainer builds its models for
+    its mesh's platform (a TPU slice's under `jaxnets compile`, on a CPU host)."""
+    saved, _building.backend = _building.backend, backend
+    try:
+        yield
+    finally:
+        _building.backend = saved
+
+
 def lowering_for(platform_config=None, backend: str | None = None) -> Lowering:
-    """The `Lowering` for `backend` (default: the current mesh's platform, a TPU slice's when
-    the trainer builds for `jaxnets compile`, else JAX's default backend) under `platform_config`
+    """The `Lowering` for `backend` (default: that of `building_for`, else JAX's default
+    backend) under `platform_config`
     (a run's `config.platform`: {"lowering": "auto" | "plain", "kernel_table": path or ""})."""
     settings = dict(platform_config or {})
     mode = settings.get("lowering", "auto")
     if mode not in MODES:
         raise UserError(f"platform.lowering must be one of {MODES}, got {mode!r}.")
-    backend = backend or current_platform()
+    backend = backend or getattr(_building, "backend", None) or jax.default_backend()
     if mode == "plain" or backend != "cpu":
         return Lowering()
     table = kernel_table.load(settings.get("kernel_table") or "")

@@ -15,7 +15,9 @@ import sys
 import time
 from typing import Any
 
-from jaxnets.parallel.compile import analyse, compile_with_text
+import jax
+
+from jaxnets.parallel.compile import analyse, analyse_out_of_memory, compile_with_text, out_of_memory
 from jaxnets.parallel.targets import Target, devices as target_devices
 from jaxnets.train.trainer import Trainer
 
@@ -28,7 +30,15 @@ def compile_for_target(config, target: Target) -> dict[str, Any]:
         trainer = Trainer(config, None, layout_only=True, devices=devices)
     lowered = trainer.jit_train_step.lower(*trainer.abstract_step_args())
     t_lower = time.time()
-    compiled, text = compile_with_text(lowered)
+    try:
+        compiled, text = compile_with_text(lowered)
+    except jax.errors.JaxRuntimeError as e:
+        # The TPU compiler refuses a program that cannot fit its chip's HBM: that is the answer
+        # `fits: false`, with the compiler's own figure of what it needed.
+        if not out_of_memory(str(e)):
+            raise
+        return analyse_out_of_memory(trainer, target, str(e), timings={
+            "build_and_lower_s": t_lower - t0, "compile_s": time.time() - t_lower})
     t_compile = time.time()
     return analyse(trainer, target, compiled, text, timings={
         "build_and_lower_s": t_lower - t0, "compile_s": t_compile - t_lower})

@@ -127,7 +127,7 @@ def restore_best(trainer) -> int:
         step = manager.latest_step()
         if step is None:
             raise UserError(f"No best checkpoint in {directory}: train with --config.train.best_metric.")
-        pure = trainer.state.to_pure_dict()
+        pure = nnx.to_pure_dict(trainer.state)
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if meta.get("signature") != ckpt.signature(pure):
             raise UserError(f"{directory}/{step} holds a different model than this config builds.")

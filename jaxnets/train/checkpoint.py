@@ -66,6 +66,8 @@ class Checkpointer:
     def __init__(self, workdir: str, keep: int, read_only: bool = False):
         self.directory = storage.join(workdir, "checkpoints")   # local (absolute), gs:// or s3://
         self.read_only = read_only
+        if storage.is_remote(self.directory) and not read_only and jax.process_index() == 0:
+            self._remove_unfinished_saves()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -75,6 +77,16 @@ class Checkpointer:
             item_names=("state", "meta"),
         )
         self._unsealed: set[int] = set()   # saved by this run, file sizes not yet recorded
+
+    def _remove_unfinished_saves(self) -> None:
+        """An object store has no atomic rename: a save cut short leaves objects under STEP/
+        without commit_success.txt. They are removed before resuming, so the step is saved anew
+        instead of over objects TensorStore would update conditionally (which a local GCS
+        emulator cannot serve: its downloads carry no x-goog-generation header)."""
+        for name in storage.listdir(self.directory):
+            part = storage.join(self.directory, name)
+            if name.isdigit() and not storage.exists(storage.join(part, "commit_success.txt")):
+                storage.remove_tree(part)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

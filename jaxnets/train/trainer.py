@@ -34,6 +34,7 @@ from jaxnets.parallel import mesh as meshlib
 from jaxnets.parallel import sharding
 from jaxnets.parallel.sharding import axis_rules
 from jaxnets.platform import compile_cache
+from jaxnets.platform.lowering_rule import building_for
 from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
 from jaxnets.train import guard, resume, workdir_lock
@@ -118,9 +119,9 @@ class Trainer:
     def _build_state(self, allocate: bool = True) -> None:
         build = lambda: self.task.build(nnx.Rngs(self.config.seed), self.optimizers)
         # Logical names are resolved by our rules (with divisibility fallbacks, in
-        # sharding.state_layout), never by flax's eager sharding. Built under the mesh, so the
-        # layer choices (`lowering_for`) are those of the mesh's platform.
-        with nnx.use_eager_sharding(False), axis_rules(self.mesh, self.rules):
+        # sharding.state_layout), never by flax's eager sharding. The layer choices
+        # (`lowering_for`) are those of the mesh's platform.
+        with nnx.use_eager_sharding(False), building_for(self.mesh.devices.flat[0].platform):
             abstract = nnx.eval_shape(build)
         self.graphdef, abstract_state = nnx.split(abstract)
         self.abstract_state = abstract_state
@@ -130,7 +131,7 @@ class Trainer:
         self.replicated = sharding.replicated(self.mesh)
         if not allocate:
             return
-        with nnx.use_eager_sharding(False):
+        with nnx.use_eager_sharding(False), building_for(self.mesh.devices.flat[0].platform):
             # Initialise directly into the target shardings: no host copy of the parameters.
             self.state = jax.jit(lambda: nnx.split(build())[1], out_shardings=self.state_sharding)()
 
@@ -202,11 +203,11 @@ class Trainer:
     def param_digest(self) -> str:
         """final.json's digest of the parameters, reduced where they live (every process calls
         it; nothing is gathered): equal for equal parameters on any mesh or process count."""
-        return ckpt.param_digest(nnx.state(self.module(), nnx.Param).to_pure_dict())
+        return ckpt.param_digest(nnx.to_pure_dict(nnx.state(self.module(), nnx.Param)))
 
     # ---------------------------------------------------------------- checkpoints
     def _meta(self, step: int) -> dict:
-        pure = self.state.to_pure_dict()
+        pure = nnx.to_pure_dict(self.state)
         return {"step": step, "seed": self.config.seed, "signature": ckpt.signature(pure),
                 "layout": ckpt.describe(pure),
                 "data": {"step": step, **resume.data_description(
@@ -216,7 +217,7 @@ class Trainer:
 
     def restore_latest(self, checkpointer: ckpt.Checkpointer) -> int:
         """Restore the newest readable checkpoint (older ones if newer are corrupt); 0 if none."""
-        pure = self.state.to_pure_dict()
+        pure = nnx.to_pure_dict(self.state)
         found = resume.restore_newest_good(
             checkpointer, pure, ckpt.signature(pure), log=lambda m: print(m, flush=True),
             read_only=self.read_only,
@@ -266,7 +267,7 @@ class Trainer:
             while step < total and not best.stopped:
                 if preempted(step):
                     if checkpointer.latest_step() != step:
-                        checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=True)
+                        checkpointer.save(step, nnx.to_pure_dict(self.state), self._meta(step), force=True)
                     checkpointer.wait()
                     print(f"Stop requested (SIGTERM/SIGINT): saved checkpoint at step {step} in {checkpointer.directory}"
                           f"{' (all processes agreed on this step)' if preempted.distributed else ''}; "
@@ -303,7 +304,7 @@ class Trainer:
                     writer.write(step, logged)
                     if monitor.diverged and checkpointer.latest_step() != step:
                         # The skipped updates changed nothing: this is the last finite state.
-                        checkpointer.save(step, self.state.to_pure_dict(), self._meta(step), force=True)
+                        checkpointer.save(step, nnx.to_pure_dict(self.state), self._meta(step), force=True)
                     monitor.raise_if_diverged()   # exit 3
                     progress.update(step, {k.split("/")[-1]: v for k, v in logged.items()
                                            if k in ("train/loss", "train/steps_per_sec")})
@@ -314,7 +315,7 @@ class Trainer:
                     if progress.bar is None and self.is_main:
                         train_loss = {k: v for k, v in logged.items() if k == "train/loss"}
                         log_line(step, total, {**eval_metrics, **train_loss}, t_start)
-                    best.observe(step, eval_metrics, self.state.to_pure_dict, self._meta)
+                    best.observe(step, eval_metrics, lambda: nnx.to_pure_dict(self.state), self._meta)
                     t0 = time.time()
                 due = [e for e in self.evaluators if e.due(step) and step < total]
                 if due:
@@ -323,7 +324,7 @@ class Trainer:
                     eval_metrics.update(evaluated)
                     t0 = time.time()
                 if step % c.train.checkpoint_every == 0 or step == total or best.stopped:
-                    checkpointer.save(step, self.state.to_pure_dict(), self._meta(step),
+                    checkpointer.save(step, nnx.to_pure_dict(self.state), self._meta(step),
                                       force=step == total or best.stopped)
             checkpointer.wait()
             data.close()   # worker processes end here: their peak memory is then measurable

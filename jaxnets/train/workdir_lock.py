@@ -5,7 +5,8 @@ network file system the kernel's `flock` decides: a second run finds the lock he
 with status 2 naming the holder; a holder that died released it with its last breath, and the
 next run takes the lock over and says whose it was. On an object store (gs://, s3://), where
 nothing like flock exists, the record alone decides: a holder refreshes its heartbeat every
-`HEARTBEAT_S` seconds, and a record older than `STALE_S` is a dead holder's.
+`HEARTBEAT_S` seconds; a record older than `STALE_S`, or one whose holder was on this host and
+is no longer running, is a dead holder's.
 
 Multi-process runs: process 0 takes the lock for the job and tells the others the outcome (one
 broadcast), so every process stops with the same message. Commands that only read a trained
@@ -35,6 +36,17 @@ STALE_S = 90.0
 def _describe(record: dict) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.get("started", 0)))
     return f"host {record.get('host', '?')}, pid {record.get('pid', '?')}, started {since}"
+
+
+def _alive(pid) -> bool:
+    """Whether process `pid` of this host is running (a record's holder on the same host)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError):   # another user's process, or no pid
+        return True
+    return True
 
 
 def _parse(text: str) -> dict | None:
@@ -101,10 +113,12 @@ class WorkdirLock:
         previous = _parse(storage.read_text(self.path)) if storage.exists(self.path) else None
         if previous:
             age = time.time() - float(previous.get("heartbeat", previous.get("started", 0)))
-            if age < STALE_S:
+            dead_here = previous.get("host") == self.record["host"] and not _alive(previous.get("pid"))
+            if age < STALE_S and not dead_here:
                 self._refuse(previous)
-            self.log(f"Taking over the lock of workdir {self.workdir}: its holder's last heartbeat "
-                     f"was {age:.0f} s ago ({_describe(previous)}).")
+            why = "is no longer running" if dead_here else f"last beat {age:.0f} s ago"
+            self.log(f"Taking over the lock of workdir {self.workdir} from a run that {why} "
+                     f"({_describe(previous)}).")
         self.record["heartbeat"] = time.time()
         storage.write_text(self.path, json.dumps(self.record))
         time.sleep(1.0)   # no compare-and-swap on an object store: a racing writer shows up here
