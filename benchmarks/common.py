@@ -44,20 +44,6 @@ def device_name() -> str:
     return f"{d.platform}:{kind} x{jax.device_count()} ({platform.processor() or platform.machine()})"
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() in ("flags", "Features"):
-                flags = set(value.split())
-    except OSError:
-        pass
-    return model, flags
-
-
 def commit() -> str:
     """HEAD of the checkout the benchmark ran from, with '+dirty' if tracked files differ."""
     try:
@@ -75,9 +61,9 @@ def machine(**extra) -> dict:
     `cpu_vendor`, `cpu_family`, `cpu_model_number` and `isa_flags` name the CPU (model names alone
     do not: every AMD EPYC generation reads "AMD EPYC" in a VM); `peak` is the machine's
     measured peak (benchmarks.peak) that `fraction_of_peak` columns divide by."""
-    model, flags = _cpuinfo()
     ident = cpu_identity()
-    info = {"cpu_model": model, "cpu_vendor": ident["vendor"], "cpu_family": ident["family"],
+    flags = set(ident["flags"])
+    info = {"cpu_model": ident["model_name"], "cpu_vendor": ident["vendor"], "cpu_family": ident["family"],
             "cpu_model_number": ident["model"], "arch": platform.machine(),
             "isa_flags": sorted(f for f in ISA_FLAGS if f in flags),
             "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),

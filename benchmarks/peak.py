@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,7 +34,8 @@ AMX_BF16_FLOPS_PER_CYCLE = 2 * 1024   # Intel AMX TMUL: 1,024 bf16 multiply-adds
 
 def cpu_identity() -> dict:
     """Vendor, model name, family/model numbers and the ISA flags of /proc/cpuinfo."""
-    info = {"vendor": "?", "model_name": "?", "family": None, "model": None, "flags": []}
+    info = {"vendor": "?", "model_name": platform.processor() or platform.machine(), "family": None,
+            "model": None, "flags": []}
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     if args.child:
         print(json.dumps(probe()))
         return
-    from benchmarks.common import machine, now
+    from benchmarks.common import full_report
     from benchmarks.peak import cpu_peak
     per_core = cpu_peak()
     results = []
@@ -87,12 +87,7 @@ def main(argv=None) -> None:
             print(f"{row['name']}: f32 {row['float32_gflops_per_cpu_s']:.0f}, bf16 "
                   f"{row['bfloat16_gflops_per_cpu_s']:.0f} GFLOP/s per CPU-s, upcast {row['bf16_upcast']}",
                   file=sys.stderr)
-    report = {"benchmark": "bf16_units", "command": "python -m benchmarks.bf16_units " + " ".join(argv or sys.argv[1:]),
-              "machine": machine(), "date": now(), "results": results}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
-    print(json.dumps(report))
+    full_report("bf16_units", argv, results, args.out)
 
 
 if __name__ == "__main__":
