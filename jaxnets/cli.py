@@ -222,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             traceback.print_exc()
-        print("error: " + textwrap.fill(str(e), width=100, subsequent_indent="  "), file=sys.stderr)
+        # Paths and names stay whole on one line (no breaks at hyphens or inside long words),
+        # so they can be copied and searched for.
+        print("error: " + textwrap.fill(str(e), width=100, subsequent_indent="  ", break_on_hyphens=False,
+                                        break_long_words=False), file=sys.stderr)
         return e.exit_code
 
 

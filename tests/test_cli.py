@@ -20,6 +20,15 @@ def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, args, expected):
     assert "Traceback" not in result.stderr
 
 
+def test_error_paragraph_keeps_paths_whole(tmp_path):
+    # A long hyphenated path (pytest-xdist's tmp dirs are such) is never split across lines, so
+    # it can be copied from the terminal and found by tools that search stderr.
+    workdir = str(tmp_path / ("a-long-hyphenated-workdir-name-" * 4 + "end") / "run-1")
+    result = run_cli("eval", "--workdir", workdir)
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+    assert workdir in result.stderr, result.stderr
+
+
 def test_unknown_experiment_and_list():
     result = run_cli("train", "--config", "experiments/nope.py", "--workdir", "/tmp/x")
     assert result.returncode == 2 and "does not exist" in result.stderr

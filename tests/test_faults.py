@@ -221,10 +221,18 @@ def test_concurrent_runs_one_refused_in_seconds_the_other_finishes(tmp_path):
     assert row["survived"] == 1 and row["refused_after_s"] < 10, row
 
 
-# The permission-error and gs://-emulator cases live in `python -m benchmarks.faults --smoke`
-# (benchmarks/faults/cluster.py: permission_error, cloud_workdir), not here: each passes alone,
-# and each failed in the 2-worker test run (the permission case under load, the emulator case
-# after other fault cases in the same process), so they are run and reported by the suite.
+def test_permission_error_exits_2_moves_nothing_and_resumes_later(tmp_path):
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs util-linux's setpriv")
+    row = cluster.permission_error(str(tmp_path), _lone_digest(tmp_path))
+    assert row["survived"] == 1 and row["exit"] == 2, json.dumps(row, indent=0)
+
+
+def test_gs_workdir_on_an_emulator_killed_and_resumed(tmp_path):
+    pytest.importorskip("gcp_storage_emulator", reason="pip install -e .[dev] brings it")
+    row = cluster.cloud_workdir(str(tmp_path))
+    assert row["killed"] and row["digest_mismatch"] == 0, row
+    assert row["survived"] == 1, json.dumps(row, indent=0)
 
 
 def _lone_digest(tmp_path) -> str:

@@ -142,9 +142,13 @@ def permission_error(root, digest: str) -> dict:
     kept = sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
     for path in files:
         os.chmod(path, 0o644)
-    ok, bad = _resumed_ok(workdir, run(workdir), digest)
+    resumed = run(workdir)
+    ok, bad = _resumed_ok(workdir, resumed, digest)
     return {"name": "permission_error", "trials": 1, "survived": int(named and kept and ok),
-            "digest_mismatch": int(bad), "exit": refused.returncode}
+            "digest_mismatch": int(bad), "exit": refused.returncode, "named": named,
+            "kept": kept, "resumed": ok, "resumed_exit": resumed.returncode,
+            "steps_logged": len(train_steps(workdir)),
+            "log": "" if named and kept and ok else refused.stderr[-1500:] + resumed.stderr[-1500:]}
 
 
 def _free_port() -> int:
@@ -157,13 +161,17 @@ def cloud_workdir(root, digest: str | None = None) -> dict:
     """`--workdir gs://...` on a local GCS emulator (STORAGE_EMULATOR_HOST): SIGKILL after the
     first checkpoint, rerun: the digest of the same run on local disk, uninterrupted (computed
     here; `digest` is unused); `jaxnets eval` reads it back."""
-    if shutil.which("gcp-storage-emulator") is None:
+    try:
+        import gcp_storage_emulator  # noqa: F401  (the emulator runs in its own process)
+    except ImportError:
         return {"name": "cloud_workdir", "trials": 0, "survived": 0, "digest_mismatch": 0,
                 "skipped": "gcp-storage-emulator is not installed (pip install .[dev])"}
     port = _free_port()
-    emulator = subprocess.Popen(["gcp-storage-emulator", "start", "--host", "localhost", "--port",
-                                 str(port), "--in-memory", "--default-bucket", "faults"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The PyPI emulator, with downloads that carry their generation as GCS's do (gcs_emulator.py).
+    emulator = subprocess.Popen([sys.executable, "-m", "benchmarks.faults.gcs_emulator", "start", "--host",
+                                 "localhost", "--port", str(port), "--in-memory", "--default-bucket", "faults"],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved_environ = dict(os.environ)
     env = {"STORAGE_EMULATOR_HOST": f"http://localhost:{port}"}
     try:
         deadline = time.time() + 60
@@ -175,9 +183,8 @@ def cloud_workdir(root, digest: str | None = None) -> dict:
                 time.sleep(0.2)
         workdir = "gs://faults/run"
         os.environ.update(env)   # this process polls the bucket through the same helpers
-        # Checkpoints every 20 steps: the kill lands after the first one, not inside the next save.
-        # (A save cut short on the emulator cannot be redone yet: TensorStore then has to update
-        # objects conditionally, and the emulator's downloads carry no x-goog-generation header.)
+        # Checkpoints every 20 steps: the kill lands after the first one (or inside the second
+        # save, which the rerun then makes again).
         every = "--config.train.checkpoint_every=20"
         first = f"{workdir}/checkpoints/20/commit_success.txt"
         slow = {**env, "JAXNETS_FAULT_STEP_DELAY_S": "0.2"}   # the kill must land before the end
@@ -203,8 +210,10 @@ def cloud_workdir(root, digest: str | None = None) -> dict:
         eval_ok = evaluated.returncode == 0 and f"step {STEPS}" in evaluated.stdout
         return {"name": "cloud_workdir", "trials": 1, "survived": int(ok and killed and got == digest and eval_ok),
                 "digest_mismatch": int(ok and got != digest), "killed": killed,
-                "log": (done.stderr[-1500:] + evaluated.stderr[-1500:]) if not (ok and eval_ok) else ""}
-    finally:
-        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+                "eval_exit": evaluated.returncode, "resumed_exit": done.returncode, "got": got, "want": digest,
+                "log": (done.stderr[-3000:] + "\n----- eval:\n" + evaluated.stderr[-3000:]) if not (ok and eval_ok) else ""}
+    finally:   # this process's environment as it was (storage.honour_emulator added to it)
+        os.environ.clear()
+        os.environ.update(saved_environ)
         emulator.kill()
         emulator.wait()

@@ -80,9 +80,8 @@ class Checkpointer:
 
     def _remove_unfinished_saves(self) -> None:
         """An object store has no atomic rename: a save cut short leaves objects under STEP/
-        without commit_success.txt. They are removed before resuming, so the step is saved anew
-        instead of over objects TensorStore would update conditionally (which a local GCS
-        emulator cannot serve: its downloads carry no x-goog-generation header)."""
+        without commit_success.txt (orbax ignores them). They are removed before resuming, so the
+        step is saved anew rather than over the killed save's leftovers."""
         for name in storage.listdir(self.directory):
             part = storage.join(self.directory, name)
             if name.isdigit() and not storage.exists(storage.join(part, "commit_success.txt")):
