@@ -117,6 +117,33 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(tmp_p
     assert _final(tmp_path / "run")["param_digest"] == _final(tmp_path / "reference")["param_digest"]
 
 
+def test_ctrl_c_to_a_launch_saves_one_step_on_every_rank_and_exits_cleanly(tmp_path):
+    """Ctrl-C in a terminal: SIGINT to the launcher and both ranks (one process group). Both ranks
+    save the same step and exit 0 without a traceback; the same command resumes from that step."""
+    steps = 400
+    argv = [sys.executable, "-m", "jaxnets.cli", "launch", "--processes", "2", "--devices-per-process", "1",
+            "--", "train", *CLASSIFIER, f"--config.train.steps={steps}", "--workdir", str(tmp_path)]
+    env = dict(os.environ, JAXNETS_FAULT_STEP_DELAY_S="0.05")
+    launcher = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not os.path.exists(tmp_path / "metrics.jsonl") or len(_rows(tmp_path)) < 4:
+        assert time.time() < deadline and launcher.poll() is None, "never got going"
+        time.sleep(0.2)
+    os.killpg(launcher.pid, signal.SIGINT)
+    out = launcher.communicate(timeout=120)[0]
+    assert launcher.returncode == 0, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    stopped = {int(part.split()[0]) for part in out.split("saved checkpoint at step ")[1:]}
+    assert len(stopped) == 1 and out.count("saved checkpoint at step ") == 2, out[-3000:]
+    step = stopped.pop()
+    assert step < steps and not os.path.exists(tmp_path / "final.json")
+    resumed = _launch("--processes", "2", "--devices-per-process", "1", "--", "train", *CLASSIFIER,
+                      "--config.train.steps=" + str(step + 4), "--workdir", str(tmp_path))
+    assert resumed.returncode == 0 and f"Resumed from {tmp_path}/checkpoints/{step}" in resumed.stdout, \
+        resumed.stdout[-3000:]
+
+
 def test_a_killed_process_makes_the_job_fail_not_hang(tmp_path):
     """SIGKILL one rank: the launcher stops the other and exits non-zero, in bounded time."""
     env = dict(os.environ, JAXNETS_HEARTBEAT_S="10", JAXNETS_FAULT_STEP_DELAY_S="0.1")
@@ -174,6 +201,17 @@ def test_restore_onto_another_topology(tmp_path):
                   "--config.train.steps=20", "--workdir", str(tmp_path / "procs"))
     assert out.returncode == 0 and "Resumed from" in out.stdout, out.stdout[-3000:]
     assert _final(tmp_path / "procs")["metrics"]["eval/loss"] == pytest.approx(want, rel=1e-3)
+    # And back: step 20 as the 2 processes saved it, resumed by 1 process to step 30, against the
+    # 8-device run resumed to 30 (same losses step by step: the data order continued alike).
+    for name, env in (("procs", None), ("full", eight)):
+        out = run_cli("train", *lm, "--config.train.steps=30", "--config.train.eval_every=30",
+                      "--config.mesh_devices=2", "--workdir", str(tmp_path / name), env_extra=env, timeout=600)
+        assert out.returncode == 0 and "Resumed from" in out.stdout, out.stderr[-3000:]
+    back, ref = _losses(tmp_path / "procs")[20:], _losses(tmp_path / "full")[20:]
+    assert len(back) == len(ref) == 10
+    np.testing.assert_allclose(back, ref, rtol=1e-3)
+    assert _final(tmp_path / "procs")["metrics"]["eval/loss"] == pytest.approx(
+        _final(tmp_path / "full")["metrics"]["eval/loss"], rel=1e-3)
 
 
 def test_mesh_the_input_feed_cannot_serve_exits_2(tmp_path):

@@ -34,6 +34,7 @@ from jaxnets.parallel import mesh as meshlib
 from jaxnets.parallel import sharding
 from jaxnets.parallel.sharding import axis_rules
 from jaxnets.platform import compile_cache
+from jaxnets.platform.collective_launch import serial_collective_launches
 from jaxnets.platform.lowering_rule import building_for
 from jaxnets.tasks import TASKS
 from jaxnets.train import checkpoint as ckpt
@@ -173,6 +174,7 @@ class Trainer:
             with axis_rules(mesh, rules):
                 return task.eval_step(nnx.merge(graphdef, state), batch)
 
+        self.serial_collectives = serial_collective_launches()   # a step ends before the next starts
         self.jit_train_step = jax.jit(
             train_step, in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
             out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
@@ -186,6 +188,8 @@ class Trainer:
 
     def step(self, batch: dict[str, np.ndarray], step: int) -> dict[str, jax.Array]:
         self.state, metrics = self.jit_train_step(self.state, self.put_batch(batch), np.int32(step))
+        if self.serial_collectives:
+            jax.block_until_ready(metrics)
         return metrics
 
     def evaluate(self, split: str | None = None) -> dict[str, Any]:
@@ -198,6 +202,8 @@ class Trainer:
                                   prefetch=self.config.data.prefetch):
             sums = self.jit_eval_step(self.state, self.put_batch(batch))
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+            if self.serial_collectives:
+                jax.block_until_ready(totals)
         return self.task.summarize(jax.device_get(totals))
 
     def param_digest(self) -> str:
