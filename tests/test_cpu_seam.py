@@ -51,3 +51,32 @@ def test_plain_lowering_is_the_default():
     """A model built without a lowering (research code, any backend) gets no CPU path."""
     plain = _train_step_jaxpr(ResNet(depth=8, width=16, rngs=nnx.Rngs(0)))
     assert not [p for p in CPU_ONLY_PRIMITIVES if p in plain]
+
+
+def test_an_installed_plugin_without_its_chip_keeps_the_cpu_choices(monkeypatch, tmp_path):
+    # libtpu installed for `jaxnets compile` on a CPU host: per-core devices and the tuned
+    # malloc stay on (they had silently turned off, and the Transformer smoke step took 1.6x).
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    monkeypatch.setattr(devices.importlib.util, "find_spec", lambda name: object() if name == "libtpu" else None)
+    monkeypatch.setattr(devices.importlib.metadata, "entry_points", lambda group: [])
+    fake = {kind: (str(tmp_path / kind / "*"),) for kind in devices.ACCELERATOR_DEVICE_FILES}
+    monkeypatch.setattr(devices, "ACCELERATOR_DEVICE_FILES", fake)
+    assert not devices.accelerator_expected()
+    (tmp_path / "tpu").mkdir()
+    (tmp_path / "tpu" / "accel0").touch()                 # the chip's device file
+    assert devices.accelerator_expected()
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")             # an explicit choice wins
+    assert not devices.accelerator_expected()
+
+    class Plugin:
+        def __init__(self, name):
+            self.name = name
+    monkeypatch.delenv("JAX_PLATFORMS")
+    monkeypatch.setattr(devices.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(devices.importlib.metadata, "entry_points", lambda group: [Plugin("xla_cuda12")])
+    assert not devices.accelerator_expected()             # a CUDA plugin, no /dev/nvidia*
+    (tmp_path / "cuda").mkdir()
+    (tmp_path / "cuda" / "nvidia0").touch()
+    assert devices.accelerator_expected()
+    monkeypatch.setattr(devices.importlib.metadata, "entry_points", lambda group: [Plugin("some_new_chip")])
+    assert devices.accelerator_expected()                  # a plugin jaxnets does not know: assumed present

@@ -5,6 +5,7 @@ anything touches a device).
 """
 from __future__ import annotations
 
+import glob
 import importlib.metadata
 import importlib.util
 import os
@@ -52,13 +53,31 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+# Device files of the accelerators jaxnets knows, looked for before any backend starts: an
+# installed plugin alone (libtpu comes with `pip install jaxnets[tpu]`, for `jaxnets compile`
+# on a CPU host) must not turn off the CPU choices of a machine that has no such chip.
+ACCELERATOR_DEVICE_FILES = {"tpu": ("/dev/accel*", "/dev/vfio/[0-9]*"),
+                            "cuda": ("/dev/nvidia[0-9]*",), "rocm": ("/dev/kfd",)}
+
+
+def _present(kind: str) -> bool:
+    return any(glob.glob(pattern) for pattern in ACCELERATOR_DEVICE_FILES[kind])
+
+
 def accelerator_expected() -> bool:
-    """Whether JAX may pick a GPU/TPU backend (checked without initialising any backend)."""
+    """Whether JAX may pick a GPU/TPU backend (checked without initialising any backend): an
+    explicit JAX_PLATFORMS, else an installed plugin whose chip's device files exist (a plugin
+    jaxnets does not know counts as present)."""
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms:
         return platforms.split(",")[0] != "cpu"
-    return bool(importlib.metadata.entry_points(group="jax_plugins")
-                or importlib.util.find_spec("libtpu") is not None)
+    if importlib.util.find_spec("libtpu") is not None and _present("tpu"):
+        return True
+    for plugin in importlib.metadata.entry_points(group="jax_plugins"):
+        kind = next((k for k in ("cuda", "rocm", "tpu") if k in plugin.name.lower()), None)
+        if kind is None or _present(kind):
+            return True
+    return False
 
 
 def cpu_devices_setting(value: str | None = None) -> str:
