@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _early: list[int] = []      # signals received before a PreemptionWatch took over
 _early_installed: dict = {}  # signal -> the handler before install_early_handlers
+_stopped: list[bool] = []    # a PreemptionWatch answered "stop" in this run
 
 
 def _record(sig, frame) -> None:
@@ -33,15 +34,20 @@ def _record(sig, frame) -> None:
 
 def install_early_handlers() -> None:
     """Record SIGTERM/SIGINT from now on until a PreemptionWatch starts (idempotent)."""
+    _stopped.clear()
     for sig in STOP_SIGNALS:
         if sig not in _early_installed:
             _early_installed[sig] = signal.signal(sig, _record)
 
 
 def uninstall_early_handlers() -> None:
-    """Put back the handlers `install_early_handlers` replaced (the run is over)."""
+    """Put back the handlers `install_early_handlers` replaced (the run is over). After a run
+    stopped on a signal, further SIGTERM/SIGINT are ignored instead: the process is already
+    winding down after its save, and a repeated signal (a scheduler's second SIGTERM, a second
+    Ctrl-C) must not turn that clean stop into a death by signal."""
     for sig, previous in _early_installed.items():
-        signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        restore = previous if previous is not None else signal.SIG_DFL
+        signal.signal(sig, signal.SIG_IGN if _stopped else restore)
     _early_installed.clear()
     _early.clear()
 
@@ -70,9 +76,10 @@ class PreemptionWatch:
         os.kill(os.getpid(), signal.SIGTERM)
 
     def __call__(self, step: int) -> bool:
-        if self.distributed:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.flag
+        stop = multihost_utils.reached_preemption_sync_point(step) if self.distributed else self.flag
+        if stop:
+            _stopped.append(True)
+        return stop
 
     def close(self) -> None:
         for sig, handler in self.previous.items():
