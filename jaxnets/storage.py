@@ -44,6 +44,16 @@ def honour_emulator() -> None:
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
+def _object_store(path, fresh: bool = False):
+    """(fsspec filesystem, path inside it) of an object-store URL; `fresh` drops fsspec's cached
+    listings first (other processes write there too)."""
+    honour_emulator()
+    fs, where = fsspec.core.url_to_fs(str(path))
+    if fresh:
+        fs.invalidate_cache()
+    return fs, where
+
+
 def resolve(path) -> epath.Path:
     """An absolute local path, or the object-store URL as it is."""
     text = os.fspath(path) if not isinstance(path, str) else path
@@ -63,10 +73,8 @@ def join(path, *parts) -> str:
 
 
 def exists(path) -> bool:
-    if is_remote(path):   # fresh, not fsspec's cached listing: other processes write there too
-        honour_emulator()
-        fs, where = fsspec.core.url_to_fs(str(path))
-        fs.invalidate_cache()
+    if is_remote(path):
+        fs, where = _object_store(path, fresh=True)
         return fs.exists(where)
     return resolve(path).exists()
 
@@ -81,9 +89,8 @@ def makedirs(path) -> None:
 
 def listdir(path) -> list[str]:
     p = resolve(path)
-    if is_remote(p):   # a fresh listing, not a cached one: other processes write there too
-        fs, where = fsspec.core.url_to_fs(str(p))
-        fs.invalidate_cache()
+    if is_remote(p):
+        fs, where = _object_store(p, fresh=True)
         try:
             return sorted({os.path.basename(x.rstrip("/")) for x in fs.ls(where, detail=False)})
         except FileNotFoundError:
@@ -108,8 +115,7 @@ def remove_tree(path) -> None:
     if not is_remote(path):
         shutil.rmtree(str(resolve(path)), ignore_errors=True)
         return
-    honour_emulator()
-    fs, where = fsspec.core.url_to_fs(str(path))
+    fs, where = _object_store(path)
     try:
         fs.rm(where, recursive=True)
     except FileNotFoundError:   # gcsfs: the objects are gone, the folder was only a prefix
@@ -123,8 +129,7 @@ def file_sizes(directory) -> dict[str, int]:
         root = str(resolve(directory))
         return {os.path.relpath(os.path.join(r, f), root): os.path.getsize(os.path.join(r, f))
                 for r, _, names in os.walk(root) for f in names}
-    honour_emulator()
-    fs, root = fsspec.core.url_to_fs(str(directory))
+    fs, root = _object_store(directory)
     found = fs.find(root, detail=True)
     return {os.path.relpath(name, root): int(info.get("size") or 0) for name, info in found.items()}
 
@@ -132,8 +137,7 @@ def file_sizes(directory) -> dict[str, int]:
 def size(path) -> int:
     if not is_remote(path):
         return os.path.getsize(str(resolve(path)))
-    honour_emulator()
-    fs, where = fsspec.core.url_to_fs(str(path))
+    fs, where = _object_store(path)
     return int(fs.size(where))
 
 
@@ -142,9 +146,8 @@ def rename_dir(source, target) -> None:
     if not is_remote(source):
         os.rename(str(resolve(source)), str(resolve(target)))
         return
-    honour_emulator()
-    fs, src = fsspec.core.url_to_fs(str(source))
-    fs.mv(src, fsspec.core.url_to_fs(str(target))[1], recursive=True)
+    fs, src = _object_store(source)
+    fs.mv(src, _object_store(target)[1], recursive=True)
 
 
 def write_bytes(path, data: bytes) -> None:

@@ -157,10 +157,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def cloud_workdir(root, digest: str | None = None) -> dict:
+def cloud_workdir(root) -> dict:
     """`--workdir gs://...` on a local GCS emulator (STORAGE_EMULATOR_HOST): SIGKILL after the
-    first checkpoint, rerun: the digest of the same run on local disk, uninterrupted (computed
-    here; `digest` is unused); `jaxnets eval` reads it back."""
+    first checkpoint, rerun: the digest of the same run on local disk, uninterrupted (its
+    checkpoint spacing differs from the other cases', so it is computed here); `jaxnets eval`
+    reads it back."""
     try:
         import gcp_storage_emulator  # noqa: F401  (the emulator runs in its own process)
     except ImportError:

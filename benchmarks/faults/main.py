@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         results += [corrupt_checkpoints(root, digest), changed_data(root), nonfinite(root)]
         results += [cluster.launcher_kill_during_save(root, 1 if args.smoke else 4),
                     cluster.concurrent_runs(root, digest), cluster.permission_error(root, digest),
-                    cluster.cloud_workdir(root, digest)]
+                    cluster.cloud_workdir(root)]
         cases = [bad_input(root, name, *case) for name, case in bad_inputs(os.path.join(root, "inputs")).items()]
         results.append({"name": "bad_input", "trials": len(cases), "survived": sum(c["ok"] for c in cases),
                         "digest_mismatch": 0, "max_seconds": max(c["seconds"] for c in cases),
