@@ -3,7 +3,7 @@ argument, as it receives `dtype`.
 
     model = ResNet(depth=20, lowering=Lowering(fusion_barriers=True, conv=ConvLowering()), rngs=...)
 
-The defaults change nothing (plain lax/XLA code, right for GPU and TPU). the platform layer
+The defaults change nothing (plain lax/XLA code, right for GPU and TPU). The platform layer
 decides the values for a run (`lowering_for` in the platform layer: a fixed rule per backend
 plus the kernel table `jaxnets tune` writes) and tasks pass them to the models they build; no
 layer reads the environment or times anything while it is traced, so every host of a job

@@ -198,14 +198,12 @@ def format_report(r: dict[str, Any]) -> str:
             f"{gib(r['state_bytes_per_device'])} per device"]
     if r.get("compiler_error"):
         return "\n".join(head + [f"fits: False (the compiler: {r['compiler_error']})"])
-    lines = [f"target {r['target']} ({r['device_kind']}): {r['devices']} devices, mesh {r['mesh']}",
-             f"params {r['params']:,}; state {gib(r['state_bytes'])} in all, "
-             f"{gib(r['state_bytes_per_device'])} per device",
-             f"per device: arguments {gib(b['arguments'])}, outputs {gib(b['outputs'])} "
-             f"(aliased {gib(b['aliased'])}), temporaries {gib(b['temporaries'])}, "
-             f"code {gib(b['code'])}; total {gib(b['total'])} of {gib(r['device_memory_bytes'])}"
-             f" -> fits: {r['fits']}",
-             f"FLOPs per step {r['flops_per_step']:.4g} ({r['flops_per_example']:.4g} per example)"]
+    lines = head + [
+        f"per device: arguments {gib(b['arguments'])}, outputs {gib(b['outputs'])} "
+        f"(aliased {gib(b['aliased'])}), temporaries {gib(b['temporaries'])}, "
+        f"code {gib(b['code'])}; total {gib(b['total'])} of {gib(r['device_memory_bytes'])}"
+        f" -> fits: {r['fits']}",
+        f"FLOPs per step {r['flops_per_step']:.4g} ({r['flops_per_example']:.4g} per example)"]
     coll = ", ".join(f"{k} {v['count']} ({v['bytes'] / 2**20:.1f} MiB)"
                      for k, v in r["collectives"].items() if v["count"])
     lines.append("collectives per step (per device): " + (coll or "none"))
