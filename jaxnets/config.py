@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from jaxnets.errors import UserError
+from jaxnets.errors import UserError, unknown_names
 
 
 class ExperimentArgs(dict):
@@ -120,10 +120,7 @@ def _check_experiment_args(path: str, arg: str) -> None:
     known = set().union(*(a.read for a in handed_out))
     unknown = [k for k in given if k not in known]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(known), n=3, cutoff=0.6)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UserError(f"Experiment {path!r} has no argument {', '.join(map(repr, unknown))}.{hint} "
-                        f"Its arguments: {', '.join(sorted(known)) or '(none)'}.")
+        raise unknown_names(f"Experiment {path!r}", "argument", unknown, known)
 
 
 def _where(error: BaseException, path: str) -> str:

@@ -15,7 +15,6 @@ experiment file, a `--config.KEY=VALUE` override or a dict-valued override.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
@@ -23,7 +22,7 @@ import ml_collections
 
 from jaxnets.config import apply_overrides, load_config
 from jaxnets.data import DATASETS
-from jaxnets.errors import UserError
+from jaxnets.errors import unknown_names
 from jaxnets.models import model_options
 from jaxnets.tasks import TASKS
 from jaxnets.train.defaults import base_config
@@ -73,10 +72,7 @@ def declared(config, section: str) -> dict[str, Any] | None:
 
 
 def _refuse(what: str, unknown: list[str], known) -> None:
-    close = difflib.get_close_matches(unknown[0], sorted(known), n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise UserError(f"{what} has no option {', '.join(map(repr, unknown))}.{hint} "
-                    f"Known: {', '.join(sorted(known)) or '(none)'}.")
+    raise unknown_names(what, "option", unknown, known)
 
 
 def validate(config) -> None:

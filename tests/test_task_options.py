@@ -60,7 +60,7 @@ def test_a_task_reads_declared_defaults_for_options_the_config_leaves_out():
 def test_misspelt_options_are_errors_listing_the_known_ones():
     with pytest.raises(UserError, match=r"kl_weight.*knows: .*compare_autoencoder"):
         options.resolve(VAE + ":smoke", ["task_options.kl_wieght=0"])
-    with pytest.raises(UserError, match=r"Did you mean kl_weight\?.*Its options: binarize"):
+    with pytest.raises(UserError, match=r"Did you mean kl_weight\?.*Known: binarize"):
         resolve_options("vae", TASKS.get("vae").options, {"kl_wieght": 0.0})
 
 
@@ -107,9 +107,9 @@ def test_mesh_axis_names_are_validated():
 
 def test_experiment_arguments_are_validated():
     assert load_config(LM + ":smoke").train.steps == 1300
-    with pytest.raises(UserError, match=r"no argument 'smok'.*Did you mean smoke\?.*Its arguments: smoke"):
+    with pytest.raises(UserError, match=r"no argument 'smok'.*Did you mean smoke\?.*Known: smoke"):
         load_config(LM + ":smok")
-    with pytest.raises(UserError, match=r"'depht'.*Its arguments: .*depth"):
+    with pytest.raises(UserError, match=r"'depht'.*Known: .*depth"):
         load_config(os.path.join(REPO, "experiments", "resnet_cifar.py") + ":smoke,depht=56")
 
 
@@ -125,6 +125,6 @@ def test_print_config_shows_declared_defaults_and_the_cli_exits_2_on_unknown_key
     assert "sample_context: null" in out or "sample_context: None" in out     # a filled task option
     assert "#   num_kv_heads: None" in out                                      # an unset model keyword
     assert main(["train", "--config", "experiments/transformer_shakespeare.py:smok", "--print_config"]) == 2
-    assert "Its arguments: smoke" in " ".join(capsys.readouterr().err.split())
+    assert "Known: smoke" in " ".join(capsys.readouterr().err.split())
     assert main(["train", "--config", "experiments/transformer_shakespeare.py:smoke",
                  "--config.mesh={'dat': 2}", "--print_config"]) == 2

@@ -30,7 +30,6 @@ resumed and uninterrupted runs see the same randomness.
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -39,7 +38,7 @@ from flax import nnx
 
 from jaxnets.data import Dataset
 from jaxnets.data.pipeline import read_records
-from jaxnets.errors import UserError
+from jaxnets.errors import UserError, unknown_names
 
 Metrics = dict[str, jax.Array]
 ENTRY_POINTS = ("sample", "generate", "translate", "export")
@@ -59,10 +58,7 @@ def resolve_options(task_name: str, declared: dict[str, Any], given) -> dict[str
     given = dict(given or {})
     unknown = [k for k in given if k not in declared]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], list(declared), n=3, cutoff=0.6)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UserError(f"Task {task_name!r} has no option {', '.join(map(repr, unknown))}.{hint} Its options: "
-                        f"{', '.join(sorted(declared)) or '(none)'}.")
+        raise unknown_names(f"Task {task_name!r}", "option", unknown, declared)
     return {**declared, **given}
 
 
