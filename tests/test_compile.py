@@ -18,7 +18,8 @@ from jaxnets.config import apply_overrides, load_config
 from jaxnets.errors import UserError
 from jaxnets.parallel import hlo
 from jaxnets.parallel.compile import compile_with_text
-from jaxnets.parallel.targets import parse_target
+from jaxnets.parallel.mesh import make_mesh
+from jaxnets.parallel.targets import devices as target_devices, parse_target
 from jaxnets.train.ahead_of_time import compile_for_target
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
@@ -55,6 +56,19 @@ def test_targets_parse_and_refuse():
     for bad in ("tpu:v5p-6", "tpu:v5p-2", "gpu:8", "tpu:v7-8"):
         with pytest.raises(UserError):
             parse_target(bad)
+
+
+def test_a_mesh_across_physical_axes_still_builds():
+    # fsdp=8 x tensor=8 on v5p-64 (physical 4x4x4): no logical axis is a product of whole
+    # physical axes, which jax.make_mesh refuses; the mesh then splits one physical axis.
+    chips = target_devices(parse_target("tpu:v5p-64"))
+    mesh = make_mesh({"data": 1, "fsdp": 8, "tensor": 8}, devices=chips)
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 8}
+    assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in chips)
+    # A layout that follows the topology still goes through jax.make_mesh's ordering.
+    ordered = make_mesh({"data": 1, "fsdp": 16, "tensor": 4}, devices=chips)
+    assert [d.id for d in ordered.devices.flat] == [
+        d.id for d in jax.make_mesh((1, 16, 4), ("data", "fsdp", "tensor"), devices=chips).devices.flat]
 
 
 def mnist_config():

@@ -9,7 +9,7 @@ import math
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from jaxnets.errors import UserError
@@ -66,8 +66,16 @@ def make_mesh(axes: dict[str, int], num_devices: int = 0, devices: list | None =
     types = (jax.sharding.AxisType.Auto,) * len(shape)
     if len(devices) == len(every):
         # jax.make_mesh orders devices by their physical topology (ICI rings, hosts).
-        return jax.make_mesh(tuple(shape.values()), tuple(shape), axis_types=types,
-                             devices=every)
+        try:
+            return jax.make_mesh(tuple(shape.values()), tuple(shape), axis_types=types,
+                                 devices=every)
+        except NotImplementedError:
+            # A logical axis that is no product of whole physical axes (fsdp=8 x tensor=8 on a
+            # v5p 4x4x4 slice): split a physical axis between two logical ones. The rings are
+            # then shared, which is slower than a layout that follows the topology, not wrong.
+            grid = mesh_utils.create_device_mesh(tuple(shape.values()), every,
+                                                 allow_split_physical_axes=True)
+            return Mesh(grid, tuple(shape), axis_types=types)
     return Mesh(np.asarray(devices).reshape(tuple(shape.values())), tuple(shape), axis_types=types)
 
 
