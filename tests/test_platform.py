@@ -99,16 +99,18 @@ def test_malformed_cpu_devices_setting_exits_2():
 
 def test_constructing_a_trainer_changes_nothing_global(tmp_path):
     """Process-wide settings are the CLI's (jaxnets.platform.install): a Trainer built in a
-    notebook leaves malloc, JAX's compilation cache, loggers and sys.unraisablehook alone."""
+    notebook leaves malloc, JAX's compilation cache, loggers, sys.unraisablehook and the
+    garbage collector alone."""
     probe = textwrap.dedent(f"""
-        import logging, sys
+        import gc, logging, sys
         import jax
         from jaxnets.config import apply_overrides, load_config
         from jaxnets.platform import allocator
         from jaxnets.train.trainer import Trainer
         def snapshot():
             return (sys.unraisablehook, jax.config.jax_compilation_cache_dir, allocator._applied,
-                    [list(logging.getLogger(n).filters) for n in ("absl", "asyncio")])
+                    [list(logging.getLogger(n).filters) for n in ("absl", "asyncio")],
+                    gc.get_freeze_count() > 0)
         before = snapshot()
         config = apply_overrides(load_config("experiments/mnist_cnn.py:smoke"), ["train.steps=1"])
         Trainer(config, {str(tmp_path / "w")!r})
@@ -116,10 +118,11 @@ def test_constructing_a_trainer_changes_nothing_global(tmp_path):
         from jaxnets.platform.install import install_process_settings
         install_process_settings()
         print("installed" if snapshot() != before else "install did nothing")
+        print("frozen" if gc.get_freeze_count() > 0 else "gc not frozen")
     """)
     env = {**os.environ, "JAXNETS_CACHE": str(tmp_path / "cache")}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.split()[-2:] == ["unchanged", "installed"], run.stdout
+    assert run.stdout.split()[-3:] == ["unchanged", "installed", "frozen"], run.stdout

@@ -229,7 +229,7 @@ def param_digest(params_pure: dict) -> str:
     they are hashed with the arrays' paths, dtypes and shapes in sorted path order."""
     items = list(_leaf_items(params_pure))
     arrays = [x if isinstance(x, jax.Array) else jnp.asarray(x) for _, x in items]
-    lanes = [np.asarray(_array_lanes(x)) for x in arrays]
+    lanes = np.asarray(_all_lanes(arrays)) if arrays else []
     h = hashlib.sha256()
     for (path, _), x, words in zip(items, arrays, lanes):
         h.update(f"{path}:{np.dtype(x.dtype)}:{tuple(x.shape)}".encode())
@@ -260,19 +260,27 @@ def _element_bits(x):
 
 
 @jax.jit
+def _all_lanes(arrays):
+    """[len(arrays), 4]: every array's lanes from one program (one compile per model, not
+    one per parameter shape: a small model's digest then costs milliseconds, not a second)."""
+    return jnp.stack([_array_lanes(x) for x in arrays])
+
+
 def _array_lanes(x):
     """4 uint32 sums over elements of mix(bits, global index): wrap-around integer sums do not
     depend on the order XLA adds the shards in, so every sharding gives the same words, and
-    the output is 16 bytes (replicated): no device or host ever holds another's shard."""
+    the output is 16 bytes (replicated): no device or host ever holds another's shard. The
+    four lanes are one reduction over a trailing axis of 4 (one fusion per array)."""
     bits = _element_bits(x)
     index = jnp.zeros(bits.shape, jnp.uint32)
     stride = 1
     for d in reversed(range(bits.ndim)):
         index = index + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, d) * jnp.uint32(stride)
         stride = (stride * bits.shape[d]) % (1 << 32)
-    return jnp.stack([jnp.sum(_fmix32(bits ^ _fmix32(index * jnp.uint32(seed) + jnp.uint32(k))),
-                              dtype=jnp.uint32)
-                      for k, seed in enumerate(_LANE_SEEDS)])
+    seeds = jnp.asarray(_LANE_SEEDS, jnp.uint32)
+    lane = jnp.arange(len(_LANE_SEEDS), dtype=jnp.uint32)
+    mixed = _fmix32(bits[..., None] ^ _fmix32(index[..., None] * seeds + lane))
+    return jnp.sum(mixed, axis=tuple(range(bits.ndim)), dtype=jnp.uint32)
 
 
 def write_json(path: str, obj) -> None:
