@@ -28,7 +28,6 @@ from jaxnets.data.source import Source, Transform, as_source, stack_records
 from jaxnets.errors import UserError
 
 
-_NO_SHARED_MEMORY = 2**62   # DatasetOptions.min_shm_size: arrays below it are pickled
 
 
 class BatchOrder:
@@ -165,11 +164,9 @@ def stream(ds: grain.MapDataset, workers: int, prefetch: int):
         # command line with argparse, so the flags are marked parsed with their defaults.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        # Batches come back pickled through pipes rather than in shared memory: a batch costs
-        # milliseconds to pickle against the seconds its decoding takes, and shared blocks
-        # still in flight when the iterator closes would be reported leaked at exit.
-        it_ds = grain.experimental.WithOptionsIterDataset(
-            it_ds, grain.experimental.DatasetOptions(min_shm_size=_NO_SHARED_MEMORY))
+        # Batches come back in shared memory (Grain's default): a worker's batch reaches this
+        # process as a block to map, not bytes to unpickle, which leaves this process's core
+        # free for decoding (benchmarks/results/input_pipeline.json, workers rows).
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=workers, per_worker_buffer_size=max(prefetch, 1)))
     return iter(it_ds)
