@@ -1,6 +1,11 @@
 """The CPU back-end seam: fusion barriers, folded convolutions, the native filter gradient,
 malloc tuning and per-core devices apply on CPU only; a GPU/TPU process gets none of them.
 The choice is the platform's (`lowering_for(backend=...)`), passed to the model as an argument."""
+import importlib.util
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -11,6 +16,8 @@ from jaxnets.platform.lowering_rule import lowering_for
 from jaxnets.models.resnet import ResNet
 
 import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Primitives only the CPU path brings (jax.nn.relu itself is a custom_jvp: allowed by name).
 CPU_ONLY_PRIMITIVES = ("custom_vjp_call", "ffi_call", "custom_vmap", "custom_partitioning")
@@ -80,3 +87,18 @@ def test_an_installed_plugin_without_its_chip_keeps_the_cpu_choices(monkeypatch,
     assert devices.accelerator_expected()
     monkeypatch.setattr(devices.importlib.metadata, "entry_points", lambda group: [Plugin("some_new_chip")])
     assert devices.accelerator_expected()                  # a plugin jaxnets does not know: assumed present
+
+
+def test_a_cli_process_on_a_host_without_accelerators_never_starts_libtpu(tmp_path):
+    # With the `tpu` extra installed (CI installs it) and no chip, JAX would start libtpu in
+    # every process, print its worker-hostname warnings and fall back to the CPU; the CLI's
+    # platform layer pins the CPU first. TPU targets still compile (tests/test_compile.py).
+    if importlib.util.find_spec("libtpu") is None or devices.accelerator_expected():
+        pytest.skip("needs libtpu installed on a host without accelerators")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    run = subprocess.run([sys.executable, "-m", "jaxnets.cli", "train", "--config",
+                          "experiments/mnist_cnn.py:smoke", "--config.train.steps=1",
+                          "--config.train.report=False", "--workdir", str(tmp_path / "w")],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "TPU" not in run.stderr and "libtpu" not in run.stderr, run.stderr[-3000:]
