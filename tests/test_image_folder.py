@@ -71,6 +71,23 @@ def test_draft_decoding_matches_full_decoding(tmp_path):
     assert np.abs(fast.astype(int) - full.astype(int)).mean() < 3.0
 
 
+def test_flip_mirrors_the_crop_and_every_mode_comes_out_rgb(tmp_path):
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    box = (5.0, 4.0, 45.0, 40.0)   # under twice the output: no draft (DCT) scaling
+    for mode, suffix in (("RGB", "jpg"), ("L", "jpg"), ("RGBA", "png"), ("P", "png")):
+        path = tmp_path / f"x_{mode}.{suffix}"
+        Image.fromarray(pixels).convert(mode).save(path)
+        data = path.read_bytes()
+        plain = decode_box(data, str(path), lambda w, h: box, 24)
+        mirrored = decode_box(data, str(path), lambda w, h: box, 24, flip_fn=lambda: True)
+        reference = np.asarray(Image.open(path).convert("RGB").resize(
+            (24, 24), Image.Resampling.BILINEAR, box=box))
+        assert plain.shape == (24, 24, 3) and plain.dtype == np.uint8
+        np.testing.assert_array_equal(plain, reference)
+        np.testing.assert_array_equal(mirrored, reference[:, ::-1])
+
+
 def test_bad_folders_and_files_name_the_path(tmp_path, fixture_dir):
     with pytest.raises(UserError, match=str(tmp_path / "train")):
         image_folder(str(tmp_path))                      # root without the split

@@ -42,12 +42,14 @@ def _bad_file(path: str, error: Exception) -> UserError:
                      "file, then rerun (the cached file list is rebuilt when a class folder changes).")
 
 
-def decode_box(data: bytes, path: str, box_fn, size: int) -> np.ndarray:
-    """Decode `data`, take the box `box_fn(width, height)` and resize it to size x size RGB."""
+def decode_box(data: bytes, path: str, box_fn, size: int, flip_fn=None) -> np.ndarray:
+    """Decode `data`, take the box `box_fn(width, height)`, resize it to size x size RGB and
+    mirror it left-right if `flip_fn()` (called after `box_fn`: the draws keep their order)."""
     image = open_image(data, path)
     try:
         width, height = image.size
         left, top, right, bottom = box_fn(width, height)
+        flip = bool(flip_fn()) if flip_fn is not None else False
         if image.format == "JPEG":
             # Ask libjpeg for the smallest DCT scale keeping the box >= size pixels per side.
             scale = min((right - left) / size, (bottom - top) / size)
@@ -55,8 +57,11 @@ def decode_box(data: bytes, path: str, box_fn, size: int) -> np.ndarray:
                 image.draft("RGB", (math.ceil(width / scale), math.ceil(height / scale)))
                 sx, sy = image.size[0] / width, image.size[1] / height
                 left, top, right, bottom = left * sx, top * sy, right * sx, bottom * sy
-        image = image.convert("RGB")
+        if image.mode != "RGB":   # an RGB image is resized as decoded (convert would copy it)
+            image = image.convert("RGB")
         image = image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, right, bottom))
+        if flip:   # on the small result, in Pillow: one copy fewer than flipping the array
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return np.asarray(image, dtype=np.uint8)
     except UserError:
         raise
@@ -114,10 +119,9 @@ class TrainImageTransform:
 
     def __call__(self, record, rng: np.random.Generator):
         image = decode_box(record["image"].tobytes(), str(record["path"]),
-                           lambda w, h: random_resized_box(w, h, rng, self.min_scale), self.size)
-        if self.flip and rng.random() < 0.5:
-            image = image[:, ::-1]
-        return {"image": np.ascontiguousarray(image), "label": record["label"]}
+                           lambda w, h: random_resized_box(w, h, rng, self.min_scale), self.size,
+                           flip_fn=lambda: self.flip and rng.random() < 0.5)
+        return {"image": image, "label": record["label"]}
 
 
 class EvalImageTransform:
