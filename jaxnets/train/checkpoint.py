@@ -261,8 +261,8 @@ def _element_bits(x):
 
 @jax.jit
 def _all_lanes(arrays):
-    """[len(arrays), 4]: every array's lanes from one program (one compile per model, not
-    one per parameter shape: a small model's digest then costs milliseconds, not a second)."""
+    """[len(arrays), 4]: every array's lanes from one program: one compile per model rather
+    than one per parameter shape (which had slowed the end of every short run)."""
     return jnp.stack([_array_lanes(x) for x in arrays])
 
 
