@@ -71,31 +71,27 @@ def declared(config, section: str) -> dict[str, Any] | None:
     return None
 
 
-def _refuse(what: str, unknown: list[str], known) -> None:
-    raise unknown_names(what, "option", unknown, known)
-
-
 def validate(config) -> None:
     """Every key set in a declared section is declared there; mesh axes are known axes."""
     for section in model_sections(config):
         known = set(config_model_options(config[section].name)) | {"name"}
         unknown = [k for k in config[section] if k not in known]
         if unknown:
-            _refuse(f"config.{section} (model {config[section].name!r})", unknown, known)
+            raise unknown_names(f"config.{section} (model {config[section].name!r})", "option", unknown, known)
     if config.get("data", {}).get("name"):
         known = data_options(config.data.name)
         unknown = [k for k in config.data.get("options") or {} if k not in known]
         if unknown:
-            _refuse(f"config.data.options (dataset {config.data.name!r})", unknown, known)
+            raise unknown_names(f"config.data.options (dataset {config.data.name!r})", "option", unknown, known)
     if config.get("task"):
         known = task_options(config.task)
         unknown = [k for k in config.get("task_options") or {} if k not in known]
         if unknown:
-            _refuse(f"Task {config.task!r} (config.task_options)", unknown, known)
+            raise unknown_names(f"Task {config.task!r} (config.task_options)", "option", unknown, known)
     axes = base_config().mesh
     unknown = [k for k in config.get("mesh") or {} if k not in axes]
     if unknown:
-        _refuse("config.mesh (axis name -> size)", unknown, axes)
+        raise unknown_names("config.mesh (axis name -> size)", "option", unknown, axes)
 
 
 def resolve(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:

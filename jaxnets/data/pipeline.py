@@ -28,8 +28,6 @@ from jaxnets.data.source import Source, Transform, as_source, stack_records
 from jaxnets.errors import UserError
 
 
-
-
 class BatchOrder:
     """Which records make up each process's share of each global batch (picklable, cheap)."""
 

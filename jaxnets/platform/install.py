@@ -14,10 +14,10 @@ import gc
 
 import jax
 
-from jaxnets.platform.devices import accelerator_expected
 from jaxnets.platform.allocator import tune_host_allocator
 from jaxnets.platform.checkpoint_sync import use_coordination_service_barriers
 from jaxnets.platform.compile_cache import enable_compilation_cache, track_compile_time
+from jaxnets.platform.devices import accelerator_expected
 from jaxnets.platform.logs import quiet_third_party_tracebacks
 
 
