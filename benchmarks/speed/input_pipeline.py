@@ -7,7 +7,9 @@ Images: a fixture folder in ImageNet's layout (`jaxnets.data.fixtures`, real JPE
 a side, about ImageNet's sizes), written once under $TMPDIR. jaxnets rows: `TrainIterator`
 over the image folder with the recipe's host transform (Inception random-resized crop to 224,
 flip), batches of 32, images/s measured after the first batch (worker start-up excluded, as
-for the peer). `decoder_alone`: Pillow decoding whole files to RGB in this process, no crop.
+for the peer). `decoder_alone`: jaxnets' decoder (libjpeg-turbo through simplejpeg) decoding
+whole files to RGB in this process, no crop; `decoder_alone_pillow`: the same with Pillow, the
+peer's decoder.
 Tokens: windows of 1,025 tokens from a memory-mapped uint16 file, batches of 32 (the peer:
 nanoGPT's get_batch). The peer (`benchmarks/peers/torch_input_pipeline.py`) runs the same
 images and worker counts with torch's DataLoader in its own venv, rounds alternating with
@@ -18,6 +20,7 @@ benchmarks/results/input_pipeline.json, shown by `python -m benchmarks.report`.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -25,6 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import numpy as np
+from PIL import Image
 
 from benchmarks.common import report, save
 from jaxnets.data.fixtures import write_imagenet, write_tokens
@@ -57,13 +63,17 @@ def images_per_s(root: str, workers: int, batch: int, images: int, size: int) ->
         it.close()
 
 
-def decoder_alone(root: str, images: int) -> float:
+def decoder_alone(root: str, images: int, decode=decode_full) -> float:
     source = ImageFolderSource(root, "train")
     records = [source[i % len(source)] for i in range(images)]   # file reads outside the timing
     t = time.perf_counter()
     for r in records:
-        decode_full(r["image"].tobytes(), str(r["path"]))
+        decode(r["image"].tobytes(), str(r["path"]))
     return images / (time.perf_counter() - t)
+
+
+def pillow_decode(data: bytes, path: str):
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def token_windows_per_s(path: str, seq_len: int, batch: int, batches: int) -> float:
@@ -91,7 +101,9 @@ def peer(python: str, root: str, tokens: str, args) -> dict:
 
 
 def measure(root: str, tokens: str, args) -> list[dict]:
-    rows = [{"name": "decoder_alone", "images_per_s": decoder_alone(root, args.images)}]
+    rows = [{"name": "decoder_alone", "images_per_s": decoder_alone(root, args.images)},
+            {"name": "decoder_alone_pillow",
+             "images_per_s": decoder_alone(root, args.images, pillow_decode)}]
     for w in (int(x) for x in args.workers.split(",")):
         rows.append({"name": f"decode_augment_{args.size}px_workers{w}", "workers": w,
                      "images_per_s": images_per_s(root, w, args.batch, args.images, args.size)})

@@ -1,4 +1,4 @@
-"""Host-side image decoding and augmentation (Pillow), run per record in the readers/workers.
+"""Host-side image decoding and augmentation, run per record in the readers/workers.
 
 Training (`TrainImageTransform`): Inception-style random-resized crop (a box covering a
 uniform fraction in [min_scale, 1] of the image area with log-uniform aspect ratio in
@@ -9,9 +9,16 @@ Both yield uint8 HxWx3; the scaling to [0, 1] and the per-channel normalisation 
 device inside the jitted step (task option `input_mean`/`input_std`), which keeps host-to-device
 traffic at one byte per pixel channel.
 
-JPEG files are decoded with Pillow's draft mode: libjpeg scales the DCT by 1/2, 1/4 or 1/8
-while decoding, as far as the crop still has at least `size` pixels on each side, so a large
-photo is never fully decoded only to be shrunk (tf.data's decode_and_crop_jpeg trick).
+Decoding: JPEG files go to libjpeg-turbo through simplejpeg, straight into an RGB array (the
+pixels Pillow gives, without Pillow's 4-byte-per-pixel copy). Where the crop keeps at least
+twice `size` pixels a side, libjpeg scales the DCT by 1/2, 1/4 or 1/8 while decoding, so a
+large photo is never fully decoded only to be shrunk (tf.data's decode_and_crop_jpeg idea).
+Every other file (PNG, CMYK JPEG, anything simplejpeg refuses) is decoded by Pillow.
+
+Resizing: OpenCV's area interpolation (FFCV's choice): each output pixel is the average of the
+crop over the area it covers, on each side separately, which antialiases a shrinking crop and
+blends at most two source pixels of a growing one. It costs about half of Pillow's bilinear
+resampling, the other large cost beside the decoder (benchmarks.input_pipeline).
 
 A file that cannot be decoded (corrupt, truncated, or not an image) is fatal: `UserError`
 naming the file (exit 2). Skipping it silently would change the training order.
@@ -21,19 +28,15 @@ from __future__ import annotations
 import io
 import math
 
+import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 from jaxnets.errors import UserError
 
 Box = tuple[float, float, float, float]   # left, top, right, bottom in pixels
-
-
-def open_image(data: bytes, path: str) -> Image.Image:
-    try:
-        return Image.open(io.BytesIO(data))   # reads the header only; a non-image raises here
-    except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault
-        raise _bad_file(path, e) from None
+JPEG_MAGIC = b"\xff\xd8"
 
 
 def _bad_file(path: str, error: Exception) -> UserError:
@@ -42,40 +45,90 @@ def _bad_file(path: str, error: Exception) -> UserError:
                      "file, then rerun (the cached file list is rebuilt when a class folder changes).")
 
 
-def decode_box(data: bytes, path: str, box_fn, size: int, flip_fn=None) -> np.ndarray:
-    """Decode `data`, take the box `box_fn(width, height)`, resize it to size x size RGB and
-    mirror it left-right if `flip_fn()` (called after `box_fn`: the draws keep their order)."""
-    image = open_image(data, path)
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG simplejpeg can decode to RGB, else None (Pillow's files)."""
+    if not data.startswith(JPEG_MAGIC):
+        return None
     try:
-        width, height = image.size
-        left, top, right, bottom = box_fn(width, height)
-        flip = bool(flip_fn()) if flip_fn is not None else False
-        if image.format == "JPEG":
-            # Ask libjpeg for the smallest DCT scale keeping the box >= size pixels per side.
-            scale = min((right - left) / size, (bottom - top) / size)
-            if scale >= 2:
-                image.draft("RGB", (math.ceil(width / scale), math.ceil(height / scale)))
-                sx, sy = image.size[0] / width, image.size[1] / height
-                left, top, right, bottom = left * sx, top * sy, right * sx, bottom * sy
-        if image.mode != "RGB":   # an RGB image is resized as decoded (convert would copy it)
-            image = image.convert("RGB")
-        image = image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, right, bottom))
-        if flip:   # on the small result, in Pillow: one copy fewer than flipping the array
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return np.asarray(image, dtype=np.uint8)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - truncated data surfaces while decoding
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return None if colorspace in ("CMYK", "YCCK") else (width, height)
+
+
+def _pillow_rgb(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))   # a non-image raises here, truncated data in convert
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+
+
+def decode_rgb(data: bytes, path: str, shrink: int = 1) -> np.ndarray:
+    """The image as uint8 HxWx3; a JPEG may be decoded `shrink` (1, 2, 4 or 8) times smaller
+    (libjpeg's DCT scaling: the output is ceil(side / shrink) a side)."""
+    size = _jpeg_size(data)
+    try:
+        if size is not None:
+            try:
+                return simplejpeg.decode_jpeg(data, colorspace="RGB",
+                                              min_width=-(-size[0] // shrink),
+                                              min_height=-(-size[1] // shrink))
+            except ValueError:
+                pass   # a recoverable libjpeg warning (strict mode): Pillow decides
+        return _pillow_rgb(data)
+    except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault
         raise _bad_file(path, e) from None
+
+
+def image_size(data: bytes, path: str) -> tuple[int, int]:
+    """(width, height) from the header alone."""
+    size = _jpeg_size(data)
+    if size is not None:
+        return size
+    try:
+        return Image.open(io.BytesIO(data)).size
+    except Exception as e:  # noqa: BLE001
+        raise _bad_file(path, e) from None
+
+
+def resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """pixels (HxWx3 uint8, any strides) -> size x size x 3, each output pixel the average of
+    the source over the area it covers (antialiased when shrinking, OpenCV's INTER_AREA)."""
+    height, width = pixels.shape[:2]
+    if min(height, width) < size < max(height, width):
+        # One side shrinks, the other grows: INTER_AREA would fall back to two-tap weights on
+        # both sides, aliasing the shrinking one. Shrink it alone first (exact areas).
+        shape = (width, size) if height > size else (size, height)
+        pixels = cv2.resize(pixels, shape, interpolation=cv2.INTER_AREA)
+    return cv2.resize(pixels, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def decode_box(data: bytes, path: str, box_fn, size: int, flip_fn=None) -> np.ndarray:
+    """Decode `data`, take the box `box_fn(width, height)` (rounded to whole pixels), resize it
+    to size x size RGB and mirror it left-right if `flip_fn()` (called after `box_fn`: the
+    draws keep their order)."""
+    width, height = image_size(data, path)
+    left, top, right, bottom = box_fn(width, height)
+    flip = bool(flip_fn()) if flip_fn is not None else False
+    # The largest power-of-two DCT scale keeping the box >= size pixels per side.
+    shrink = 1
+    while shrink < 8 and min(right - left, bottom - top) >= 2 * shrink * size:
+        shrink *= 2
+    pixels = decode_rgb(data, path, shrink)
+    sx, sy = pixels.shape[1] / width, pixels.shape[0] / height
+    x0, x1 = _span(left * sx, right * sx, pixels.shape[1])
+    y0, y1 = _span(top * sy, bottom * sy, pixels.shape[0])
+    out = resize(pixels[y0:y1, x0:x1], size)
+    return cv2.flip(out, 1) if flip else out   # on the small result: one cheap copy
+
+
+def _span(lo: float, hi: float, limit: int) -> tuple[int, int]:
+    """Whole-pixel [start, stop) of at least one pixel inside [0, limit)."""
+    start = min(max(int(round(lo)), 0), limit - 1)
+    return start, max(min(int(round(hi)), limit), start + 1)
 
 
 def decode_full(data: bytes, path: str) -> np.ndarray:
     """The whole image as uint8 HxWx3 (the decoder-alone reference)."""
-    image = open_image(data, path)
-    try:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except Exception as e:  # noqa: BLE001
-        raise _bad_file(path, e) from None
+    return decode_rgb(data, path)
 
 
 def random_resized_box(width: int, height: int, rng: np.random.Generator, min_scale: float = 0.08,
