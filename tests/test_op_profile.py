@@ -10,7 +10,8 @@ def test_kinds_follow_the_ops_a_name_holds():
     assert kind_of("dynamic-slice_bitcast_fusion") == kind_of("copy") == "movement"
     assert kind_of("wrapped_broadcast") == kind_of("transpose_copy_fusion") == "movement"
     assert kind_of("multiply_add_fusion") == kind_of("slice_tanh_fusion") == "generated"
-    assert kind_of("all-reduce") == kind_of("wrapped_add") == "other"
+    assert kind_of("ffi_call") == "library" and kind_of("all-reduce") == kind_of("Rendezvous") == "collective"
+    assert kind_of("wrapped_add") == "other"
 
 
 def test_a_traced_step_counts_each_op_once_per_step():

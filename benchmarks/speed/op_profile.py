@@ -13,16 +13,17 @@ library matmul or convolution, a copy...) on the thread that ran it; the events 
 op name with the numeric suffix removed (`ynn_fusion.12` -> `ynn_fusion`) and by kind:
 
   library   matmuls and convolutions handed to a library (YNNPACK/XNNPACK/oneDNN fusions,
-            dot/convolution thunks, jaxnets' native kernels as custom calls)
+            dot/convolution thunks, jaxnets' native kernels as FFI calls)
+  collective  all-reduces and the like between devices, and their rendezvous waits
   movement  ops and fusions of data movement only: copies, transposes, (dynamic) slices and
             updates, concatenates, broadcasts
   generated XLA's other fused loops (elementwise maths, reductions, softmax...)
-  other     everything else (collectives, unfused arithmetic, small wrapped ops)
+  other     everything else (unfused arithmetic, small wrapped ops)
 
 `busy_ms_per_step` is thunk time summed over threads: the executor runs independent thunks side
 by side on its threads, so the sum can exceed the wall time (`busy_over_wall`), and one op's
 time includes waiting for cores another op holds. Read the shares, not the absolute times.
-Results: `--save` writes benchmarks/results/op_profile_{work}.json (shown by benchmarks.report).
+Results: `--save` writes benchmarks/results/op_profile_{work}_{size}.json (shown by benchmarks.report).
 """
 from __future__ import annotations
 
@@ -35,16 +36,23 @@ import sys
 import tempfile
 import time
 
-LIBRARY = ("ynn_", "xnn_", "onednn", "dot", "convolution", "custom-call", "custom_call")
+LIBRARY = ("ynn_", "xnn_", "onednn", "dot", "convolution", "custom-call", "custom_call", "ffi_call")
+COLLECTIVE = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all",
+              "Rendezvous", "Wait")   # the last two: devices waiting for each other
 MOVEMENT = {"copy", "transpose", "slice", "dynamic-slice", "dynamic-update-slice", "concatenate",
             "bitcast", "broadcast", "pad", "reverse", "gather", "scatter", "reshape"}
 
 
+KINDS = ("library", "collective", "movement", "generated", "other")
+
+
 def kind_of(op: str) -> str:
-    """library, movement, generated or other, from XLA's op name: a fusion is named after the
+    """library, collective, movement, generated or other, from XLA's op name: a fusion is named after the
     ops it holds (`dynamic-slice_bitcast_fusion`), an unfused op after itself (`copy`)."""
     if op.startswith(LIBRARY):
         return "library"
+    if op.startswith(COLLECTIVE):
+        return "collective"
     parts = op.removeprefix("wrapped_").removesuffix("_fusion").split("_")
     if set(parts) <= MOVEMENT:
         return "movement"
@@ -129,7 +137,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=3, help="steps traced")
     ap.add_argument("--top", type=int, default=15, help="ops listed")
     ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
-    ap.add_argument("--save", action="store_true", help="write benchmarks/results/op_profile_WORK.json")
+    ap.add_argument("--save", action="store_true", help="write benchmarks/results/op_profile_WORK_SIZE.json")
     args = ap.parse_args(argv)
     size = args.size or {"lstm": "b16_t1024", "transformer": "smoke", "resnet": "20"}[args.work]
     if args.work == "lstm" and size not in ("b16_t1024", "b64_t128"):
@@ -148,15 +156,15 @@ def main(argv=None):
         kinds[kind_of(op)] += ns / args.steps / 1e6
     rows = [{"name": f"{args.work}_{size}", "wall_ms_per_step": wall, "busy_ms_per_step": busy,
              "busy_over_wall": busy / wall,
-             **{f"{k}_share": kinds.get(k, 0.0) / busy for k in ("library", "generated", "movement", "other")}}]
+             **{f"{k}_share": kinds.get(k, 0.0) / busy for k in KINDS}}]
     for op, (ns, calls) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:args.top]:
         ms = ns / args.steps / 1e6
         rows.append({"name": op, "kind": kind_of(op), "busy_ms_per_step": ms, "share": ms / busy,
                      "calls_per_step": calls / args.steps, "us_per_call": ns / calls / 1e3})
     command = "python -m benchmarks.op_profile " + " ".join(argv if argv is not None else sys.argv[1:])
-    line = report("op_profile", rows, command=command)
+    line = report(f"op_profile_{args.work}_{size}", rows, command=command)
     if args.save:
-        save(line, f"op_profile_{args.work}.json")
+        save(line, f"op_profile_{args.work}_{size}.json")
 
 
 if __name__ == "__main__":
