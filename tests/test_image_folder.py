@@ -61,18 +61,15 @@ def test_crop_boxes_follow_the_recipe():
 def _area_weights(n_in: int, n_out: int) -> np.ndarray:
     """Output pixel i averages source [i s, (i + 1) s), s = n_in / n_out, by covered length."""
     s = n_in / n_out
-    w = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        for j in range(n_in):
-            w[i, j] = max(0.0, min((i + 1) * s, j + 1) - max(i * s, j)) / s
-    return w
+    lo, j = np.arange(n_out)[:, None] * s, np.arange(n_in)[None, :]
+    return np.clip(np.minimum(lo + s, j + 1) - np.maximum(lo, j), 0.0, None) / s
 
 
 def _reference_resize(pixels: np.ndarray, size: int) -> np.ndarray:
     """float64 NumPy: each output pixel averages the source over the area it covers."""
     h, w = pixels.shape[:2]
     out = np.einsum("yi,ijc,xj->yxc", _area_weights(h, size), pixels.astype(np.float64),
-                    _area_weights(w, size))
+                    _area_weights(w, size), optimize=True)
     return np.clip(np.round(out), 0, 255)
 
 
@@ -145,3 +142,12 @@ def test_bad_folders_and_files_name_the_path(tmp_path, fixture_dir):
         TrainImageTransform(8)(bad, np.random.default_rng(0))
     with pytest.raises(UserError, match="b.jpg"):
         EvalImageTransform(8)(bad)
+
+
+def test_a_truncated_jpeg_is_fatal_and_named(tmp_path):
+    path = tmp_path / "cut.jpg"
+    pixels = np.random.default_rng(5).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+    data = path.read_bytes()[: path.stat().st_size // 2]
+    with pytest.raises(UserError, match="cut.jpg.*truncated"):
+        decode_box(data, str(path), lambda w, h: (0, 0, w, h), 32)
