@@ -7,9 +7,9 @@ import sys
 from benchmarks.speed.op_profile import kind_of
 from helpers import REPO
 
-# In a fresh process: once libtpu 0.0.52 (the tpu extra) is loaded, as other tests do when they
-# compile for TPU targets in-process, jax.profiler.trace crashes the process (SIGSEGV: its
-# profiler API is not the one jax 0.10.2 expects; libtpu 0.0.42, jax's own pin, traces fine).
+# In a fresh process: other tests load libtpu when they compile for TPU targets in-process, and a
+# libtpu newer than jax's pin (0.0.52 beside jax 0.10.2) crashes jax.profiler.trace (SIGSEGV:
+# another profiler API); the tpu extra installs jax's own pin, but a user's may differ.
 TRACE_A_STEP = """
 import json, jax, jax.numpy as jnp
 from benchmarks.speed.op_profile import profile

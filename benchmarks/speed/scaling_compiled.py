@@ -19,6 +19,7 @@ time on the machine that made it is in the table; `--budget-s` stops starting ne
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -94,6 +95,7 @@ def compile_row(job: dict, target_chip: str = "v5p") -> dict:
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     row = {k: job[k] for k in ("model", "layout", "devices", "mesh", "num_layers") if k in job}
     row.update({"source": "compiled", "target": target, "wall_s": round(time.time() - t0, 1),
+                "libtpu": libtpu_version(),
                 "command": "jaxnets compile --config " + job["config"] + f" --target {target} "
                 + " ".join(f"--config.{o}" for o in job["overrides"])})
     if out.returncode != 0:
@@ -110,6 +112,14 @@ def compile_row(job: dict, target_chip: str = "v5p") -> dict:
                 "step_time_lower_bound_s": report["step_time_lower_bound_s"],
                 "mfu_upper_bound": report["mfu_upper_bound"], "compile_s": report["compile_s"]})
     return row
+
+
+def libtpu_version() -> str | None:
+    """The TPU compiler's version (the figures change with it: compile with the one jax pins)."""
+    try:
+        return importlib.metadata.version("libtpu")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def load_rows() -> list[dict]:
@@ -173,7 +183,8 @@ def write_markdown(rows: list[dict]) -> str:
              "exact command is in the JSON. Bytes are XLA's per-chip accounting of the compiled "
              "train step (arguments + outputs - donated + temporaries + code), against 95 GiB "
              "(102 GB) of HBM per v5p chip; a step the compiler refused for want of HBM is "
-             "`fits: no` with the compiler's own requirement.", "",
+             "`fits: no` with the compiler's own requirement. TPU compiler: libtpu "
+             + ", ".join(sorted({str(r.get("libtpu")) for r in rows})) + ".", "",
              "| model | layout | chips | params | batch | state GB/chip | compiled GB/chip | fits |"
              " step >= ms | MFU <= | compile s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted((r for r in rows if "params" in r and "num_layers" not in r),
