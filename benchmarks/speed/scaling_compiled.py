@@ -184,7 +184,7 @@ def write_markdown(rows: list[dict]) -> str:
              "train step (arguments + outputs - donated + temporaries + code), against 95 GiB "
              "(102 GB) of HBM per v5p chip; a step the compiler refused for want of HBM is "
              "`fits: no` with the compiler's own requirement. TPU compiler: libtpu "
-             + ", ".join(sorted({str(r.get("libtpu")) for r in rows})) + ".", "",
+             + ", ".join(sorted({r["libtpu"] for r in rows if r.get("libtpu")})) + ".", "",
              "| model | layout | chips | params | batch | state GB/chip | compiled GB/chip | fits |"
              " step >= ms | MFU <= | compile s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted((r for r in rows if "params" in r and "num_layers" not in r),
@@ -281,8 +281,8 @@ def main() -> None:
                 break
             rows = [r for r in rows if not (r.get("largest_depth") is not None
                                             and r["layout"] == layout)]
-            rows.append({"model": "largest", "source": "compiled", **{k: v for k, v in found.items()
-                                                                       if k != "probes"}})
+            rows.append({"model": "largest", "source": "compiled", "libtpu": libtpu_version(),
+                         **{k: v for k, v in found.items() if k != "probes"}})
             save_rows(rows)
     print(json.dumps({"benchmark": "scaling_compiled", "results": rows}))
 
