@@ -34,7 +34,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 
 LIBRARY = ("ynn_", "xnn_", "onednn", "dot", "convolution", "custom-call", "custom_call", "ffi_call")
 COLLECTIVE = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all",
@@ -120,15 +119,6 @@ def profile(step, steps: int) -> dict[str, list[float]]:
     return ops
 
 
-def wall_ms(step, iters: int = 10) -> float:
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return 1e3 * sorted(times)[len(times) // 2]
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", choices=["lstm", "transformer", "resnet"], required=True)
@@ -143,12 +133,10 @@ def main(argv=None):
     if args.work == "lstm" and size not in ("b16_t1024", "b64_t128"):
         ap.error("--size for lstm is b16_t1024 or b64_t128")
     prepare_platform(args.work, size)
-    from benchmarks.common import report, save
+    from benchmarks.common import report, save, time_fn
 
     step = build(args.work, size)
-    for _ in range(3):
-        step()
-    wall = wall_ms(step)
+    wall = time_fn(step, warmup=3, runs=10)["median_ms"]
     ops = profile(step, args.steps)
     busy = sum(ns for ns, _ in ops.values()) / args.steps / 1e6
     kinds: dict[str, float] = collections.defaultdict(float)

@@ -64,13 +64,17 @@ def _pillow_rgb(data: bytes) -> np.ndarray:
 def decode_rgb(data: bytes, path: str, shrink: int = 1) -> np.ndarray:
     """The image as uint8 HxWx3; a JPEG may be decoded `shrink` (1, 2, 4 or 8) times smaller
     (libjpeg's DCT scaling: the output is ceil(side / shrink) a side)."""
-    size = _jpeg_size(data)
+    return _decode(data, path, _jpeg_size(data), shrink)
+
+
+def _decode(data: bytes, path: str, jpeg_size: tuple[int, int] | None, shrink: int) -> np.ndarray:
+    """`decode_rgb` given `_jpeg_size(data)`, read once by the caller."""
     try:
-        if size is not None:
+        if jpeg_size is not None:
             try:
                 return simplejpeg.decode_jpeg(data, colorspace="RGB",
-                                              min_width=-(-size[0] // shrink),
-                                              min_height=-(-size[1] // shrink))
+                                              min_width=-(-jpeg_size[0] // shrink),
+                                              min_height=-(-jpeg_size[1] // shrink))
             except ValueError:
                 pass   # a recoverable libjpeg warning (strict mode): Pillow decides
         return _pillow_rgb(data)
@@ -80,9 +84,10 @@ def decode_rgb(data: bytes, path: str, shrink: int = 1) -> np.ndarray:
 
 def image_size(data: bytes, path: str) -> tuple[int, int]:
     """(width, height) from the header alone."""
-    size = _jpeg_size(data)
-    if size is not None:
-        return size
+    return _jpeg_size(data) or _pillow_size(data, path)
+
+
+def _pillow_size(data: bytes, path: str) -> tuple[int, int]:
     try:
         return Image.open(io.BytesIO(data)).size
     except Exception as e:  # noqa: BLE001
@@ -105,14 +110,15 @@ def decode_box(data: bytes, path: str, box_fn, size: int, flip_fn=None) -> np.nd
     """Decode `data`, take the box `box_fn(width, height)` (rounded to whole pixels), resize it
     to size x size RGB and mirror it left-right if `flip_fn()` (called after `box_fn`: the
     draws keep their order)."""
-    width, height = image_size(data, path)
+    jpeg_size = _jpeg_size(data)   # the header, parsed once for the box and the decode
+    width, height = jpeg_size or _pillow_size(data, path)
     left, top, right, bottom = box_fn(width, height)
     flip = bool(flip_fn()) if flip_fn is not None else False
     # The largest power-of-two DCT scale keeping the box >= size pixels per side.
     shrink = 1
     while shrink < 8 and min(right - left, bottom - top) >= 2 * shrink * size:
         shrink *= 2
-    pixels = decode_rgb(data, path, shrink)
+    pixels = _decode(data, path, jpeg_size, shrink)
     sx, sy = pixels.shape[1] / width, pixels.shape[0] / height
     x0, x1 = _span(left * sx, right * sx, pixels.shape[1])
     y0, y1 = _span(top * sy, bottom * sy, pixels.shape[0])
@@ -124,11 +130,6 @@ def _span(lo: float, hi: float, limit: int) -> tuple[int, int]:
     """Whole-pixel [start, stop) of at least one pixel inside [0, limit)."""
     start = min(max(int(round(lo)), 0), limit - 1)
     return start, max(min(int(round(hi)), limit), start + 1)
-
-
-def decode_full(data: bytes, path: str) -> np.ndarray:
-    """The whole image as uint8 HxWx3 (the decoder-alone reference)."""
-    return decode_rgb(data, path)
 
 
 def random_resized_box(width: int, height: int, rng: np.random.Generator, min_scale: float = 0.08,
