@@ -22,6 +22,7 @@ import jax
 from benchmarks.common import report, time_fn
 from jaxnets.config import apply_overrides, load_config
 from jaxnets.data.pipeline import TrainIterator
+from jaxnets.options import declared
 from jaxnets.platform.install import install_process_settings
 from jaxnets.train.trainer import Trainer, peak_flops_per_device
 
@@ -58,7 +59,7 @@ def main() -> None:
     install_process_settings()   # malloc, compilation cache: as `jaxnets train` does
     spec, overrides = SIZES[(args.model, args.tiny)]
     config = apply_overrides(load_config(spec), overrides + args.set + [
-        "train.report=False", "train.progress=False"])
+        "train.report=False", "train.progress=False"], declared)
     config.cpu_devices = "1"
     with tempfile.TemporaryDirectory() as workdir:
         trainer = Trainer(config, workdir)

@@ -51,6 +51,7 @@ def parse_args(argv=None):
 
 def make_config(size, overrides):
     from jaxnets.config import apply_overrides, load_config
+    from jaxnets.options import declared
     spec = SIZES[size]
     c = load_config("experiments/transformer_shakespeare.py" + (f":{spec['arg']}" if spec["arg"] else ""))
     c.data.options = {"seq_len": spec["seq_len"]}
@@ -58,7 +59,7 @@ def make_config(size, overrides):
     c.data.eval_batch_size = spec["batch"]
     c.model.dropout = 0.0
     c.train.progress = False
-    return apply_overrides(c, list(overrides))
+    return apply_overrides(c, list(overrides), declared)   # a model's keywords too
 
 
 def jaxnets_step(config, workdir):

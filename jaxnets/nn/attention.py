@@ -199,15 +199,40 @@ def xla_attention(q, k, v, *, causal=False, mask=None, q_segment_ids=None,
     Heads-major layout ([B, H, T, D], query groups folded into the rows) makes every product a
     plain batched matmul: traced in the [B, T, H, D] layout, XLA:CPU's forward+backward ran
     4-5x slower, spent on transposes of the logits and a softmax-gradient reduction over keys.
+    Causal attention runs in blocks of query rows (`causal_row_blocks`), each against only the
+    keys it may see: the masked upper triangle is mostly never computed.
     """
     b, tq, hq, _ = q.shape
     qh, kh, vh, allowed = _heads_major(q, k, v, causal=causal, mask=mask,
                                        q_segment_ids=q_segment_ids,
                                        kv_segment_ids=kv_segment_ids, kv_lengths=kv_lengths)
-    out = _dense_attention(qh * scale, kh, vh, allowed)            # [B, Hkv, G*Tq, D]
-    hkv, d = kh.shape[1], vh.shape[-1]
-    out = out.reshape(b, hkv, hq // hkv, tq, d).transpose(0, 3, 1, 2, 4)
-    return out.reshape(b, tq, hq, d).astype(q.dtype)
+    hkv, tk, d = kh.shape[1], kh.shape[2], vh.shape[-1]
+    groups = hq // hkv
+    qh = (qh * scale).reshape(b, hkv, groups, tq, -1)
+    allowed = allowed.reshape(allowed.shape[:2] + (-1, tq, tk))      # [B|1, Hkv|1, G|1, Tq, Tk]
+    outs = []
+    for start, stop in causal_row_blocks(tq) if causal else [(0, tq)]:
+        # Top-left aligned causal: rows [start, stop) see keys [0, stop) at most.
+        keys = min(stop, tk) if causal else tk
+        rows = lambda x: x[:, :, :, start:stop].reshape(x.shape[:2] + (-1, x.shape[-1]))
+        out = _dense_attention(rows(qh), kh[:, :, :keys], vh[:, :, :keys],
+                               rows(allowed[..., :keys]))         # [B, Hkv, G*rows, D]
+        outs.append(out.reshape(b, hkv, groups, stop - start, d))
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, tq, hq, d).astype(q.dtype)
+
+
+# Causal attention in query-row blocks: 4 blocks compute 5/8 of the logits. Measured on the
+# 2-core Zen 4 Transformer-LM train steps (docs/cpu_choices.md): 4 blocks beat 1, 2 and 8;
+# a block under 32 rows costs more in small products than it saves.
+_CAUSAL_ROW_BLOCKS = 4
+_MIN_BLOCK_ROWS = 32
+
+
+def causal_row_blocks(tq: int) -> list[tuple[int, int]]:
+    """[start, stop) of the query-row blocks causal attention is computed in."""
+    n = max(1, min(_CAUSAL_ROW_BLOCKS, tq // _MIN_BLOCK_ROWS))
+    return [(i * tq // n, (i + 1) * tq // n) for i in range(n)]
 
 
 def attention_probabilities(q, k, *, causal=False, mask=None, q_segment_ids=None,
@@ -261,12 +286,20 @@ def _dense_attention_bwd(residuals, d_out):
     # dS = P * (dP - rowsum(dO * O)) (flash attention's form): the row sum runs over head_dim
     # instead of over the keys, and a masked entry (P = 0) gets no gradient.
     q, k, v, probs, out = residuals
-    dv = jnp.einsum("bhqk,bhqd->bhkd", probs, d_out)
+    dv = jnp.einsum("bhkq,bhqd->bhkd", _keys_major(probs), d_out)
     dp = jnp.einsum("bhqd,bhkd->bhqk", d_out, v)
     ds = probs * (dp - jnp.sum(d_out * out, axis=-1, keepdims=True))
     dq = jnp.einsum("bhqk,bhkd->bhqd", ds, k)
-    dk = jnp.einsum("bhqk,bhqd->bhkd", ds, q)
+    dk = jnp.einsum("bhkq,bhqd->bhkd", _keys_major(ds), q)
     return dq, dk, dv, None
+
+
+def _keys_major(x):
+    """[..., Tq, Tk] -> [..., Tk, Tq], written out on CPU: XLA:CPU folds a transpose into the
+    product as a contraction over the lhs's rows, which it runs on Eigen at a fraction of the
+    speed of the plain batched matmul the written-out copy gets (docs/cpu_choices.md)."""
+    x = jnp.swapaxes(x, -1, -2)
+    return jax.lax.optimization_barrier(x) if sharding.current_platform() == "cpu" else x
 
 
 _dense_attention.defvjp(_dense_attention_fwd, _dense_attention_bwd)
