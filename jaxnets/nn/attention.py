@@ -31,6 +31,7 @@ A combination an implementation cannot honour raises ValueError: a mask is never
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -207,18 +208,12 @@ def xla_attention(q, k, v, *, causal=False, mask=None, q_segment_ids=None,
                                        q_segment_ids=q_segment_ids,
                                        kv_segment_ids=kv_segment_ids, kv_lengths=kv_lengths)
     hkv, tk, d = kh.shape[1], kh.shape[2], vh.shape[-1]
-    groups = hq // hkv
-    qh = (qh * scale).reshape(b, hkv, groups, tq, -1)
+    qh = (qh * scale).reshape(b, hkv, hq // hkv, tq, -1)
     allowed = allowed.reshape(allowed.shape[:2] + (-1, tq, tk))      # [B|1, Hkv|1, G|1, Tq, Tk]
-    outs = []
-    for start, stop in causal_row_blocks(tq) if causal else [(0, tq)]:
-        # Top-left aligned causal: rows [start, stop) see keys [0, stop) at most.
-        keys = min(stop, tk) if causal else tk
-        rows = lambda x: x[:, :, :, start:stop].reshape(x.shape[:2] + (-1, x.shape[-1]))
-        out = _dense_attention(rows(qh), kh[:, :, :keys], vh[:, :, :keys],
-                               rows(allowed[..., :keys]))         # [B, Hkv, G*rows, D]
-        outs.append(out.reshape(b, hkv, groups, stop - start, d))
-    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    # Top-left aligned causal: rows [start, stop) see keys [0, stop) at most.
+    blocks = tuple((start, stop, min(stop, tk)) for start, stop in causal_row_blocks(tq)) \
+        if causal else ((0, tq, tk),)
+    out = _row_blocks_attention(qh, kh, vh, allowed, blocks)        # [B, Hkv, G, Tq, D]
     return out.transpose(0, 3, 1, 2, 4).reshape(b, tq, hq, d).astype(q.dtype)
 
 
@@ -270,28 +265,59 @@ def _heads_major(q, k, v, *, causal, mask, q_segment_ids, kv_segment_ids, kv_len
     return qh, kh, vh, allowed.reshape(allowed.shape[:2] + (-1, tk))
 
 
-@jax.custom_vjp
-def _dense_attention(q, k, v, allowed):
-    """softmax(q k^T, masked) v per [batch, head]; q already scaled. Zero rows stay zero."""
-    return _dense_attention_fwd(q, k, v, allowed)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _row_blocks_attention(q, k, v, allowed, blocks):
+    """softmax(q k^T, masked) v per [batch, head], q [B, H, G, Tq, D] already scaled, k and v
+    [B, H, Tk, D], allowed [B|1, H|1, G|1, Tq, Tk]; rows [start, stop) of each of `blocks`
+    read keys [0, keys) only. Zero rows stay zero. One VJP for all blocks: their key
+    gradients add up in place instead of through a padded copy per block."""
+    return _row_blocks_fwd(q, k, v, allowed, blocks)[0]
 
 
-def _dense_attention_fwd(q, k, v, allowed):
-    probs = masked_softmax(jnp.einsum("bhqd,bhkd->bhqk", q, k), allowed)
-    out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+def _rows(x, start, stop):
+    """Rows [start, stop) of [B, H, G, T, D], groups folded into rows: [B, H, G*(stop-start), D]."""
+    return x[:, :, :, start:stop].reshape(x.shape[:2] + (-1, x.shape[-1]))
+
+
+def _unfold_rows(x, groups):
+    return x.reshape(x.shape[:2] + (groups, -1, x.shape[-1]))
+
+
+def _row_blocks_fwd(q, k, v, allowed, blocks):
+    outs, probs = [], []
+    for start, stop, keys in blocks:
+        p = masked_softmax(jnp.einsum("bhqd,bhkd->bhqk", _rows(q, start, stop), k[:, :, :keys]),
+                           _rows(allowed[..., :keys], start, stop))
+        outs.append(_unfold_rows(jnp.einsum("bhqk,bhkd->bhqd", p, v[:, :, :keys]), q.shape[2]))
+        probs.append(p)
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
     return out, (q, k, v, probs, out)
 
 
-def _dense_attention_bwd(residuals, d_out):
+def _row_blocks_bwd(blocks, residuals, d_out):
     # dS = P * (dP - rowsum(dO * O)) (flash attention's form): the row sum runs over head_dim
     # instead of over the keys, and a masked entry (P = 0) gets no gradient.
     q, k, v, probs, out = residuals
-    dv = jnp.einsum("bhkq,bhqd->bhkd", _keys_major(probs), d_out)
-    dp = jnp.einsum("bhqd,bhkd->bhqk", d_out, v)
-    ds = probs * (dp - jnp.sum(d_out * out, axis=-1, keepdims=True))
-    dq = jnp.einsum("bhqk,bhkd->bhqd", ds, k)
-    dk = jnp.einsum("bhkq,bhqd->bhkd", _keys_major(ds), q)
-    return dq, dk, dv, None
+    dq, dk, dv = [], jnp.zeros_like(k), jnp.zeros_like(v)
+    for (start, stop, keys), p in zip(blocks, probs):
+        do, o = _rows(d_out, start, stop), _rows(out, start, stop)
+        dv = _add_to_keys(dv, jnp.einsum("bhkq,bhqd->bhkd", _keys_major(p), do))
+        dp = jnp.einsum("bhqd,bhkd->bhqk", do, v[:, :, :keys])
+        ds = p * (dp - jnp.sum(do * o, axis=-1, keepdims=True))
+        dq.append(_unfold_rows(jnp.einsum("bhqk,bhkd->bhqd", ds, k[:, :, :keys]), q.shape[2]))
+        dk = _add_to_keys(dk, jnp.einsum("bhkq,bhqd->bhkd", _keys_major(ds), _rows(q, start, stop)))
+    return dq[0] if len(dq) == 1 else jnp.concatenate(dq, axis=3), dk, dv, None
+
+
+_row_blocks_attention.defvjp(_row_blocks_fwd, _row_blocks_bwd)
+
+
+def _add_to_keys(total, part):
+    """total[:, :, :keys] += part for the first `keys` keys: an update in place, not a scatter."""
+    keys = part.shape[2]
+    if keys == total.shape[2]:
+        return total + part
+    return jax.lax.dynamic_update_slice_in_dim(total, total[:, :, :keys] + part, 0, axis=2)
 
 
 def _keys_major(x):
@@ -301,8 +327,6 @@ def _keys_major(x):
     x = jnp.swapaxes(x, -1, -2)
     return jax.lax.optimization_barrier(x) if sharding.current_platform() == "cpu" else x
 
-
-_dense_attention.defvjp(_dense_attention_fwd, _dense_attention_bwd)
 
 
 def masked_softmax(logits, allowed):
