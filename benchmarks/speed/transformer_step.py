@@ -16,6 +16,13 @@ cpu_devices=1) to compare levers. `--pin CORE` runs both on one core (one thread
 with OMP_NUM_THREADS=1, jaxnets on one single-threaded device) and the ratio of CPU time per
 step (`ratio_cpu`) is then the per-core efficiency, which holds on a loaded machine where wall
 times do not. Writes the full report to --out.
+
+`--levers`: the CPU levers of the attention layer, each variant built in this one process and
+timed round-robin (`--rounds`, default 6) against the shipped code, jaxnets only (no peer):
+`row_blocks_1` computes causal attention in one block (the whole masked square; shipped: 4
+query-row blocks, `jaxnets.nn.attention.causal_row_blocks`), `folded_transposes` lets XLA fold
+the backward's key-major transposes into its products (shipped: written out on CPU,
+`attention._keys_major`). `ratio_to_default` > 1: the lever pays that much.
 """
 from __future__ import annotations
 
@@ -46,7 +53,11 @@ def parse_args(argv=None):
     ap.add_argument("--set", action="append", default=[], help="jaxnets config override KEY=VALUE")
     ap.add_argument("--out", help="also write the full report (every round) to this file")
     ap.add_argument("--pin", type=int, help="run both on this one core, one thread each")
-    return ap.parse_args(argv)
+    ap.add_argument("--levers", action="store_true", help="time the attention levers round-robin, jaxnets only")
+    args = ap.parse_args(argv)
+    if args.levers and "--rounds" not in (argv if argv is not None else sys.argv[1:]):
+        args.rounds = 6
+    return args
 
 
 def make_config(size, overrides):
@@ -107,6 +118,63 @@ def peer(args, size, config, vocab, same_allocator=False):
     return json.loads(out.strip().splitlines()[-1])["results"][0]
 
 
+LEVERS = ("default", "row_blocks_1", "folded_transposes")
+
+
+def lever(name):
+    """A context in which the attention layer traces as variant `name` (module constants)."""
+    import contextlib
+
+    import jax.numpy as jnp
+
+    from jaxnets.nn import attention
+
+    @contextlib.contextmanager
+    def patched():
+        saved = attention._CAUSAL_ROW_BLOCKS, attention._keys_major
+        if name == "row_blocks_1":
+            attention._CAUSAL_ROW_BLOCKS = 1
+        elif name == "folded_transposes":
+            attention._keys_major = lambda x: jnp.swapaxes(x, -1, -2)
+        try:
+            yield
+        finally:
+            attention._CAUSAL_ROW_BLOCKS, attention._keys_major = saved
+    return patched()
+
+
+def run_levers(args, configs, argv):
+    """Each size's step built (and compiled) once per lever, then timed in alternating rounds."""
+    from benchmarks.common import machine, now
+    steps, rows = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in args.sizes:
+            for name in LEVERS:
+                with lever(name):   # traced and compiled here, under the variant
+                    steps[s, name] = jaxnets_step(configs[s], os.path.join(tmp, f"{s}_{name}"))[0]
+                    steps[s, name]()
+        times = {key: [] for key in steps}
+        for r in range(args.rounds):
+            for key, step in steps.items():
+                times[key].append(time_calls(step, 1, args.iters)[0])
+            print(f"round {r}: " + ", ".join(f"{s}/{n} {times[s, n][-1]:.1f} ms" for s, n in steps),
+                  file=sys.stderr)
+    for s in args.sizes:
+        base = times[s, "default"]
+        for name in LEVERS:
+            rows.append({"name": f"{s}_{name}", "size": s, "lever": name,
+                         "ms_per_step": statistics.median(times[s, name]),
+                         "ratio_to_default": statistics.median(t / b for t, b in zip(times[s, name], base))})
+    report = {"benchmark": "transformer_step_levers", "command": "python -m benchmarks.transformer_step "
+              + " ".join(argv or sys.argv[1:]), "machine": machine(), "date": now(), "results": rows}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+    for r in rows:
+        print(f"{r['name']}: {r['ms_per_step']:.1f} ms, x{r['ratio_to_default']:.3f} of default")
+    print(json.dumps(report))
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.pin is not None:   # inherited by the peer's subprocess
@@ -120,6 +188,8 @@ def main(argv=None):
     first = configs[args.sizes[0]]
     auto_cpu_devices([c.data.batch_size for c in configs.values()], first.get("cpu_devices"))
     install_process_settings()   # as `jaxnets train` does
+    if args.levers:
+        return run_levers(args, configs, argv)
     from benchmarks.common import machine, now
     from benchmarks.peak import efficiency
     steps, vocab, flops, rounds = {}, {}, {}, []
