@@ -63,10 +63,12 @@ def test_runnable_isas_follow_cpu_flags(monkeypatch):
 
 @cpu_only
 def test_machine_build_has_one_name_on_every_isa():
-    """The machine's own build registers as `jaxnets_<name>` whatever its ISA, so a program calling
-    it is the same text on AVX-512, AVX2 or ARM hosts; an explicit ISA gets its own name."""
+    """The machine's own build registers as `jaxnets_<name>_<symbol>` whatever its ISA, so a
+    program calling it is the same text on AVX-512, AVX2 or ARM hosts; an explicit ISA gets its
+    own name."""
     if native.load(conv_filter_grad.NAME) is None:
         pytest.skip("no native kernel on this machine (no compiler)")
-    assert native.ffi_target(conv_filter_grad.NAME, "Conv3x3FilterGrad") == "jaxnets_conv3x3_filter_grad"
+    name = "jaxnets_conv3x3_filter_grad_Conv3x3FilterGrad"
+    assert native.ffi_target(conv_filter_grad.NAME, "Conv3x3FilterGrad") == name
     isa = native.runnable_isas()[-1]
-    assert native.ffi_target(conv_filter_grad.NAME, "Conv3x3FilterGrad", isa) == f"jaxnets_conv3x3_filter_grad_{isa}"
+    assert native.ffi_target(conv_filter_grad.NAME, "Conv3x3FilterGrad", isa) == f"{name}_{isa}"

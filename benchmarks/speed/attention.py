@@ -7,6 +7,13 @@
 CPU: `blockwise` vs `xla` at B=4, H=8, D=64, T=2048 (forward, forward+backward), and the peak
 resident memory of blockwise forward+backward at B=1, H=8, D=64, T=16384 in a fresh process
 (`blockwise_t16384`, `peak_rss_mib`; the xla path would need 8 GiB for the logits alone).
+Then causal self-attention at the Transformer-LM benchmark's shapes (`CAUSAL_SHAPES`:
+benchmarks.transformer_step's smoke and large models) through the layer's own entry point
+(`implementation="auto"`), side by side with PyTorch's fused CPU kernel
+(F.scaled_dot_product_attention, `benchmarks/peers/torch_attention.py` in the peers venv given
+by `--peer-python`; skipped if that python does not exist): `--rounds` rounds, the peer then
+jaxnets in each; rows `causal_{shape}_{pass}` with both sides' ms, GFLOP/s and
+fraction_of_peak and `ratio_jaxnets_over_torch` (median of the per-round ratios).
 GPU: TFLOP/s of `pallas` vs `cudnn` vs `xla` (and the upstream Pallas reference kernel) in
 bf16, forward and forward+backward, causal or not, D = 64 and 128, T = 1k..16k at 16k tokens
 per batch, after checking each against float32 `xla` on the same inputs. FLOPs counted as
@@ -16,6 +23,7 @@ Timings are medians after a compile/warm-up call; on a shared CPU compare ratios
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import os
@@ -29,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnets.nn.attention import dot_product_attention
+from benchmarks.common import machine, now
 from benchmarks.peak import efficiency
 
 
@@ -66,7 +75,47 @@ def attention_flops(b, t, h, d, causal, backward):
 
 
 # ---------------------------------------------------------------- CPU ----------------------
-def cpu_section(repeats):
+CAUSAL_SHAPES = {"smoke": (32, 128, 4, 32), "large": (16, 256, 6, 64)}   # B, T, H, D
+PEER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "peers",
+                    "torch_attention.py")
+
+
+def causal_vs_peer(repeats, rounds, peer_python):
+    """Causal self-attention at the Transformer-LM shapes, jaxnets and the PyTorch peer."""
+    fns = {name: make_fns("auto", causal=True) for name in CAUSAL_SHAPES}
+    inputs = {name: random_inputs(*shape, jnp.float32) for name, shape in CAUSAL_SHAPES.items()}
+    has_peer = bool(peer_python) and os.path.exists(peer_python)
+    ours, theirs = collections.defaultdict(list), collections.defaultdict(list)
+    for _ in range(rounds):
+        if has_peer:
+            cmd = [peer_python, PEER, "--json", "--iters", str(repeats)] + [
+                a for name, shape in CAUSAL_SHAPES.items()
+                for a in ("--shape", f"{name}=" + ",".join(map(str, shape)))]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            for r in json.loads(out.strip().splitlines()[-1])["results"]:
+                for pass_ in ("fwd", "fwd_bwd"):
+                    theirs[r["name"], pass_].append(r[f"{pass_}_ms"])
+        for name, (fwd, fwd_bwd) in fns.items():
+            q, k, v, do = inputs[name]
+            ours[name, "fwd"].append(1e3 * median_seconds(fwd, q, k, v, repeats=repeats))
+            ours[name, "fwd_bwd"].append(1e3 * median_seconds(fwd_bwd, q, k, v, do, repeats=repeats))
+    rows = []
+    for (name, pass_), times in ours.items():
+        b, t, h, d = CAUSAL_SHAPES[name]
+        flops = attention_flops(b, t, h, d, True, pass_ == "fwd_bwd")
+        ms = statistics.median(times)
+        row = {"name": f"causal_{name}_{pass_}", "impl": "auto", "pass": pass_, "B": b, "T": t, "H": h,
+               "D": d, "ms": round(ms, 2), **efficiency(flops, ms)}
+        if has_peer:
+            peer_ms = statistics.median(theirs[name, pass_])
+            row.update({"torch_ms": round(peer_ms, 2), **efficiency(flops, peer_ms, prefix="torch_"),
+                        "ratio_jaxnets_over_torch": round(statistics.median(
+                            a / b for a, b in zip(times, theirs[name, pass_])), 3)})
+        rows.append(row)
+    return rows
+
+
+def cpu_section(repeats, rounds=3, peer_python=None):
     # The memory probe first, in a fresh process, while this one is still small.
     child = subprocess.run([sys.executable, "-m", "benchmarks.attention", "--rss-child",
                             "blockwise", "16384"], capture_output=True, text=True, check=True)
@@ -86,7 +135,7 @@ def cpu_section(repeats):
     for name in ("fwd", "fwd_bwd"):
         results.append({"name": f"blockwise_over_xla_time_{name}_t{t}",
                         "ratio": round(times["blockwise", name] / times["xla", name], 3)})
-    return results
+    return results + causal_vs_peer(repeats, rounds, peer_python)
 
 
 def peak_rss_mib():
@@ -209,7 +258,12 @@ def main(argv=None):
     parser.add_argument("--out", help="also write the JSON object to this file")
     parser.add_argument("--rss-child", nargs=2, metavar=("IMPL", "T"))
     parser.add_argument("--table", metavar="JSON_FILE", help="print the table of a saved run")
+    parser.add_argument("--peer-python", default="/tmp/peers/bin/python",
+                        help="CPU: python of the PyTorch peers venv (skipped if absent)")
+    parser.add_argument("--rounds", type=int, default=3, help="CPU: rounds of the peer comparison")
     args = parser.parse_args(argv)
+    from jaxnets.platform.install import install_process_settings
+    install_process_settings()   # as `jaxnets train` does: malloc, no libtpu on a CPU host
     if args.rss_child:
         return rss_child(args.rss_child[0], int(args.rss_child[1]))
     if args.table:
@@ -220,10 +274,13 @@ def main(argv=None):
         results = gpu_section(args.repeats or (3 if args.tiny else 10), args.tiny, args.out)
         print_table(results)
     else:
-        results = cpu_section(args.repeats or 5)
+        results = cpu_section(args.repeats or 5, args.rounds, args.peer_python)
     report = {"benchmark": "attention", "device": f"{device.platform}: {device.device_kind}",
-              "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
-              "load_average_1min_at_end": round(os.getloadavg()[0], 1), "results": results}
+              "command": "python -m benchmarks.attention " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "jax": jax.__version__, "date": now(), "load_average_1min_at_end": round(os.getloadavg()[0], 1),
+              "results": results}
+    if device.platform == "cpu":
+        report["machine"] = machine()
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

@@ -19,10 +19,12 @@ times do not. Writes the full report to --out.
 
 `--levers`: the CPU levers of the attention layer, each variant built in this one process and
 timed round-robin (`--rounds`, default 6) against the shipped code, jaxnets only (no peer):
-`row_blocks_1` computes causal attention in one block (the whole masked square; shipped: 4
-query-row blocks, `jaxnets.nn.attention.causal_row_blocks`), `folded_transposes` lets XLA fold
-the backward's key-major transposes into its products (shipped: written out on CPU,
-`attention._keys_major`). `ratio_to_default` > 1: the lever pays that much.
+`xla_attention` runs causal attention through the XLA formula instead of the native kernel
+(`jaxnets.kernels.causal_attention`); on that path `xla_row_blocks_1` computes it in one block
+(the whole masked square; shipped: 4 query-row blocks, `attention.causal_row_blocks`) and
+`xla_folded_transposes` lets XLA fold the backward's key-major transposes into its products
+(shipped: written out on CPU, `attention._keys_major`). `ratio_to_default` > 1: the shipped
+choice pays that much.
 """
 from __future__ import annotations
 
@@ -118,7 +120,7 @@ def peer(args, size, config, vocab, same_allocator=False):
     return json.loads(out.strip().splitlines()[-1])["results"][0]
 
 
-LEVERS = ("default", "row_blocks_1", "folded_transposes")
+LEVERS = ("default", "xla_attention", "xla_row_blocks_1", "xla_folded_transposes")
 
 
 def lever(name):
@@ -127,19 +129,22 @@ def lever(name):
 
     import jax.numpy as jnp
 
+    from jaxnets.kernels import causal_attention
     from jaxnets.nn import attention
 
     @contextlib.contextmanager
     def patched():
-        saved = attention._CAUSAL_ROW_BLOCKS, attention._keys_major
-        if name == "row_blocks_1":
+        saved = attention._CAUSAL_ROW_BLOCKS, attention._keys_major, causal_attention.enabled
+        if name.startswith("xla_"):
+            causal_attention.enabled = lambda: False
+        if name == "xla_row_blocks_1":
             attention._CAUSAL_ROW_BLOCKS = 1
-        elif name == "folded_transposes":
+        elif name == "xla_folded_transposes":
             attention._keys_major = lambda x: jnp.swapaxes(x, -1, -2)
         try:
             yield
         finally:
-            attention._CAUSAL_ROW_BLOCKS, attention._keys_major = saved
+            attention._CAUSAL_ROW_BLOCKS, attention._keys_major, causal_attention.enabled = saved
     return patched()
 
 

@@ -155,13 +155,13 @@ def load(name: str, isa: str | None = None) -> ctypes.CDLL | None:
 def ffi_target(name: str, symbol: str, isa: str | None = None) -> str | None:
     """Register `symbol` of kernel library `name` as a CPU FFI target; its target name, or None.
 
-    Without `isa`, this machine's build (`machine_isa()`) under the name `jaxnets_<name>`, the
-    same on every machine: a program that calls it is the same program on AVX-512, AVX2 or ARM
-    hosts, each running its own build (as XLA's own kernels differ by host). With `isa`, that
-    build under `jaxnets_<name>_<isa>` (tests compare the builds in one process)."""
+    Without `isa`, this machine's build (`machine_isa()`) under the name `jaxnets_<name>_<symbol>`,
+    the same on every machine: a program that calls it is the same program on AVX-512, AVX2 or
+    ARM hosts, each running its own build (as XLA's own kernels differ by host). With `isa`, that
+    build under `jaxnets_<name>_<symbol>_<isa>` (tests compare the builds in one process)."""
     lib = load(name, isa or machine_isa())
     if lib is None:
         return None
-    target = f"jaxnets_{name}" + (f"_{isa}" if isa else "")
+    target = f"jaxnets_{name}_{symbol}" + (f"_{isa}" if isa else "")
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     return target

@@ -20,11 +20,14 @@ Implementations (`implementation=`):
                (jaxnets/kernels/blockwise_attention.py): O(T) memory, every backend.
   "pallas"     the fused flash-attention kernel (jaxnets/kernels/flash_attention.py); Triton on
                GPU, interpret mode elsewhere (slow: for tests). No dense `mask`.
+  "native"     causal self-attention by the C++ CPU kernel (jaxnets/kernels/causal_attention.py):
+               float32, no other mask, head_dim a multiple of 16, at most MAX_LEN positions.
   "pallas_tpu" the Pallas TPU flash-attention kernel that ships with jax
                (jaxnets/kernels/tpu_attention.py); TPU, or its interpret mode elsewhere (tests).
   "cudnn"      jax.nn.dot_product_attention(implementation="cudnn"); GPU only, fp16/bf16.
   "auto"       the fastest valid one for the backend, dtype and shapes (see `choose_implementation`):
-               TPU: pallas_tpu; GPU: cudnn (half precision) or pallas; CPU: xla or blockwise.
+               TPU: pallas_tpu; GPU: cudnn (half precision) or pallas; CPU: native (causal
+               self-attention it takes), else xla or blockwise.
 Under the trainer's mesh the kernels run per shard (`per_shard`: batch over the data axes,
 heads over "tensor"), so no device gathers another's q, k or v.
 A combination an implementation cannot honour raises ValueError: a mask is never dropped.
@@ -50,7 +53,7 @@ from jaxnets.nn.rotary import apply_rotary
 from jaxnets.parallel import sharding
 from jaxnets.parallel.sharding import constrain
 
-IMPLEMENTATIONS = ("xla", "blockwise", "pallas", "pallas_tpu", "cudnn", "auto")
+IMPLEMENTATIONS = ("xla", "blockwise", "pallas", "pallas_tpu", "cudnn", "native", "auto")
 
 # CPU: below this many logits per call the plain formula is faster than the scan over key
 # blocks and its memory is harmless (benchmarks/results/attention_cpu.json measures both).
@@ -59,15 +62,19 @@ _XLA_MAX_LOGITS_CPU = 1 << 24
 
 def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, segment_ids=None,
                           kv_lengths=None, scale: float | None = None,
-                          implementation: str = "auto"):
-    """softmax(q k^T * scale + masks) v over [batch, seq, heads, head_dim] arrays."""
+                          implementation: str = "auto", native_threads: int = 1):
+    """softmax(q k^T * scale + masks) v over [batch, seq, heads, head_dim] arrays.
+
+    `native_threads` (the "native" kernel): 1 runs it on the calling thread, 0 splits it over
+    XLA's intra-op pool (one multi-threaded CPU device only: `Lowering.native_threads`)."""
     q_seg, kv_seg = _check_inputs(q, k, v, mask, segment_ids, kv_lengths)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if mask is not None:
         mask = jnp.asarray(mask, bool)
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
     if implementation == "auto":
-        implementation = choose_implementation(q, k, v, mask=mask, segment_ids=segment_ids)
+        implementation = choose_implementation(q, k, v, mask=mask, segment_ids=segment_ids,
+                                               causal=causal, kv_lengths=kv_lengths)
     if implementation == "xla":
         return xla_attention(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg,
                              kv_segment_ids=kv_seg, kv_lengths=kv_lengths, scale=scale)
@@ -96,6 +103,18 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, segment_i
             q, k, v, causal=causal, q_segment_ids=qs, kv_segment_ids=ks, scale=scale,
             interpret=interpret)
         return per_shard(kernel, q, k, v, q_seg, kv_seg, None)
+    if implementation == "native":
+        from jaxnets.kernels import causal_attention as native
+        if not causal or mask is not None or q_seg is not None or kv_lengths is not None \
+                or not native.supported(q, k, v):
+            raise ValueError(
+                "implementation='native' is causal self-attention only, without mask, segment_ids "
+                "or kv_lengths, float32 q, k, v of one length (at most "
+                f"{native.MAX_LEN}), head_dim a multiple of 16, and a built native library; got "
+                f"q {q.shape} {q.dtype}, k {k.shape}, causal={causal}. Use 'xla' or 'blockwise'.")
+        kernel = lambda q, k, v, *_: native.causal_attention(q, k, v, scale=scale,
+                                                             threads=native_threads)
+        return per_shard(kernel, q, k, v, None, None, None)
     if implementation == "cudnn":
         return _cudnn_attention(q, k, v, causal=causal, mask=mask, q_segment_ids=q_seg,
                                 kv_segment_ids=kv_seg, kv_lengths=kv_lengths, scale=scale)
@@ -141,7 +160,8 @@ def per_shard(kernel, q, k, v, q_seg, kv_seg, kv_lengths):
     return jax.shard_map(body, in_specs=tuple(specs), out_specs=qkv, check_vma=False)(*args)
 
 
-def choose_implementation(q, k, v, *, mask=None, segment_ids=None) -> str:
+def choose_implementation(q, k, v, *, mask=None, segment_ids=None, causal=False,
+                          kv_lengths=None) -> str:
     """The fastest implementation that honours these inputs on the platform the program is
     for (`sharding.current_platform()`: a TPU slice's when compiled ahead of time for one)."""
     backend = sharding.current_platform()
@@ -156,6 +176,10 @@ def choose_implementation(q, k, v, *, mask=None, segment_ids=None) -> str:
         if mask is None and q.shape[-1] <= 256:
             return "pallas"
         return "xla"
+    if causal and mask is None and segment_ids is None and kv_lengths is None:
+        from jaxnets.kernels import causal_attention as native   # builds the kernel on first use
+        if native.enabled() and native.supported(q, k, v):
+            return "native"
     logits = q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1]
     return "xla" if logits <= _XLA_MAX_LOGITS_CPU else "blockwise"
 
@@ -421,6 +445,7 @@ class MultiHeadAttention(nnx.Module):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
         self.head_dim = head_dim or d_model // num_heads
         self.implementation = implementation
+        self.native_threads = lowering.native_threads
         self.rotary_base = rotary_base   # rotate q and k by their positions (nn/rotary.py)
         # Logical axes: projections split by head over "tensor" (Megatron: no communication
         # inside attention), model width over "fsdp".
@@ -471,7 +496,8 @@ class MultiHeadAttention(nnx.Module):
             mask = (jnp.arange(k.shape[1])[None, :] <= cache_index + jnp.arange(t)[:, None])
             k, v = k.astype(q.dtype), v.astype(q.dtype)
         y = dot_product_attention(q, k, v, causal=causal, mask=mask, segment_ids=segment_ids,
-                                  kv_lengths=kv_lengths, implementation=self.implementation)
+                                  kv_lengths=kv_lengths, implementation=self.implementation,
+                                  native_threads=self.native_threads)
         if self.sow_weights:  # for attention-map plots; costs a second, plain computation
             q_seg, kv_seg = _check_inputs(q, k, v, mask, segment_ids, kv_lengths)
             mask4 = None if mask is None else jnp.reshape(mask, (1,) * (4 - jnp.ndim(mask)) + jnp.shape(mask))
