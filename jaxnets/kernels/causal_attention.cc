@@ -52,7 +52,10 @@ typedef int32_t ivec __attribute__((vector_size(4 * VW)));
 
 inline vec load(const float* p) { return *reinterpret_cast<const vecu*>(p); }
 inline void store(float* p, vec v) { *reinterpret_cast<vecu*>(p) = v; }
-inline vec splat(float x) { return vec{} + x; }
+inline vec splat(float x) {   // a broadcast (vec{} + x adds +0.0: -0.0 + 0.0 is +0.0)
+  vec v = {x};
+  return __builtin_shuffle(v, ivec{});
+}
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 // exp(x) for x <= 0 (softmax arguments), vectorised: 2^n * p(r) with x = n ln2 + r, |r| <= ln2/2,
@@ -171,9 +174,36 @@ void gather_rows(const float* x, int64_t b, int64_t head, int64_t heads, const D
 }
 
 void transpose_rows(const float* rows, const Dims& s, float* cols) {
-  std::fill(cols, cols + s.D * s.Tp, 0.f);
   for (int64_t t = 0; t < s.T; ++t)
     for (int64_t d = 0; d < s.D; ++d) cols[d * s.Tp + t] = rows[t * s.D + d];
+  for (int64_t d = 0; d < s.D; ++d) std::fill(cols + d * s.Tp + s.T, cols + (d + 1) * s.Tp, 0.f);
+}
+
+// Scratch memory of the thread running a task, kept from task to task and call to call and not
+// zeroed: every buffer is written before it is read (see causal_row). Zero-filling fresh vectors
+// per task took about a tenth of a forward pass.
+class Scratch {
+ public:
+  explicit Scratch(int64_t floats) {
+    static thread_local std::vector<float> arena;
+    if (static_cast<int64_t>(arena.size()) < floats) arena.resize(floats);
+    next_ = arena.data();
+  }
+  float* take(int64_t n) {
+    float* p = next_;
+    next_ += round_up(n, 16);   // 64-byte steps
+    return p;
+  }
+
+ private:
+  float* next_;
+};
+
+// Floats `Scratch` hands out for buffers of these sizes.
+int64_t scratch_floats(std::initializer_list<int64_t> sizes) {
+  int64_t total = 0;
+  for (int64_t n : sizes) total += round_up(n, 16);
+  return total;
 }
 
 // Scaled logits of every row against the keys it may see, into S [T, Tp] (columns past a row's
@@ -307,19 +337,20 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
   float *os = out->typed_data(), *ls = lse->typed_data();
   run_tasks(pool, threads, s.B * s.Hk, [=](int64_t task) {
     const int64_t b = task / s.Hk, hk = task % s.Hk;
-    std::vector<float> K(s.T * s.D), KT(s.D * s.Tp), V(s.T * s.D), Q(s.T * s.D), S(s.T * s.Tp),
-        O(R * s.D), inv_l(s.T);
-    gather_rows(ks, b, hk, s.Hk, s, 1.f, K.data());
-    transpose_rows(K.data(), s, KT.data());
-    gather_rows(vs, b, hk, s.Hk, s, 1.f, V.data());
+    const int64_t TD = s.T * s.D, DT = s.D * s.Tp, TT = s.T * s.Tp;
+    Scratch scratch(scratch_floats({TD, DT, TD, TD, TT, R * s.D, s.T}));
+    float *K = scratch.take(TD), *KT = scratch.take(DT), *V = scratch.take(TD), *Q = scratch.take(TD),
+          *S = scratch.take(TT), *O = scratch.take(R * s.D), *inv_l = scratch.take(s.T);
+    gather_rows(ks, b, hk, s.Hk, s, 1.f, K);
+    transpose_rows(K, s, KT);
+    gather_rows(vs, b, hk, s.Hk, s, 1.f, V);
     for (int64_t g = 0; g < s.G; ++g) {
       const int64_t h = hk * s.G + g;
-      gather_rows(qs, b, h, s.H, s, scale, Q.data());
-      logits(Q.data(), KT.data(), s, S.data());
-      softmax_rows(S.data(), s, ls + (b * s.H + h) * s.T, inv_l.data());
+      gather_rows(qs, b, h, s.H, s, scale, Q);
+      logits(Q, KT, s, S);
+      softmax_rows(S, s, ls + (b * s.H + h) * s.T, inv_l);
       over_row_tiles(s.T, [&](auto nr, int64_t i) {
-        rows_by_dims<decltype(nr)::value>(S.data() + i * s.Tp, s.Tp, 1, V.data(), s.D, 0, i + nr,
-                                          O.data(), false);
+        rows_by_dims<decltype(nr)::value>(S + i * s.Tp, s.Tp, 1, V, s.D, 0, i + nr, O, false);
         for (int r = 0; r < nr; ++r) {   // normalised here: D products per row, not i + 1
           float* dst = os + ((b * s.T + i + r) * s.H + h) * s.D;
           for (int64_t e = 0; e < s.D; ++e) dst[e] = O[r * s.D + e] * inv_l[i + r];
@@ -342,32 +373,37 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   float *dqs = dq->typed_data(), *dks = dk->typed_data(), *dvs = dv->typed_data();
   run_tasks(pool, threads, s.B * s.Hk, [=](int64_t task) {
     const int64_t b = task / s.Hk, hk = task % s.Hk;
-    const int64_t TD = s.T * s.D, TT = s.T * s.Tp;
-    std::vector<float> K(TD), KT(s.D * s.Tp), V(TD), VT(s.D * s.Tp), Q(TD), dO(TD), O(TD),
-        P(TT), dS(TT), delta(s.T), dK(TD, 0.f), dV(TD, 0.f), dQ(R * s.D);
-    gather_rows(ks, b, hk, s.Hk, s, 1.f, K.data());
-    transpose_rows(K.data(), s, KT.data());
-    gather_rows(vs, b, hk, s.Hk, s, 1.f, V.data());
-    transpose_rows(V.data(), s, VT.data());
+    const int64_t TD = s.T * s.D, DT = s.D * s.Tp, TT = s.T * s.Tp;
+    Scratch scratch(scratch_floats({TD, DT, TD, DT, TD, TD, TD, TT, TT, s.T, TD, TD, R * s.D}));
+    float *K = scratch.take(TD), *KT = scratch.take(DT), *V = scratch.take(TD), *VT = scratch.take(DT),
+          *Q = scratch.take(TD), *dO = scratch.take(TD), *O = scratch.take(TD), *P = scratch.take(TT),
+          *dS = scratch.take(TT), *delta = scratch.take(s.T), *dK = scratch.take(TD),
+          *dV = scratch.take(TD), *dQ = scratch.take(R * s.D);
+    std::fill(dK, dK + TD, 0.f);
+    std::fill(dV, dV + TD, 0.f);
+    gather_rows(ks, b, hk, s.Hk, s, 1.f, K);
+    transpose_rows(K, s, KT);
+    gather_rows(vs, b, hk, s.Hk, s, 1.f, V);
+    transpose_rows(V, s, VT);
     for (int64_t g = 0; g < s.G; ++g) {
       const int64_t h = hk * s.G + g;
       const float* row_lse = ls + (b * s.H + h) * s.T;
-      gather_rows(qs, b, h, s.H, s, scale, Q.data());
-      gather_rows(dos, b, h, s.H, s, 1.f, dO.data());
-      gather_rows(os, b, h, s.H, s, 1.f, O.data());
-      logits(Q.data(), KT.data(), s, P.data());
-      probabilities(P.data(), row_lse, s);
-      logits(dO.data(), VT.data(), s, dS.data());          // dP = dO V^T, overwritten by dS
+      gather_rows(qs, b, h, s.H, s, scale, Q);
+      gather_rows(dos, b, h, s.H, s, 1.f, dO);
+      gather_rows(os, b, h, s.H, s, 1.f, O);
+      logits(Q, KT, s, P);
+      probabilities(P, row_lse, s);
+      logits(dO, VT, s, dS);          // dP = dO V^T, overwritten by dS
       for (int64_t i = 0; i < s.T; ++i) {
         float d = 0.f;
         for (int64_t e = 0; e < s.D; ++e) d += dO[i * s.D + e] * O[i * s.D + e];
         delta[i] = d;
       }
-      softmax_grad(P.data(), delta.data(), s, dS.data());
+      softmax_grad(P, delta, s, dS);
       // dQ rows: scale * dS K over the keys each row sees.
       over_row_tiles(s.T, [&](auto nr, int64_t i) {
-        rows_by_dims<decltype(nr)::value>(dS.data() + i * s.Tp, s.Tp, 1, K.data(), s.D, 0, i + nr,
-                                          dQ.data(), false);
+        rows_by_dims<decltype(nr)::value>(dS + i * s.Tp, s.Tp, 1, K, s.D, 0, i + nr,
+                                          dQ, false);
         for (int r = 0; r < nr; ++r) {
           float* dst = dqs + ((b * s.T + i + r) * s.H + h) * s.D;
           for (int64_t e = 0; e < s.D; ++e) dst[e] = scale * dQ[r * s.D + e];
@@ -376,15 +412,15 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
       // dV += P^T dO and dK += dS^T (scale Q): key j gathers the rows i >= j, reading P and
       // dS down their columns (both are zero above the diagonal).
       over_row_tiles(s.T, [&](auto nr, int64_t j) {
-        rows_by_dims<decltype(nr)::value>(P.data() + j, 1, s.Tp, dO.data(), s.D, j, s.T,
-                                          dV.data() + j * s.D, true);
-        rows_by_dims<decltype(nr)::value>(dS.data() + j, 1, s.Tp, Q.data(), s.D, j, s.T,
-                                          dK.data() + j * s.D, true);
+        rows_by_dims<decltype(nr)::value>(P + j, 1, s.Tp, dO, s.D, j, s.T,
+                                          dV + j * s.D, true);
+        rows_by_dims<decltype(nr)::value>(dS + j, 1, s.Tp, Q, s.D, j, s.T,
+                                          dK + j * s.D, true);
       });
     }
     for (int64_t t = 0; t < s.T; ++t) {
-      std::memcpy(dks + ((b * s.T + t) * s.Hk + hk) * s.D, dK.data() + t * s.D, s.D * sizeof(float));
-      std::memcpy(dvs + ((b * s.T + t) * s.Hk + hk) * s.D, dV.data() + t * s.D, s.D * sizeof(float));
+      std::memcpy(dks + ((b * s.T + t) * s.Hk + hk) * s.D, dK + t * s.D, s.D * sizeof(float));
+      std::memcpy(dvs + ((b * s.T + t) * s.Hk + hk) * s.D, dV + t * s.D, s.D * sizeof(float));
     }
   });
   return ffi::Error::Success();
