@@ -85,3 +85,13 @@ def test_native_refuses_what_it_cannot_honour():
         dot_product_attention(q, k, v, causal=False, implementation="native")
     with pytest.raises(ValueError, match="causal self-attention only"):
         dot_product_attention(q[..., :8], k[..., :8], v[..., :8], causal=True, implementation="native")
+
+
+@cpu_only
+def test_auto_leaves_the_portable_build_to_xla(monkeypatch):
+    """Where only the portable build runs (no AVX2), auto keeps XLA's path, which was faster."""
+    needs_kernel()
+    q, k, v, _ = case(2, 16, 2, 2, 16)
+    monkeypatch.setattr(native, "machine_isa", lambda: "portable")
+    hlo = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, causal=True)).lower(q, k, v).as_text()
+    assert "jaxnets_causal_attention" not in hlo

@@ -33,8 +33,11 @@ MAX_LEN = 1024
 
 
 def enabled() -> bool:
-    """Native kernels not switched off (JAXNETS_NATIVE_KERNELS=0)."""
-    return native.enabled()
+    """Whether `implementation="auto"` takes the kernel where it is supported: native kernels
+    not switched off (JAXNETS_NATIVE_KERNELS=0) and a vector build (AVX2 or AVX-512). The
+    portable build (SSE2 on x86, NEON on ARM) was slower than XLA's path forward+backward on
+    the Zen 4 machine (`JAXNETS_NATIVE_ISA=portable`, docs/cpu_choices.md), so it steps aside."""
+    return native.enabled() and native.machine_isa() in ("avx512", "avx2")
 
 
 def available() -> bool:
