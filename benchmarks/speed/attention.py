@@ -8,11 +8,12 @@ CPU: `blockwise` vs `xla` at B=4, H=8, D=64, T=2048 (forward, forward+backward),
 resident memory of blockwise forward+backward at B=1, H=8, D=64, T=16384 in a fresh process
 (`blockwise_t16384`, `peak_rss_mib`; the xla path would need 8 GiB for the logits alone).
 Then causal self-attention at the Transformer-LM benchmark's shapes (`CAUSAL_SHAPES`:
-benchmarks.transformer_step's smoke and large models) through the layer's own entry point
-(`implementation="auto"`), side by side with PyTorch's fused CPU kernel
+benchmarks.transformer_step's smoke and large models) by the native kernel (`implementation=
+"native"`, this machine's build; `JAXNETS_NATIVE_ISA=avx2|portable` forces another) and by XLA's
+formula (`"xla"`), side by side with PyTorch's fused CPU kernel
 (F.scaled_dot_product_attention, `benchmarks/peers/torch_attention.py` in the peers venv given
 by `--peer-python`; skipped if that python does not exist): `--rounds` rounds, the peer then
-jaxnets in each; rows `causal_{shape}_{pass}` with both sides' ms, GFLOP/s and
+jaxnets in each; rows `causal_{shape}_{impl}_{pass}` with both sides' ms, GFLOP/s and
 fraction_of_peak and `ratio_jaxnets_over_torch` (median of the per-round ratios).
 GPU: TFLOP/s of `pallas` vs `cudnn` vs `xla` (and the upstream Pallas reference kernel) in
 bf16, forward and forward+backward, causal or not, D = 64 and 128, T = 1k..16k at 16k tokens
@@ -81,8 +82,11 @@ PEER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 
 def causal_vs_peer(repeats, rounds, peer_python):
-    """Causal self-attention at the Transformer-LM shapes, jaxnets and the PyTorch peer."""
-    fns = {name: make_fns("auto", causal=True) for name in CAUSAL_SHAPES}
+    """Causal self-attention at the Transformer-LM shapes: the native kernel (this machine's
+    build, `JAXNETS_NATIVE_ISA` forces another) and XLA's formula, and the PyTorch peer."""
+    from jaxnets.kernels import causal_attention
+    impls = ["native", "xla"] if causal_attention.available() else ["xla"]
+    fns = {(name, impl): make_fns(impl, causal=True) for name in CAUSAL_SHAPES for impl in impls}
     inputs = {name: random_inputs(*shape, jnp.float32) for name, shape in CAUSAL_SHAPES.items()}
     has_peer = bool(peer_python) and os.path.exists(peer_python)
     ours, theirs = collections.defaultdict(list), collections.defaultdict(list)
@@ -95,17 +99,20 @@ def causal_vs_peer(repeats, rounds, peer_python):
             for r in json.loads(out.strip().splitlines()[-1])["results"]:
                 for pass_ in ("fwd", "fwd_bwd"):
                     theirs[r["name"], pass_].append(r[f"{pass_}_ms"])
-        for name, (fwd, fwd_bwd) in fns.items():
+        for (name, impl), (fwd, fwd_bwd) in fns.items():
             q, k, v, do = inputs[name]
-            ours[name, "fwd"].append(1e3 * median_seconds(fwd, q, k, v, repeats=repeats))
-            ours[name, "fwd_bwd"].append(1e3 * median_seconds(fwd_bwd, q, k, v, do, repeats=repeats))
+            ours[name, impl, "fwd"].append(1e3 * median_seconds(fwd, q, k, v, repeats=repeats))
+            ours[name, impl, "fwd_bwd"].append(1e3 * median_seconds(fwd_bwd, q, k, v, do, repeats=repeats))
     rows = []
-    for (name, pass_), times in ours.items():
+    for (name, impl, pass_), times in ours.items():
         b, t, h, d = CAUSAL_SHAPES[name]
         flops = attention_flops(b, t, h, d, True, pass_ == "fwd_bwd")
         ms = statistics.median(times)
-        row = {"name": f"causal_{name}_{pass_}", "impl": "auto", "pass": pass_, "B": b, "T": t, "H": h,
-               "D": d, "ms": round(ms, 2), **efficiency(flops, ms)}
+        row = {"name": f"causal_{name}_{impl}_{pass_}", "impl": impl, "pass": pass_, "B": b, "T": t,
+               "H": h, "D": d, "ms": round(ms, 2), **efficiency(flops, ms)}
+        if impl == "native":
+            from jaxnets.kernels import native
+            row["isa"] = native.machine_isa()
         if has_peer:
             peer_ms = statistics.median(theirs[name, pass_])
             row.update({"torch_ms": round(peer_ms, 2), **efficiency(flops, peer_ms, prefix="torch_"),

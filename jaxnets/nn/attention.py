@@ -45,6 +45,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 # Mask rules live below nn (kernels build the same masks and must not import jaxnets.nn).
+from jaxnets.kernels import causal_attention as native
 from jaxnets.kernels.blockwise_attention import blockwise_attention
 from jaxnets.kernels.masks import split_heads_of_mask, structured_mask
 from jaxnets.nn.layers import Linear
@@ -97,14 +98,13 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, segment_i
         else:
             from jaxnets.kernels.tpu_attention import tpu_flash_attention as kernel_fn  # delays the TPU Pallas ops (~0.3 s): TPU only
         # Compiled for the platform the program is for (interpret mode elsewhere, for tests).
-        native = {"pallas": "gpu", "pallas_tpu": "tpu"}[implementation]
-        interpret = sharding.current_platform() != native
+        chip = {"pallas": "gpu", "pallas_tpu": "tpu"}[implementation]
+        interpret = sharding.current_platform() != chip
         kernel = lambda q, k, v, qs, ks, lens: kernel_fn(
             q, k, v, causal=causal, q_segment_ids=qs, kv_segment_ids=ks, scale=scale,
             interpret=interpret)
         return per_shard(kernel, q, k, v, q_seg, kv_seg, None)
     if implementation == "native":
-        from jaxnets.kernels import causal_attention as native
         if not causal or mask is not None or q_seg is not None or kv_lengths is not None \
                 or not native.supported(q, k, v):
             raise ValueError(
@@ -177,7 +177,6 @@ def choose_implementation(q, k, v, *, mask=None, segment_ids=None, causal=False,
             return "pallas"
         return "xla"
     if causal and mask is None and segment_ids is None and kv_lengths is None:
-        from jaxnets.kernels import causal_attention as native   # builds the kernel on first use
         if native.enabled() and native.supported(q, k, v):
             return "native"
     logits = q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1]
