@@ -53,7 +53,12 @@ def median_seconds(fn, *args, repeats):
 
 
 def make_fns(impl, causal, **kw):
-    """Jitted forward and forward+backward (grads of sum(out * dO) w.r.t. q, k, v)."""
+    """Jitted forward and forward+backward (grads of sum(out * dO) w.r.t. q, k, v). A native
+    kernel splits its work over threads as the platform decides for a model's layers
+    (`Lowering.native_threads`: XLA's pool on one multi-threaded CPU device)."""
+    if impl in ("native", "auto") and jax.default_backend() == "cpu":
+        from jaxnets.platform.lowering_rule import lowering_for   # CPU only: reads the kernel table
+        kw.setdefault("native_threads", lowering_for().native_threads)
     attend = functools.partial(dot_product_attention, causal=causal, implementation=impl, **kw)
     if impl == "pallas_reference":  # upstream jax.experimental Triton kernel, as a baseline
         from jax.experimental.pallas.ops.gpu import attention as upstream

@@ -6,13 +6,14 @@
 // lse: [B, H, T], the log-sum-exp of each row's scaled logits, saved for the backward.
 //
 // Why a kernel of our own: XLA:CPU runs attention as separate batched products of one head
-// each (for the Transformer-LM shapes, 32-128 rows by 32-64 dims: 25-55 GFLOP/s), with the
-// masked softmax as separate passes and the heads transposed out of and back into [B, T, H, D]
-// around them; PyTorch's fused CPU kernel was 1.6-1.9x faster forward and 1.1-1.2x forward +
-// backward (benchmarks/results/attention_cpu_*.json). Here each (batch, key/value head) is one
-// task: its rows are packed once, the logits of a block of 4 query rows against the keys they may
-// see (never the masked upper triangle) stay in a T x T buffer that lives in L2, the softmax runs
-// over it in place, and each product is a register-tiled loop:
+// each (for the Transformer-LM shapes, 32-128 rows by 32-64 dims, a small fraction of the
+// machine's peak), with the masked softmax as separate passes and the heads transposed out of
+// and back into [B, T, H, D] around them, and PyTorch's fused CPU kernel was faster than that
+// (`python -m benchmarks.attention`: rows causal_*_xla_* against the peer; the native rows
+// beside them measure this kernel; stored in benchmarks/results/). Here each (batch, key/value
+// head) is one task: its rows are packed once, the logits of a block of 4 query rows against the
+// keys they may see (never the masked upper triangle) stay in a T x T buffer that lives in L2,
+// the softmax runs over it in place, and each product is a register-tiled loop:
 //
 //   rows x keys:   C[r, j] = sum_d A[r, d] BT[d, j]     4 rows x CV vectors of keys
 //   rows x dims:   C[r, :] = sum_j W[r, j] B[j, :]      4 rows x DV vectors of head dims
@@ -26,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <thread>
 #include <vector>
