@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from jaxnets.kernels.blockwise_attention import blockwise_attention
-from jaxnets.nn.attention import (causal_row_blocks, choose_implementation,
-                                  dot_product_attention, reference_attention_numpy)
+from jaxnets.nn.attention import (choose_implementation, dot_product_attention,
+                                  reference_attention_numpy)
+from jaxnets.nn.attention_formula import causal_row_blocks
 
 
 def reference_grads_numpy(q, k, v, d_out, allowed, scale):

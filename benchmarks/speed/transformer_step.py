@@ -21,9 +21,9 @@ times do not. Writes the full report to --out.
 timed round-robin (`--rounds`, default 6) against the shipped code, jaxnets only (no peer):
 `xla_attention` runs causal attention through the XLA formula instead of the native kernel
 (`jaxnets.kernels.causal_attention`); on that path `xla_row_blocks_1` computes it in one block
-(the whole masked square; shipped: 4 query-row blocks, `attention.causal_row_blocks`) and
+(the whole masked square; shipped: 4 query-row blocks, `attention_formula.causal_row_blocks`) and
 `xla_folded_transposes` lets XLA fold the backward's key-major transposes into its products
-(shipped: written out on CPU, `attention._keys_major`). `ratio_to_default` > 1: the shipped
+(shipped: written out on CPU, `attention_formula._keys_major`). `ratio_to_default` > 1: the shipped
 choice pays that much.
 """
 from __future__ import annotations
@@ -130,7 +130,7 @@ def lever(name):
     import jax.numpy as jnp
 
     from jaxnets.kernels import causal_attention
-    from jaxnets.nn import attention
+    from jaxnets.nn import attention_formula as attention
 
     @contextlib.contextmanager
     def patched():

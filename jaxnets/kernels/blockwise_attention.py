@@ -33,7 +33,7 @@ def default_block_k(batch, heads, q_len, kv_len):
 
 def blockwise_attention(q, k, v, *, causal=False, mask=None, q_segment_ids=None,
                         kv_segment_ids=None, kv_lengths=None, scale, block_k=None):
-    """Same contract as jaxnets.nn.attention.xla_attention, O(T) memory forward and backward."""
+    """Same contract as jaxnets.nn.attention_formula.xla_attention, O(T) memory forward and backward."""
     b, tq, hq, _ = q.shape
     tk, hkv = k.shape[1], k.shape[2]
     block_k = block_k or default_block_k(b, hq, tq, tk)

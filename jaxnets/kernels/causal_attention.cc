@@ -23,34 +23,22 @@
 // Vector width and register budget per instruction set come from jaxnets/kernels/native.py
 // (JAXNETS_VW floats per vector, JAXNETS_ACC accumulators).
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
-#include <memory>
-#include <thread>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
-
-#ifndef JAXNETS_VW
-#define JAXNETS_VW 16
-#endif
-#ifndef JAXNETS_ACC
-#define JAXNETS_ACC 16
-#endif
+#include "native_kernels.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int VW = JAXNETS_VW;
+using namespace jaxnets_native;
+
 constexpr int R = 4;                                  // query rows per register tile
 constexpr int CV = JAXNETS_ACC / R;                   // vectors per row in a tile
-typedef float vec __attribute__((vector_size(4 * VW)));
-typedef float vecu __attribute__((vector_size(4 * VW), aligned(4)));
-typedef int32_t ivec __attribute__((vector_size(4 * VW)));
 
 inline vec load(const float* p) { return *reinterpret_cast<const vecu*>(p); }
 inline void store(float* p, vec v) { *reinterpret_cast<vecu*>(p) = v; }
@@ -292,28 +280,6 @@ void softmax_grad(const float* P, const float* delta, const Dims& s, float* dS) 
     const vec d = splat(delta[i]);
     causal_row(row, i, s.Tp, [&](int64_t j, auto) { store(row + j, load(p + j) * (load(row + j) - d)); });
   }
-}
-
-// Tasks (one per batch element and key/value head) claimed from a counter by the caller and by
-// XLA's intra-op pool alike; the caller waits only for tasks already claimed (as in
-// conv3x3_filter_grad.cc: several CPU devices may share the pool).
-template <typename F>
-void run_tasks(ffi::ThreadPool pool, int64_t threads, int64_t tasks, F work) {
-  const int64_t usable = threads > 0 ? std::min<int64_t>(threads, pool.num_threads()) : pool.num_threads();
-  const int64_t helpers = std::max<int64_t>(0, std::min(usable, tasks) - 1);
-  struct Shared {
-    std::atomic<int64_t> next{0}, done{0};
-  };
-  auto shared = std::make_shared<Shared>();
-  auto loop = [shared, tasks, work] {
-    for (int64_t t; (t = shared->next.fetch_add(1)) < tasks;) {
-      work(t);
-      shared->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  for (int64_t p = 0; p < helpers; ++p) pool.Schedule([loop] { loop(); });
-  loop();
-  while (shared->done.load(std::memory_order_acquire) < tasks) std::this_thread::yield();
 }
 
 ffi::Error check(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k, ffi::Buffer<ffi::F32>& v, Dims& s) {

@@ -2,7 +2,7 @@
 
     out = causal_attention(q, k, v, scale=d ** -0.5)   # q [B, T, H, D], k and v [B, T, Hk, D]
 
-equals `jaxnets.nn.attention.xla_attention(q, k, v, causal=True, scale=scale)` (softmax over the
+equals `jaxnets.nn.attention_formula.xla_attention(q, k, v, causal=True, scale=scale)` (softmax over the
 keys j <= i of each query i, grouped-query heads allowed) as float32 sums in another order. The
 kernels are `causal_attention.cc` (see there for why and how; built per instruction set by
 `jaxnets.kernels.native`). The backward recomputes the probabilities from the saved log-sum-exp,

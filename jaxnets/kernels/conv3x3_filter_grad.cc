@@ -24,21 +24,12 @@
 // ACC + OV + 1 (the broadcast) must fit the register file; CB = ACC / OV input channels, and
 // the input channels left over by CB go through smaller tiles (4, 2, 1).
 #include <algorithm>
-#include <atomic>
-#include <thread>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "native_kernels.h"
 
-#ifndef JAXNETS_VW
-#define JAXNETS_VW 16
-#endif
-#ifndef JAXNETS_ACC
-#define JAXNETS_ACC 16
-#endif
 #ifndef JAXNETS_OV
 #define JAXNETS_OV 2
 #endif
@@ -47,9 +38,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int VW = JAXNETS_VW;
-typedef float vec __attribute__((vector_size(4 * VW)));
-typedef float vecu __attribute__((vector_size(4 * VW), aligned(4)));  // unaligned loads/stores
+using namespace jaxnets_native;
 
 #ifndef JAXNETS_BLOCK_PIXELS
 #define JAXNETS_BLOCK_PIXELS 1024
@@ -160,37 +149,19 @@ ffi::Error Conv3x3FilterGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   float* out = dw->typed_data();
   const int64_t size = 9 * C * O;
   std::fill(out, out + size, 0.f);
-  const int64_t pool_threads = pool.num_threads();
-  const int64_t usable = threads > 0 ? std::min(threads, pool_threads) : pool_threads;
-  const int64_t parts = std::max<int64_t>(1, std::min(usable, B));
+  const int64_t parts = std::max<int64_t>(1, std::min(usable_threads(pool, threads), B));
   if (parts == 1) {
     FilterGrad(block, x.typed_data(), g.typed_data(), out, 0, B, H, W, C, O);
     return ffi::Error::Success();
   }
-  // Batch split over the intra-op threads, one partial gradient per part. Parts are claimed
-  // from a counter by the caller and by pool tasks alike, and the caller waits only for parts
-  // that a running task has claimed: it never waits on a task still queued behind work that
-  // may itself be waiting (several CPU devices share one pool; a plain fork-join livelocked).
-  // A task that starts after the call returned finds nothing left and only drops its reference.
-  struct Shared {
-    std::atomic<int64_t> next{0}, done{0};
-    std::vector<std::vector<float>> partial;
-  };
-  auto shared = std::make_shared<Shared>();
-  shared->partial.assign(parts, std::vector<float>(size, 0.f));
+  // Batch split over the intra-op threads (run_tasks), one partial gradient per part.
+  std::vector<std::vector<float>> partial(parts, std::vector<float>(size, 0.f));
   const float* xs = x.typed_data();
   const float* gs = g.typed_data();
-  auto work = [=] {
-    for (int64_t p; (p = shared->next.fetch_add(1)) < parts;) {
-      FilterGrad(block, xs, gs, shared->partial[p].data(), B * p / parts, B * (p + 1) / parts,
-                 H, W, C, O);
-      shared->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  for (int64_t p = 1; p < parts; ++p) pool.Schedule([work] { work(); });
-  work();
-  while (shared->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
-  for (const auto& part : shared->partial)
+  run_tasks(pool, threads, parts, [&](int64_t p) {
+    FilterGrad(block, xs, gs, partial[p].data(), B * p / parts, B * (p + 1) / parts, H, W, C, O);
+  });
+  for (const auto& part : partial)
     for (int64_t i = 0; i < size; ++i) out[i] += part[i];
   return ffi::Error::Success();
 }

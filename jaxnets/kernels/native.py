@@ -10,9 +10,10 @@ time from the CPU's flags (`machine_isa`): `-march=native` alone would compile A
 for an AVX2 machine, where they spill (4.3x slower than PyTorch on a Zen 3).
 `JAXNETS_NATIVE_ISA=avx512|avx2|portable` forces one (the AVX2 and portable builds run, and are
 tested, on an AVX-512 machine too; a build the CPU cannot run is refused with a warning). The
-cache key includes the source hash, the ISA's flags, jax's version and the compiler. Building
-takes ~3 s; the object is written to a temporary file and renamed, so parallel test workers or
-hosts sharing a home directory never read a half-written library.
+cache key includes the source hash (with the shared header `native_kernels.h`), the ISA's
+flags, jax's version and the compiler. Building takes ~3 s; the object is written to a
+temporary file and renamed, so parallel test workers or hosts sharing a home directory never
+read a half-written library.
 
 Native kernels are an optimisation: when no compiler is present, the build fails, or
 `JAXNETS_NATIVE_KERNELS=0` is set, `load` returns None (with one warning saying why, except for
@@ -111,7 +112,8 @@ def _compiler() -> str | None:
 def _build(name: str, source: Path, compiler: str, isa: str) -> Path:
     target_flags, macros = ISAS[isa]
     flags = target_flags + [f"-D{k}={v}" for k, v in macros.items()]
-    text = source.read_bytes()
+    # The headers beside the kernels (native_kernels.h) are part of every build.
+    text = source.read_bytes() + b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))
     key = hashlib.sha256(text + jax.__version__.encode() + " ".join(flags).encode()
                          + _cpu_signature().encode() + compiler.encode()).hexdigest()[:16]
     target = cache_dir() / f"{name}-{isa}-{key}.so"

@@ -51,14 +51,17 @@ class Lowering:
     rows_dot: Linear layers merge leading dims into rows (`jaxnets.nn.layers.rows_dot`).
     unroll_layers: scanned stacks of up to this many identical layers are unrolled (0: the loop).
     conv: `ConvLowering` for 3x3 convolutions, or None for lax's convolution as it is.
-    native_threads: native CPU kernels outside ConvLowering (causal attention): 1 on the calling
-        thread, 0 split over XLA's intra-op pool (one multi-threaded CPU device only).
     """
     fusion_barriers: bool = False
     rows_dot: bool = False
     unroll_layers: int = 0
     conv: ConvLowering | None = None
-    native_threads: int = 1
+
+    @property
+    def native_threads(self) -> int:
+        """Threads of every native CPU kernel (the conv filter gradient, causal attention): the
+        platform's one decision, stored on `conv`; 1 (the calling thread) without it."""
+        return self.conv.native_threads if self.conv else 1
 
     @property
     def dot_general(self):

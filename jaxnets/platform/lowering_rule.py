@@ -69,9 +69,8 @@ def lowering_for(platform_config=None, backend: str | None = None) -> Lowering:
     if mode == "plain" or backend != "cpu":
         return Lowering()
     table = kernel_table.load(settings.get("kernel_table") or "")
-    conv = cpu_conv_lowering(table)
     return Lowering(fusion_barriers=True, rows_dot=True, unroll_layers=UNROLL_MAX_LAYERS,
-                    conv=conv, native_threads=conv.native_threads)
+                    conv=cpu_conv_lowering(table))
 
 
 def cpu_conv_lowering(table: dict | None = None) -> ConvLowering:
