@@ -67,7 +67,7 @@ def setup_threads(threads):
                                    + ("false" if threads == 1 else "true")).strip()
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
-    global jax, jnp, nnx, recurrent, recurrent_scan, runtime
+    global jax, jnp, nnx, recurrent, recurrent_scan, runtime, lowering_for
     from jaxnets.platform import allocator as runtime
     runtime.tune_host_allocator()   # as `jaxnets train` does
     import jax
@@ -75,6 +75,7 @@ def setup_threads(threads):
     from flax import nnx
 
     from jaxnets.nn import recurrent, recurrent_scan
+    from jaxnets.platform.lowering_rule import lowering_for
 
 
 def bench(fn, warm=3, n=15):
@@ -88,18 +89,25 @@ def bench(fn, warm=3, n=15):
     return 1e3 * statistics.median(times)
 
 
-def autodiff_scan(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0):
-    """The same scan without the hand-written backward (autodiff of lax.scan)."""
+def autodiff_scan(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0, **_):
+    """The XLA loop without the hand-written backward (autodiff of lax.scan)."""
     ys, carry, _ = recurrent_scan._scan_forward(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0, False)
     return ys, carry
 
 
+def xla_loop_scan(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0, **_):
+    """The XLA loop with the hand-written backward, where the layer would take a native kernel."""
+    return recurrent_scan._xla_scan(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0)
+
+
 def run(kind, B, T, D, H, unroll, variant, n):
     layer_cls = {"lstm": recurrent.LSTM, "gru": recurrent.GRU}[kind]
-    layer = layer_cls(D, H, rngs=nnx.Rngs(0), unroll=unroll)
+    # Built as experiments build it: with the platform's lowering (the native kernels' threads).
+    layer = layer_cls(D, H, rngs=nnx.Rngs(0), unroll=unroll, lowering=lowering_for())
     graphdef, params = nnx.split(layer)
     x = jax.random.normal(jax.random.key(0), (B, T, D), jnp.float32)
-    scan = recurrent.recurrent_scan if variant == "custom_vjp" else autodiff_scan
+    scan = {"custom_vjp": recurrent.recurrent_scan, "xla_loop": xla_loop_scan,
+            "autodiff": autodiff_scan}[variant]
 
     def forward(params, x):
         saved, recurrent.recurrent_scan = recurrent.recurrent_scan, scan   # trace-time switch only
@@ -111,13 +119,15 @@ def run(kind, B, T, D, H, unroll, variant, n):
     fwd = jax.jit(forward)
     fwd_bwd = jax.jit(jax.grad(lambda p, x: jnp.mean(jnp.square(forward(p, x)))))
     gates = {"lstm": 4, "gru": 3}[kind]
+    native = "jaxnets_lstm_recurrence" in fwd_bwd.lower(params, x).as_text()
     return {"name": f"{kind}_b{B}_t{T}_d{D}_h{H}",
+            "recurrence": "native" if native else "xla_loop",
             # The gate matmuls (input and recurrent) of every step; the backward pass is counted
             # as twice the forward (one product for the input gradient, one for the weights').
             "fwd_flops": 2.0 * B * T * (D + H) * gates * H,
             "fwd_ms": bench(lambda: fwd(params, x), n=n),
             "fwd_bwd_ms": bench(lambda: fwd_bwd(params, x), n=n),
-            "unroll": unroll, "variant": variant}
+            "unroll": unroll, "variant": variant, "threads_native": layer.native_threads}
 
 
 PEERS_HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "peers")
@@ -148,7 +158,9 @@ def main():
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--cells", default="lstm,gru")
     ap.add_argument("--unroll", type=int, default=None, help="default: the layer's default")
-    ap.add_argument("--variant", default="custom_vjp", choices=["custom_vjp", "autodiff"])
+    ap.add_argument("--variant", default="custom_vjp", choices=["custom_vjp", "xla_loop", "autodiff"],
+                    help="custom_vjp: the layer as users get it (the native LSTM recurrence on CPU); "
+                         "xla_loop: the XLA loop with the hand-written backward; autodiff: of lax.scan")
     ap.add_argument("--n", type=int, default=15)
     ap.add_argument("--peer", default=None, help="python of the PyTorch venv, e.g. /tmp/peers/bin/python")
     ap.add_argument("--repeats", type=int, default=1)
@@ -173,7 +185,8 @@ def main():
     results = []
     for name, rounds in ours.items():
         r = {"name": name, "fwd_ms": median_of(rounds, "fwd_ms"),
-             "fwd_bwd_ms": median_of(rounds, "fwd_bwd_ms"), "unroll": unroll, "variant": args.variant}
+             "fwd_bwd_ms": median_of(rounds, "fwd_bwd_ms"), "unroll": unroll, "variant": args.variant,
+             "recurrence": rounds[0]["recurrence"], "threads_native": rounds[0]["threads_native"]}
         flops = {"fwd_ms": rounds[0]["fwd_flops"], "fwd_bwd_ms": 3 * rounds[0]["fwd_flops"]}
         for key in ["fwd_ms", "fwd_bwd_ms"]:
             r.update(efficiency(flops[key], r[key], prefix=key.replace("ms", "")))

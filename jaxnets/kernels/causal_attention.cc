@@ -40,39 +40,6 @@ using namespace jaxnets_native;
 constexpr int R = 4;                                  // query rows per register tile
 constexpr int CV = JAXNETS_ACC / R;                   // vectors per row in a tile
 
-inline vec load(const float* p) { return *reinterpret_cast<const vecu*>(p); }
-inline void store(float* p, vec v) { *reinterpret_cast<vecu*>(p) = v; }
-inline vec splat(float x) {   // a broadcast (vec{} + x adds +0.0: -0.0 + 0.0 is +0.0)
-  vec v = {x};
-  return __builtin_shuffle(v, ivec{});
-}
-inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
-// exp(x) for x <= 0 (softmax arguments), vectorised: 2^n * p(r) with x = n ln2 + r, |r| <= ln2/2,
-// p a degree-6 polynomial (Cephes expf's coefficients): relative error ~1e-7. Below -87.3 (where
-// float32 exp underflows) the result is 0.
-inline vec vexp(vec x) {
-  const vec lo = splat(-87.3f);
-  vec clamped = x < lo ? lo : x;
-  vec y = clamped * splat(1.44269504f) + splat(0.5f);
-  vec t = __builtin_convertvector(__builtin_convertvector(y, ivec), vec);   // toward zero
-  vec n = t - __builtin_convertvector((t > y) & 1, vec);                   // floor(y)
-  vec r = clamped - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
-  vec p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  p = p * r * r + r + splat(1.0f);
-  ivec bits = __builtin_convertvector(n, ivec) + 127;
-  bits = bits << 23;
-  vec scale2;
-  std::memcpy(&scale2, &bits, sizeof(vec));
-  vec result = p * scale2;
-  return x < lo ? splat(0.f) : result;
-}
-
 // C[r, j] = sum_d A[r * lda + d] * BT[d * ldb + j] for rows [0, nr), columns [0, ncols) (a
 // multiple of VW; BT is zero-padded to it), C row stride ldc.
 template <int NR>
@@ -83,7 +50,7 @@ void rows_by_keys(const float* A, int64_t lda, const float* BT, int64_t ldb, int
     vec acc[NR][CV] = {};
     for (int64_t d = 0; d < D; ++d) {
       vec b[CV];
-      for (int c = 0; c < CV; ++c) b[c] = load(BT + d * ldb + j + c * VW);
+      for (int c = 0; c < CV; ++c) b[c] = load_kept(BT + d * ldb + j + c * VW);
       for (int r = 0; r < NR; ++r) {
         vec a = splat(A[r * lda + d]);
         for (int c = 0; c < CV; ++c) acc[r][c] += a * b[c];
@@ -95,7 +62,7 @@ void rows_by_keys(const float* A, int64_t lda, const float* BT, int64_t ldb, int
   for (; j < ncols; j += VW) {
     vec acc[NR] = {};
     for (int64_t d = 0; d < D; ++d) {
-      vec b = load(BT + d * ldb + j);
+      vec b = load_kept(BT + d * ldb + j);
       for (int r = 0; r < NR; ++r) acc[r] += splat(A[r * lda + d]) * b;
     }
     for (int r = 0; r < NR; ++r) store(C + r * ldc + j, acc[r]);
@@ -111,7 +78,7 @@ void rows_by_dims_tile(const float* W, int64_t rs, int64_t js, const float* B, i
   vec acc[NR][NV] = {};
   for (int64_t j = j0; j < j1; ++j) {
     vec b[NV];
-    for (int c = 0; c < NV; ++c) b[c] = load(B + j * ldb + c * VW);
+    for (int c = 0; c < NV; ++c) b[c] = load_kept(B + j * ldb + c * VW);
     for (int r = 0; r < NR; ++r) {
       vec w = splat(W[r * rs + j * js]);
       for (int c = 0; c < NV; ++c) acc[r][c] += w * b[c];

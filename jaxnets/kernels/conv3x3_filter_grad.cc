@@ -56,7 +56,7 @@ inline void Tile(const float* x, int64_t x_row, int64_t x_img, int64_t C, const 
       const float* gr = g + (i * rows + h) * W * O;
       for (int64_t w = 0; w < W; ++w) {
         vec gv[OV];
-        for (int j = 0; j < OV; ++j) gv[j] = *reinterpret_cast<const vecu*>(gr + w * O + VW * j);
+        for (int j = 0; j < OV; ++j) gv[j] = load_kept(gr + w * O + VW * j);
         const float* xv = xr + w * C;
         for (int c = 0; c < CB; ++c)
           for (int j = 0; j < OV; ++j) acc[c][j] += xv[c] * gv[j];

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <thread>
 
@@ -24,6 +25,50 @@ constexpr int VW = JAXNETS_VW;   // floats per vector register
 typedef float vec __attribute__((vector_size(4 * VW)));
 typedef float vecu __attribute__((vector_size(4 * VW), aligned(4)));  // unaligned loads/stores
 typedef int32_t ivec __attribute__((vector_size(4 * VW)));
+
+inline vec load(const float* p) { return *reinterpret_cast<const vecu*>(p); }
+inline void store(float* p, vec v) { *reinterpret_cast<vecu*>(p) = v; }
+// A load kept in a register: GCC otherwise folds a vector loaded once and used by several FMAs
+// into each of them as a memory operand (a load per use), and on the Zen 4 (AVX-512 as two
+// 256-bit halves) a register tile of such FMAs ran at half the FMA rate (lstm_recurrence.cc).
+inline vec load_kept(const float* p) {
+  vec v = *reinterpret_cast<const vecu*>(p);
+#if defined(__x86_64__)
+  asm("" : "+v"(v));
+#endif
+  return v;
+}
+inline vec splat(float x) {   // a broadcast (vec{} + x adds +0.0: -0.0 + 0.0 is +0.0)
+  vec v = {x};
+  return __builtin_shuffle(v, ivec{});
+}
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// exp(x), vectorised: 2^n * p(r) with x = n ln2 + r, |r| <= ln2/2, p a degree-6 polynomial
+// (Cephes expf's coefficients): relative error ~1e-7. Below -87.3 (where float32 exp underflows)
+// the result is 0; above 88.3 it is clamped there (~2.2e38, never infinite).
+inline vec vexp(vec x) {
+  const vec lo = splat(-87.3f), hi = splat(88.3f);
+  vec clamped = x < lo ? lo : (x > hi ? hi : x);
+  vec y = clamped * splat(1.44269504f) + splat(0.5f);
+  vec t = __builtin_convertvector(__builtin_convertvector(y, ivec), vec);   // toward zero
+  vec n = t - __builtin_convertvector((t > y) & 1, vec);                   // floor(y)
+  vec r = clamped - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
+  vec p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  ivec bits = __builtin_convertvector(n, ivec) + 127;
+  bits = bits << 23;
+  vec scale2;
+  std::memcpy(&scale2, &bits, sizeof(vec));
+  vec result = p * scale2;
+  return x < lo ? splat(0.f) : result;
+}
+
 
 // Tasks 0..tasks-1 of `work(task)`, claimed from a counter by the caller and by up to
 // `threads` - 1 tasks of XLA's intra-op pool (threads 0: the whole pool). The caller waits only

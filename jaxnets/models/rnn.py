@@ -25,7 +25,7 @@ class _Encoder(nnx.Module):
 
     def __init__(self, *, cell, hidden, num_layers, bidirectional, dropout, rngs,
                  vocab_size=None, embed_dim=64, in_features=None, dtype=None, unroll=1,
-                 pad_id=0, cell_options=None):
+                 pad_id=0, cell_options=None, lowering: Lowering = PLAIN):
         self.pad_id, self.dtype = pad_id, dtype
         if vocab_size is not None:
             self.embed = Embed(vocab_size, embed_dim, rngs=rngs)
@@ -35,7 +35,7 @@ class _Encoder(nnx.Module):
             d = math.prod(in_features[1:]) if isinstance(in_features, (tuple, list)) else int(in_features)
         self.rnn = StackedRNN(cell, d, hidden, num_layers=num_layers, bidirectional=bidirectional,
                               dropout=dropout, unroll=unroll, rngs=rngs, dtype=dtype,
-                              **dict(cell_options or {}))
+                              lowering=lowering, **dict(cell_options or {}))
         self.out_features = self.rnn.out_features
         self.dropout = nnx.Dropout(dropout)
 
@@ -63,7 +63,8 @@ class RNNLanguageModel(nnx.Module):
         # pad_id=None: no masking (LM windows are never padded), the scan's fastest path.
         self.encoder = _Encoder(cell=cell, hidden=hidden, num_layers=num_layers, bidirectional=False,
                                 dropout=dropout, rngs=rngs, vocab_size=vocab_size, embed_dim=embed_dim,
-                                dtype=dtype, unroll=unroll, pad_id=None, cell_options=cell_options)
+                                dtype=dtype, unroll=unroll, pad_id=None, cell_options=cell_options,
+                                lowering=lowering)
         self.head = Linear(hidden, vocab_size, axes=("embed", "vocab"), rngs=rngs, dtype=dtype,
                            dot_general=lowering.dot_general)
 
@@ -79,7 +80,8 @@ class RNNClassifier(nnx.Module):
     def __init__(self, num_classes: int, *, rngs: nnx.Rngs, vocab_size: int | None = None,
                  in_features=None, cell: str = "lstm", embed_dim: int = 64, hidden: int = 128,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
-                 pooling: str = "last", dtype: Any = None, unroll: int = 1, cell_options: dict | None = None):
+                 pooling: str = "last", dtype: Any = None, unroll: int = 1, cell_options: dict | None = None,
+                 lowering: Lowering = PLAIN):
         if vocab_size is None and in_features is None:
             raise ValueError("RNNClassifier needs vocab_size (tokens) or in_features (floats)")
         if pooling not in ("last", "mean"):
@@ -88,9 +90,10 @@ class RNNClassifier(nnx.Module):
         self.encoder = _Encoder(cell=cell, hidden=hidden, num_layers=num_layers,
                                 bidirectional=bidirectional, dropout=dropout, rngs=rngs,
                                 vocab_size=vocab_size, embed_dim=embed_dim, in_features=in_features,
-                                dtype=dtype, unroll=unroll, cell_options=cell_options)
+                                dtype=dtype, unroll=unroll, cell_options=cell_options,
+                                lowering=lowering)
         self.head = Linear(self.encoder.out_features, num_classes, axes=("embed", None), rngs=rngs,
-                           dtype=dtype)
+                           dtype=dtype, dot_general=lowering.dot_general)
 
     def __call__(self, x, *, train=False, rngs=None):
         y, states, lengths = self.encoder(x, train=train, rngs=rngs)
@@ -116,7 +119,7 @@ class RNNTagger(nnx.Module):
         self.encoder = _Encoder(cell=cell, hidden=hidden, num_layers=num_layers,
                                 bidirectional=bidirectional, dropout=dropout, rngs=rngs,
                                 vocab_size=vocab_size, embed_dim=embed_dim, dtype=dtype,
-                                unroll=unroll, cell_options=cell_options)
+                                unroll=unroll, cell_options=cell_options, lowering=lowering)
         self.head = Linear(self.encoder.out_features, num_classes, axes=("embed", None), rngs=rngs,
                            dtype=dtype, dot_general=lowering.dot_general)
 

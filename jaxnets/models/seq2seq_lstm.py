@@ -47,7 +47,8 @@ class Seq2SeqLSTM(nnx.Module):
         self.pad_id, self.dtype, self.attention_impl = pad_id, dtype, attention_impl
         self.cell_kind, self.use_attention = cell, attention
         self.embed = Embed(vocab_size, embed_dim, rngs=rngs)   # shared by source and target
-        make = lambda d, **kw: CELLS[cell](d, hidden, rngs=rngs, dtype=dtype, unroll=unroll, **kw)  # noqa: E731
+        make = lambda d, **kw: CELLS[cell](d, hidden, rngs=rngs, dtype=dtype, unroll=unroll,  # noqa: E731
+                                          lowering=lowering, **kw)
         self.bidirectional = bidirectional_encoder
         self.encoder = Bidirectional(make(embed_dim), make(embed_dim, reverse=True)) \
             if bidirectional_encoder else make(embed_dim)

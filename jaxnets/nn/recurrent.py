@@ -21,9 +21,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxnets.kernels import lstm_recurrence
 from jaxnets.nn.layers import Param
+from jaxnets.nn.lowering import PLAIN, Lowering
 from jaxnets.parallel.sharding import constrain
-from jaxnets.nn.recurrent_scan import DEFAULT_UNROLL, additive, project, recurrent_scan
+from jaxnets.nn.recurrent_scan import DEFAULT_UNROLL, additive, project, recurrent_scan, runs_natively
 
 Carry = tuple
 
@@ -37,8 +39,10 @@ def elman_pointwise(carry, xp, hp, extras, *, activation=jnp.tanh):
 
 
 @additive
+@runs_natively(lstm_recurrence)
 def lstm_pointwise(carry, xp, hp, extras):
-    """The course's LSTM, gates in the order (i, f, C~, o), same as PyTorch."""
+    """The course's LSTM, gates in the order (i, f, C~, o), same as PyTorch. On CPU the whole
+    recurrence runs in a native kernel (`jaxnets.kernels.lstm_recurrence`, the same maths)."""
     _, c = carry
     i, f, g, o = jnp.split(xp + hp, 4, axis=-1)
     c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
@@ -227,8 +231,9 @@ class RNN(nnx.Module):
     """
 
     def __init__(self, cell: RecurrentCell, *, unroll: int = DEFAULT_UNROLL, reverse: bool = False,
-                 time_major: bool = False):
+                 time_major: bool = False, lowering: Lowering = PLAIN):
         self.cell, self.unroll, self.reverse, self.time_major = cell, unroll, reverse, time_major
+        self.native_threads = lowering.native_threads   # a native recurrence's threads (CPU)
 
     @property
     def out_features(self) -> int:
@@ -247,24 +252,26 @@ class RNN(nnx.Module):
         carry0 = tuple(initial_state) if initial_state is not None else self.initial_state(batch)
         carry0 = tuple(c.astype(xp.dtype) for c in carry0)
         ys, carry = recurrent_scan(self.cell.pointwise, self.unroll, self.reverse,
-                                   w_h, extras, b, xp, m, carry0)
+                                   w_h, extras, b, xp, m, carry0, native_threads=self.native_threads)
         if not self.time_major:
             ys = jnp.swapaxes(ys, 0, 1)
         return ys, carry
 
 
-def _layer(cell_cls, in_features, hidden_features, *, unroll, reverse, time_major, rngs, **cell_kw):
+def _layer(cell_cls, in_features, hidden_features, *, unroll, reverse, time_major, lowering, rngs,
+           **cell_kw):
     return dict(cell=cell_cls(in_features, hidden_features, rngs=rngs, **cell_kw),
-                unroll=unroll, reverse=reverse, time_major=time_major)
+                unroll=unroll, reverse=reverse, time_major=time_major, lowering=lowering)
 
 
 class SimpleRNN(RNN):
     """Elman RNN layer; cell keywords (activation, dtype, inits) go to SimpleRNNCell."""
 
     def __init__(self, in_features, hidden_features, *, rngs, unroll=DEFAULT_UNROLL, reverse=False,
-                 time_major=False, **cell_kw):
+                 time_major=False, lowering: Lowering = PLAIN, **cell_kw):
         super().__init__(**_layer(SimpleRNNCell, in_features, hidden_features, unroll=unroll,
-                                  reverse=reverse, time_major=time_major, rngs=rngs, **cell_kw))
+                                  reverse=reverse, time_major=time_major, lowering=lowering,
+                                  rngs=rngs, **cell_kw))
 
 
 class LSTM(RNN):
@@ -272,18 +279,20 @@ class LSTM(RNN):
     inits) go to LSTMCell."""
 
     def __init__(self, in_features, hidden_features, *, rngs, unroll=DEFAULT_UNROLL, reverse=False,
-                 time_major=False, **cell_kw):
+                 time_major=False, lowering: Lowering = PLAIN, **cell_kw):
         super().__init__(**_layer(LSTMCell, in_features, hidden_features, unroll=unroll,
-                                  reverse=reverse, time_major=time_major, rngs=rngs, **cell_kw))
+                                  reverse=reverse, time_major=time_major, lowering=lowering,
+                                  rngs=rngs, **cell_kw))
 
 
 class GRU(RNN):
     """GRU layer; cell keywords (reset_after, dtype, inits) go to GRUCell."""
 
     def __init__(self, in_features, hidden_features, *, rngs, unroll=DEFAULT_UNROLL, reverse=False,
-                 time_major=False, **cell_kw):
+                 time_major=False, lowering: Lowering = PLAIN, **cell_kw):
         super().__init__(**_layer(GRUCell, in_features, hidden_features, unroll=unroll,
-                                  reverse=reverse, time_major=time_major, rngs=rngs, **cell_kw))
+                                  reverse=reverse, time_major=time_major, lowering=lowering,
+                                  rngs=rngs, **cell_kw))
 
 
 class Bidirectional(nnx.Module):
@@ -316,13 +325,14 @@ class StackedRNN(nnx.Module):
 
     def __init__(self, kind: str, in_features: int, hidden_features: int, *, rngs: nnx.Rngs,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
-                 unroll: int = DEFAULT_UNROLL, time_major: bool = False, **cell_kw):
+                 unroll: int = DEFAULT_UNROLL, time_major: bool = False,
+                 lowering: Lowering = PLAIN, **cell_kw):
         layer_cls = CELLS[kind]
         layers = []
         d = in_features
         for _ in range(num_layers):
             make = functools.partial(layer_cls, d, hidden_features, rngs=rngs, unroll=unroll,
-                                     time_major=time_major, **cell_kw)
+                                     time_major=time_major, lowering=lowering, **cell_kw)
             layer = Bidirectional(make(), make(reverse=True)) if bidirectional else make()
             layers.append(layer)
             d = layer.out_features

@@ -15,7 +15,11 @@ A cell is `pointwise(carry, xp, hp, extras) -> (new_carry, y)` where `xp = x_t @
 - `unroll` is passed to both scans; padded steps (mask 0) keep the carry and emit zeros,
   so they change neither the outputs at valid steps nor the final state. Running the scan
   with `reverse=True` and a right-padded mask therefore gives the backward direction of a
-  bidirectional layer without flipping sequences.
+  bidirectional layer without flipping sequences;
+- a cell marked `runs_natively(kernel)` (the LSTM: `jaxnets.kernels.lstm_recurrence`) runs
+  the whole loop, forward and backward, in that native CPU kernel wherever the program is for
+  CPU and the kernel supports the operands: there XLA's per-step loop overhead was about half
+  of each step. Same maths, same contract (masks, reverse, the final carry).
 
 Why each piece is there, with measurements: `benchmarks/lstm.py`.
 """
@@ -26,6 +30,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from jaxnets.parallel import sharding
 
 # Scan unroll factor the layers use unless told otherwise (measured by `python -m benchmarks.lstm`).
 DEFAULT_UNROLL = 1
@@ -39,6 +45,16 @@ def additive(pointwise):
     and the backward scan emits one stacked gradient instead of two equal ones."""
     pointwise.additive = True
     return pointwise
+
+
+def runs_natively(kernel):
+    """Mark a pointwise function whose whole recurrence `kernel` (a module with `enabled()`,
+    `supported(w_h, b, xp, carry0)` and `scan(w_h, b, xp, mask, carry0, reverse=, threads=)`)
+    computes natively on CPU; `recurrent_scan` takes it where it applies."""
+    def mark(pointwise):
+        pointwise.native = kernel
+        return pointwise
+    return mark
 
 
 def _masked_step(pointwise, carry, xp, hp, extras, m):
@@ -108,14 +124,26 @@ def _project_bwd(res, dy):
 project.defvjp(_project_fwd, _project_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def recurrent_scan(pointwise: Callable, unroll: int, reverse: bool, w_h, extras, b, xp, mask, carry0):
+def recurrent_scan(pointwise: Callable, unroll: int, reverse: bool, w_h, extras, b, xp, mask, carry0,
+                   *, native_threads: int = 1):
     """Run `pointwise` over time. xp: [T, B, G*H] time-major input projection WITHOUT the
     bias `b` [G*H] (added inside the step, where it fuses into the gate maths instead of
     costing a pass over the whole projection); mask: [T, B] float or None.
 
     Returns (ys [T, B, H], final carry). Differentiable in w_h, extras, b, xp and carry0.
+    `native_threads` (a cell's native kernel, see module): 1 runs it on the calling thread, 0
+    splits it over XLA's intra-op pool (one multi-threaded CPU device: `Lowering.native_threads`).
     """
+    kernel = getattr(pointwise, "native", None)
+    if kernel is not None and not extras and sharding.current_platform() == "cpu" \
+            and kernel.enabled() and kernel.supported(w_h, b, xp, carry0):
+        return kernel.scan(w_h, b, xp, mask, carry0, reverse=reverse, threads=native_threads)
+    return _xla_scan(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _xla_scan(pointwise: Callable, unroll: int, reverse: bool, w_h, extras, b, xp, mask, carry0):
+    """`recurrent_scan` as an XLA loop (a `lax.scan`), for any cell."""
     ys, carry, _ = _scan_forward(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0, False)
     return ys, carry
 
@@ -179,4 +207,4 @@ def _recurrent_scan_bwd(pointwise, unroll, reverse, res, cotangents):
     return dw_h, dextras, db, dxp, dmask, dcarry0
 
 
-recurrent_scan.defvjp(_recurrent_scan_fwd, _recurrent_scan_bwd)
+_xla_scan.defvjp(_recurrent_scan_fwd, _recurrent_scan_bwd)

@@ -113,6 +113,28 @@ def mesh_axes_of(name: str) -> tuple[str, ...]:
     return () if mesh is None else _targets(name, rules, dict(mesh.shape))
 
 
+def per_batch_shard(fn, args, in_batch_dims, out_batch_dims):
+    """`fn(*args)` on each device's block of the batch, inside shard_map.
+
+    `in_batch_dims[i]` is the batch dimension of args[i] (None: the whole array on every
+    device), `out_batch_dims` the same for fn's outputs (a tuple). For a custom kernel, opaque to
+    XLA's partitioner, which would otherwise all-gather its operands onto every device: with the
+    batch split over the "batch" rule's mesh axes, each device runs the kernel on its own rows.
+    Outside a mesh, on one device, or where those axes do not divide the batch, fn is called
+    directly."""
+    mesh, _ = current()
+    axes = mesh_axes_of("batch")
+    size = next(a.shape[d] for a, d in zip(args, in_batch_dims) if d is not None)
+    if mesh is None or mesh.size == 1 or not axes or size % math.prod(mesh.shape[a] for a in axes):
+        return fn(*args)
+    b = axes if len(axes) > 1 else axes[0]
+    spec = lambda ndim, d: P() if d is None else P(*(b if i == d else None for i in range(ndim)))
+    outs = jax.eval_shape(fn, *args)
+    return jax.shard_map(fn, in_specs=tuple(spec(a.ndim, d) for a, d in zip(args, in_batch_dims)),
+                         out_specs=tuple(spec(o.ndim, d) for o, d in zip(outs, out_batch_dims)),
+                         check_vma=False)(*args)
+
+
 def constrain(x, axes: Axes):
     """with_sharding_constraint by logical names; a no-op outside a mesh (or on one device).
 
