@@ -27,7 +27,7 @@ import sys
 ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
     **{name: (f"benchmarks.speed.{name}", ()) for name in (
         "attention", "before_after", "bf16_units", "conv_filter_grad", "cpu_layout", "decode", "input_pipeline", "lstm", "lstm_gpu",
-        "model_step", "op_profile",
+        "model_step", "native_sources", "op_profile",
         "resnet_step", "scaling", "scaling_compiled", "startup", "train_step", "transformer_step")},
     "resnet_step_compare": ("benchmarks.speed.resnet_step", ("--compare",)),
     "resnet_step_levers": ("benchmarks.speed.resnet_step", ("--levers",)),

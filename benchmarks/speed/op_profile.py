@@ -66,9 +66,11 @@ def build(work: str, size: str):
         from flax import nnx
 
         from jaxnets.nn import recurrent
+        from jaxnets.platform.lowering_rule import lowering_for
         b, t = (int(s[1:]) for s in size.split("_"))
         d = h = 128 if t > 512 else 256
-        graphdef, params = nnx.split(recurrent.LSTM(d, h, rngs=nnx.Rngs(0)))
+        # Built as `benchmarks.lstm` and experiments build it: the platform's native threads.
+        graphdef, params = nnx.split(recurrent.LSTM(d, h, rngs=nnx.Rngs(0), lowering=lowering_for()))
         x = jax.random.normal(jax.random.key(0), (b, t, d), jnp.float32)
         grad = jax.jit(jax.grad(lambda p, x: jnp.mean(jnp.square(nnx.merge(graphdef, p)(x)[0]))))
         return lambda: jax.block_until_ready(grad(params, x))

@@ -33,11 +33,9 @@ MAX_LEN = 1024
 
 
 def enabled() -> bool:
-    """Whether `implementation="auto"` takes the kernel where it is supported: native kernels
-    not switched off (JAXNETS_NATIVE_KERNELS=0) and a vector build (AVX2 or AVX-512). The
-    portable build (SSE2 on x86, NEON on ARM) was slower than XLA's path forward+backward on
-    the Zen 4 machine (`JAXNETS_NATIVE_ISA=portable`, docs/cpu_choices.md), so it steps aside."""
-    return native.enabled() and native.machine_isa() in ("avx512", "avx2")
+    """Whether `implementation="auto"` takes the kernel where it is supported: a vector build
+    (`native.vector_build`; the portable one steps aside)."""
+    return native.vector_build()
 
 
 def available() -> bool:

@@ -26,54 +26,13 @@
 #include <cstring>
 #include <vector>
 
-#include "native_kernels.h"
+#include "recurrent_kernels.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
 using namespace jaxnets_native;
-
-// Rows per register tile: FR rows x 4 gate vectors of accumulators, plus 4 weight vectors and a
-// broadcast, within the register file (32 vector registers with AVX-512, 16 below).
-constexpr int FR = VW == 16 ? 4 : 2;
-// Backward tile: BR rows x BV vectors of hidden units (16 accumulators with AVX-512, 8 below).
-constexpr int BR = FR, BV = 4;
-
-inline vec sigmoid(vec x) {   // exp of -|x| only (never overflows): 1/(1+e) or e/(1+e)
-  const vec zero = splat(0.f), one = splat(1.f);
-  vec e = vexp(x > zero ? -x : x);
-  vec r = one / (one + e);
-  return x > zero ? r : e * r;
-}
-
-inline vec vtanh(vec x) {     // (1 - e) / (1 + e) with e = exp(-2|x|), sign restored
-  const vec zero = splat(0.f), one = splat(1.f);
-  vec ax = x > zero ? x : -x;
-  vec e = vexp(splat(-2.f) * ax);
-  vec t = (one - e) / (one + e);
-  return x < zero ? -t : t;
-}
-
-struct Dims {
-  int64_t T, B, H, G;   // G = 4H
-};
-
-// W_h [H, 4H] -> [H / VW][H][4][VW]: for hidden block jb, row k holds the 4 gates' VW columns.
-void pack_forward(const float* w, const Dims& s, float* packed) {
-  for (int64_t jb = 0; jb < s.H / VW; ++jb)
-    for (int64_t k = 0; k < s.H; ++k)
-      for (int q = 0; q < 4; ++q)
-        std::memcpy(packed + ((jb * s.H + k) * 4 + q) * VW, w + k * s.G + q * s.H + jb * VW,
-                    VW * sizeof(float));
-}
-
-// W_h^T [4H, H] -> [H / VW][4H][VW]: for hidden block jb, row g holds W_h[jb*VW.., g].
-void pack_backward(const float* w, const Dims& s, float* packed) {
-  for (int64_t jb = 0; jb < s.H / VW; ++jb)
-    for (int64_t g = 0; g < s.G; ++g)
-      for (int c = 0; c < VW; ++c) packed[(jb * s.G + g) * VW + c] = w[(jb * VW + c) * s.G + g];
-}
 
 // One forward tile: rows [0, NR) of the task's block at step t, hidden units [j, j + VW).
 template <int NR>
@@ -121,14 +80,6 @@ void forward_tile(const float* wp, const float* h, float* h_next, float* c, cons
   }
 }
 
-// Row tiles of FR rows, then the rest one row at a time, of a body templated on its row count.
-template <int TR, typename F>
-void over_rows(int64_t rows, F&& body) {
-  int64_t r = 0;
-  for (; r + TR <= rows; r += TR) body(std::integral_constant<int, TR>{}, r);
-  for (; r < rows; ++r) body(std::integral_constant<int, 1>{}, r);
-}
-
 // Rows [r0, r0 + rows) of one task: the whole forward loop over time.
 void forward_rows(const float* wp, const float* xp, const float* bias, const float* h0,
                   const float* c0, const float* mask, const Dims& s, bool reverse, int64_t r0,
@@ -157,38 +108,6 @@ void forward_rows(const float* wp, const float* xp, const float* bias, const flo
   }
   std::memcpy(h_final + r0 * s.H, h, rows * s.H * sizeof(float));
   std::memcpy(c_final + r0 * s.H, c, rows * s.H * sizeof(float));
-}
-
-// dh_next[r, j..] = sum_g dpre[r, g] W_h^T[g, j..] for NV vectors of hidden units from j, rows
-// [0, NR); rows whose step was padding keep their incoming dh instead.
-template <int NR, int NV>
-void backward_tile(const float* wtp, const float* dpre, const float* dh, const float* keep,
-                   const Dims& s, int64_t j, float* dh_next) {
-  vec acc[NR][NV] = {};
-  for (int64_t g = 0; g < s.G; ++g) {
-    vec w[NV];
-    for (int v = 0; v < NV; ++v) w[v] = load_kept(wtp + (v * s.G + g) * VW);
-    for (int r = 0; r < NR; ++r) {
-      const vec a = splat(dpre[r * s.G + g]);
-      for (int v = 0; v < NV; ++v) acc[r][v] += a * w[v];
-    }
-  }
-  for (int r = 0; r < NR; ++r)
-    for (int v = 0; v < NV; ++v) {
-      const int64_t at = r * s.H + j + v * VW;
-      store(dh_next + at, keep[r] > 0.f ? acc[r][v] : load(dh + at));
-    }
-}
-
-template <int NR>
-void backward_tiles(const float* wtp, const float* dpre, const float* dh, const float* keep,
-                    const Dims& s, float* dh_next) {
-  const int64_t blocks = s.H / VW;
-  int64_t jb = 0;
-  for (; jb + BV <= blocks; jb += BV)
-    backward_tile<NR, BV>(wtp + jb * s.G * VW, dpre, dh, keep, s, jb * VW, dh_next);
-  for (; jb < blocks; ++jb)
-    backward_tile<NR, 1>(wtp + jb * s.G * VW, dpre, dh, keep, s, jb * VW, dh_next);
 }
 
 // Rows [r0, r0 + rows) of one task: the backward loop over time (the forward's order reversed).
@@ -230,37 +149,13 @@ void backward_rows(const float* wtp, const float* acts, const float* cs, const f
       std::memcpy(dpre_out + (t * s.B + r0 + r) * s.G, d, s.G * sizeof(float));
     }
     over_rows<BR>(rows, [&](auto nr, int64_t r) {
-      backward_tiles<decltype(nr)::value>(wtp, dpre + r * s.G, dh + r * s.H, keep + r, s,
+      backward_tiles<decltype(nr)::value>(wtp, dpre + r * s.G, nullptr, dh + r * s.H, keep + r, s,
                                           dh_next + r * s.H);
     });
     std::swap(dh, dh_next);
   }
   std::memcpy(dh0 + r0 * s.H, dh, rows * s.H * sizeof(float));
   std::memcpy(dc0 + r0 * s.H, dc, rows * s.H * sizeof(float));
-}
-
-ffi::Error check(ffi::Buffer<ffi::F32>& xp_or_acts, ffi::Buffer<ffi::F32>& w, Dims& s) {
-  const auto xd = xp_or_acts.dimensions(), wd = w.dimensions();
-  if (xd.size() != 3 || wd.size() != 2)
-    return ffi::Error::InvalidArgument("lstm_recurrence: gates must be [T, B, 4H], W_h [H, 4H]");
-  s = Dims{xd[0], xd[1], wd[0], wd[1]};
-  if (s.G != 4 * s.H || xd[2] != s.G || s.H % VW != 0)
-    return ffi::Error::InvalidArgument("lstm_recurrence: incompatible shapes (or hidden size not "
-                                       "a multiple of the vector width)");
-  return ffi::Error::Success();
-}
-
-// Blocks of batch rows, one per task: as many as threads may run (a multiple of the tile's
-// rows each where the batch allows).
-template <typename F>
-void over_row_blocks(ffi::ThreadPool& pool, int64_t threads, int64_t B, F&& work) {
-  const int64_t tasks = std::max<int64_t>(1, std::min(usable_threads(pool, threads), (B + FR - 1) / FR));
-  const int64_t per_task = round_up((B + tasks - 1) / tasks, FR);
-  const int64_t n = (B + per_task - 1) / per_task;
-  run_tasks(pool, threads, n, [=](int64_t task) {
-    const int64_t r0 = task * per_task;
-    work(r0, std::min(per_task, B - r0));
-  });
 }
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<ffi::F32> bias,
@@ -270,9 +165,9 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<f
                    ffi::ResultBuffer<ffi::F32> acts, ffi::ResultBuffer<ffi::F32> cs,
                    ffi::ResultBuffer<ffi::F32> hs, bool reverse, int64_t threads) {
   Dims s;
-  if (ffi::Error err = check(xp, w, s); err.failure()) return err;
+  if (ffi::Error err = check_shapes(xp, w, 4, s); err.failure()) return err;
   std::vector<float> packed(s.H * s.G);   // shared, read-only, by every task
-  pack_forward(w.typed_data(), s, packed.data());
+  pack_gates(w.typed_data(), s, packed.data());
   const float *wp = packed.data(), *xs = xp.typed_data(), *bs = bias.typed_data(),
               *h0s = h0.typed_data(), *c0s = c0.typed_data(), *ms = mask.typed_data();
   float *y = ys->typed_data(), *hf = h_final->typed_data(), *cf = c_final->typed_data(),
@@ -290,9 +185,9 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w, ffi::Buffer<f
                     ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0, bool reverse,
                     int64_t threads) {
   Dims s;
-  if (ffi::Error err = check(acts, w, s); err.failure()) return err;
+  if (ffi::Error err = check_shapes(acts, w, 4, s); err.failure()) return err;
   std::vector<float> packed(s.H * s.G);
-  pack_backward(w.typed_data(), s, packed.data());
+  pack_transposed(w.typed_data(), s, packed.data());
   const float *wtp = packed.data(), *as = acts.typed_data(), *css = cs.typed_data(),
               *c0s = c0.typed_data(), *ms = mask.typed_data(), *dy = dys.typed_data(),
               *dhf = dh_final.typed_data(), *dcf = dc_final.typed_data();

@@ -30,28 +30,27 @@ NAME = "lstm_recurrence"
 
 
 def enabled() -> bool:
-    """Whether `recurrent_scan` takes the kernel where it is supported: native kernels not
-    switched off (JAXNETS_NATIVE_KERNELS=0) and a vector build (AVX2 or AVX-512), as for the
-    attention kernel (`jaxnets.kernels.causal_attention.enabled`)."""
-    return native.enabled() and native.machine_isa() in ("avx512", "avx2")
+    """Whether `recurrent_scan` takes the kernel where it is supported: a vector build
+    (`native.vector_build`), as for the attention kernel."""
+    return native.vector_build()
 
 
 def available() -> bool:
     return native.ffi_target(NAME, "LstmForward") is not None
 
 
-def supported(w_h, b, xp, carry0) -> bool:
+def supported(w_h, b, xp, carry0, extras=()) -> bool:
     arrays = (w_h, b, xp, *carry0)
-    return (xp.ndim == 3 and w_h.ndim == 2 and len(carry0) == 2
+    return (not extras and xp.ndim == 3 and w_h.ndim == 2 and len(carry0) == 2
             and all(a.dtype == jnp.float32 for a in arrays)
             and xp.shape[0] > 0 and xp.shape[1] > 0 and w_h.shape[0] % 16 == 0
             and w_h.shape[1] == 4 * w_h.shape[0] == xp.shape[2] and available())
 
 
-def scan(w_h, b, xp, mask, carry0, *, reverse: bool = False, threads: int = 0,
-              isa: str | None = None):
+def scan(w_h, b, xp, mask, carry0, extras=(), *, reverse: bool = False, threads: int = 0,
+         isa: str | None = None):
     """ys [T, B, H] and the final carry (h, c) (see module); `isa` picks a build (tests compare them)."""
-    if not supported(w_h, b, xp, carry0):
+    if not supported(w_h, b, xp, carry0, extras):
         raise ValueError(f"lstm_recurrence.scan: unsupported operands W_h {w_h.shape} {w_h.dtype}, xp {xp.shape} "
                          f"{xp.dtype} (see `supported`)")
     if mask is None:

@@ -43,6 +43,14 @@ def enabled() -> bool:
     return os.environ.get("JAXNETS_NATIVE_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def vector_build() -> bool:
+    """Native kernels on (see `enabled`) with a vector build (AVX2 or AVX-512) for this machine:
+    where kernels that beat XLA only with vector code (attention, the recurrences) are taken.
+    The portable build (SSE2 on x86, NEON on ARM) was slower than XLA's path for attention
+    forward+backward on the Zen 4 machine (`JAXNETS_NATIVE_ISA=portable`, docs/cpu_choices.md)."""
+    return enabled() and machine_isa() in ("avx512", "avx2")
+
+
 def cache_dir() -> Path:
     return cache_root() / "kernels"
 

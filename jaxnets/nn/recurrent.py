@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxnets.kernels import lstm_recurrence
+from jaxnets.kernels import gru_recurrence, lstm_recurrence
 from jaxnets.nn.layers import Param
 from jaxnets.nn.lowering import PLAIN, Lowering
 from jaxnets.parallel.sharding import constrain
@@ -204,7 +204,10 @@ class GRUCell(RecurrentCell):
 
     @property
     def pointwise(self):
-        return functools.partial(gru_pointwise, reset_after=self.reset_after)
+        pointwise = functools.partial(gru_pointwise, reset_after=self.reset_after)
+        # On CPU the cuDNN/PyTorch variant's whole recurrence runs in a native kernel
+        # (`jaxnets.kernels.gru_recurrence`, the same maths); the course's keeps the XLA loop.
+        return runs_natively(gru_recurrence)(pointwise) if self.reset_after else pointwise
 
 
 # ----------------------------------------------------------------------------- layers

@@ -16,7 +16,8 @@ A cell is `pointwise(carry, xp, hp, extras) -> (new_carry, y)` where `xp = x_t @
   so they change neither the outputs at valid steps nor the final state. Running the scan
   with `reverse=True` and a right-padded mask therefore gives the backward direction of a
   bidirectional layer without flipping sequences;
-- a cell marked `runs_natively(kernel)` (the LSTM: `jaxnets.kernels.lstm_recurrence`) runs
+- a cell marked `runs_natively(kernel)` (the LSTM: `jaxnets.kernels.lstm_recurrence`; the
+  GRU with the reset after the product: `jaxnets.kernels.gru_recurrence`) runs
   the whole loop, forward and backward, in that native CPU kernel wherever the program is for
   CPU and the kernel supports the operands: there XLA's per-step loop overhead was about half
   of each step. Same maths, same contract (masks, reverse, the final carry).
@@ -49,8 +50,9 @@ def additive(pointwise):
 
 def runs_natively(kernel):
     """Mark a pointwise function whose whole recurrence `kernel` (a module with `enabled()`,
-    `supported(w_h, b, xp, carry0)` and `scan(w_h, b, xp, mask, carry0, reverse=, threads=)`)
-    computes natively on CPU; `recurrent_scan` takes it where it applies."""
+    `supported(w_h, b, xp, carry0, extras)` and
+    `scan(w_h, b, xp, mask, carry0, extras, reverse=, threads=)`) computes natively on CPU;
+    `recurrent_scan` takes it where it applies."""
     def mark(pointwise):
         pointwise.native = kernel
         return pointwise
@@ -135,9 +137,9 @@ def recurrent_scan(pointwise: Callable, unroll: int, reverse: bool, w_h, extras,
     splits it over XLA's intra-op pool (one multi-threaded CPU device: `Lowering.native_threads`).
     """
     kernel = getattr(pointwise, "native", None)
-    if kernel is not None and not extras and sharding.current_platform() == "cpu" \
-            and kernel.enabled() and kernel.supported(w_h, b, xp, carry0):
-        return kernel.scan(w_h, b, xp, mask, carry0, reverse=reverse, threads=native_threads)
+    if kernel is not None and sharding.current_platform() == "cpu" and kernel.enabled() \
+            and kernel.supported(w_h, b, xp, carry0, extras):
+        return kernel.scan(w_h, b, xp, mask, carry0, extras, reverse=reverse, threads=native_threads)
     return _xla_scan(pointwise, unroll, reverse, w_h, extras, b, xp, mask, carry0)
 
 
