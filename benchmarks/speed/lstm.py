@@ -34,6 +34,11 @@ single-threaded, b64 t128 d256 h256 forward+backward, 2026-11-28:
 4. The bias is added inside the step (fused into the gates) instead of in a separate pass
    over the [T, B, 4H] projection; additive cells save one pre-activation stack instead of
    the projection and the recurrent term.
+5. Session 12: the whole loop in a native kernel on CPU (`jaxnets/kernels/lstm_recurrence.cc`,
+   `gru_recurrence.cc`): XLA ran each step as a handful of thunks (matmul, gate fusion, carry
+   copies), about half of each step. `--variant xla_loop` times the XLA loop it replaced; each
+   row records which ran (`recurrence`) and the kernel's threads (`threads_native`, from the
+   platform's lowering, as experiments build the layer).
 Also measured: the hand-written backward (dW_h as one matmul after the loop) vs autodiff of
 `lax.scan` (`--variant autodiff`); unroll 2/4 no change, 8/16 slower backward; XLA flags
 (xnnpack, onednn, fusion emitters off) no clear change.
@@ -119,7 +124,7 @@ def run(kind, B, T, D, H, unroll, variant, n):
     fwd = jax.jit(forward)
     fwd_bwd = jax.jit(jax.grad(lambda p, x: jnp.mean(jnp.square(forward(p, x)))))
     gates = {"lstm": 4, "gru": 3}[kind]
-    native = "jaxnets_lstm_recurrence" in fwd_bwd.lower(params, x).as_text()
+    native = f"jaxnets_{kind}_recurrence" in fwd_bwd.lower(params, x).as_text()
     return {"name": f"{kind}_b{B}_t{T}_d{D}_h{H}",
             "recurrence": "native" if native else "xla_loop",
             # The gate matmuls (input and recurrent) of every step; the backward pass is counted
