@@ -70,11 +70,8 @@ def _attention(config, q, k, v):
 def _forward(config, q, k, v):
     scale, threads, isa = config
     b, t, h, _ = q.shape
-    out, lse = jax.ffi.ffi_call(
-        _targets(isa)[0], (jax.ShapeDtypeStruct(q.shape, jnp.float32),
-                           jax.ShapeDtypeStruct((b, h, t), jnp.float32)), vmap_method="sequential")(
-        q, k, v, scale=np.float32(scale), threads=np.int64(threads))
-    return out, lse
+    return native.call(_targets(isa)[0], [q.shape, (b, h, t)], q, k, v, scale=np.float32(scale),
+                       threads=np.int64(threads))
 
 
 def _attention_fwd(config, q, k, v):
@@ -85,10 +82,8 @@ def _attention_fwd(config, q, k, v):
 def _attention_bwd(config, residuals, d_out):
     scale, threads, isa = config
     q, k, v, out, lse = residuals
-    shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v))
-    return jax.ffi.ffi_call(_targets(isa)[1], shapes, vmap_method="sequential")(
-        q, k, v, out, lse, d_out.astype(jnp.float32), scale=np.float32(scale),
-        threads=np.int64(threads))
+    return native.call(_targets(isa)[1], [q.shape, k.shape, v.shape], q, k, v, out, lse,
+                       d_out.astype(jnp.float32), scale=np.float32(scale), threads=np.int64(threads))
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

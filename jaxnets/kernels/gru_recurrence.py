@@ -72,10 +72,8 @@ def _forward(config, w_h, b, b_hn, xp, mask, h0):
 
     def call(xp, b, b_hn, w_h, h0, mask):
         (t, batch, _), h = xp.shape, h0.shape[-1]
-        shapes = [(t, batch, h), (batch, h), (t, batch, 4 * h), (t, batch, h)]
-        return jax.ffi.ffi_call(_targets(isa)[0], tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes),
-                                vmap_method="sequential")(
-            xp, b, b_hn, w_h, h0, mask, reverse=reverse, threads=np.int64(threads))
+        return native.call(_targets(isa)[0], [(t, batch, h), (batch, h), (t, batch, 4 * h), (t, batch, h)],
+                           xp, b, b_hn, w_h, h0, mask, reverse=reverse, threads=np.int64(threads))
 
     # ys, h, gates, hs: batch on dims 1, 0, 1, 1.
     return sharding.per_batch_shard(call, (xp, b, b_hn, w_h, h0, mask), (1, None, None, None, 0, 1),
@@ -94,10 +92,8 @@ def _gru_bwd(config, residuals, cotangents):
 
     def call(w_h, gates, hs, mask, d_ys, d_h):
         t, batch, h = hs.shape
-        shapes = [(t, batch, 3 * h), (t, batch, 3 * h), (batch, h)]
-        return jax.ffi.ffi_call(_targets(isa)[1], tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes),
-                                vmap_method="sequential")(
-            w_h, gates, hs, mask, d_ys, d_h, reverse=reverse, threads=np.int64(threads))
+        return native.call(_targets(isa)[1], [(t, batch, 3 * h), (t, batch, 3 * h), (batch, h)],
+                           w_h, gates, hs, mask, d_ys, d_h, reverse=reverse, threads=np.int64(threads))
 
     d_xp, d_hp, d_h0 = sharding.per_batch_shard(
         call, (w_h, gates, hs, mask, d_ys.astype(jnp.float32), d_h.astype(jnp.float32)),

@@ -75,9 +75,8 @@ def _forward(config, w_h, b, xp, mask, h0, c0):
     def call(xp, b, w_h, h0, c0, mask):
         (t, batch, g), h = xp.shape, h0.shape[-1]
         shapes = [(t, batch, h), (batch, h), (batch, h), (t, batch, g), (t, batch, h), (t, batch, h)]
-        return jax.ffi.ffi_call(_targets(isa)[0], tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes),
-                                vmap_method="sequential")(
-            xp, b, w_h, h0, c0, mask, reverse=reverse, threads=np.int64(threads))
+        return native.call(_targets(isa)[0], shapes, xp, b, w_h, h0, c0, mask, reverse=reverse,
+                           threads=np.int64(threads))
 
     # ys, h, c, gates, cs, hs: batch on dims 1, 0, 0, 1, 1, 1.
     return sharding.per_batch_shard(call, (xp, b, w_h, h0, c0, mask), (1, None, None, 0, 0, 1),
@@ -95,11 +94,8 @@ def _lstm_bwd(config, residuals, cotangents):
     d_ys, d_h, d_c = cotangents
 
     def call(w_h, gates, cs, c0, mask, d_ys, d_h, d_c):
-        return jax.ffi.ffi_call(_targets(isa)[1], (jax.ShapeDtypeStruct(gates.shape, jnp.float32),
-                                                   jax.ShapeDtypeStruct(c0.shape, jnp.float32),
-                                                   jax.ShapeDtypeStruct(c0.shape, jnp.float32)),
-                                vmap_method="sequential")(
-            w_h, gates, cs, c0, mask, d_ys, d_h, d_c, reverse=reverse, threads=np.int64(threads))
+        return native.call(_targets(isa)[1], [gates.shape, c0.shape, c0.shape], w_h, gates, cs, c0,
+                           mask, d_ys, d_h, d_c, reverse=reverse, threads=np.int64(threads))
 
     d_pre, d_h0, d_c0 = sharding.per_batch_shard(
         call, (w_h, gates, cs, c0, mask, d_ys.astype(jnp.float32), d_h.astype(jnp.float32),

@@ -161,6 +161,14 @@ def load(name: str, isa: str | None = None) -> ctypes.CDLL | None:
         return None
 
 
+def call(target: str, result_shapes, *args, **attrs):
+    """`jax.ffi.ffi_call` of a native target whose results are float32 arrays of `result_shapes`
+    (under vmap, once per element)."""
+    import jax.numpy as jnp
+    results = tuple(jax.ShapeDtypeStruct(tuple(s), jnp.float32) for s in result_shapes)
+    return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*args, **attrs)
+
+
 @functools.cache
 def ffi_target(name: str, symbol: str, isa: str | None = None) -> str | None:
     """Register `symbol` of kernel library `name` as a CPU FFI target; its target name, or None.
