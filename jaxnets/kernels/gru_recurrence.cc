@@ -25,8 +25,9 @@ namespace {
 
 using namespace jaxnets_native;
 
-// One forward tile: rows [0, NR) of the task's block at step t, hidden units [j, j + VW).
-template <int NR>
+// One forward tile: rows [0, NR) of the task's block at step t, hidden units [j, j + VW); SAVE:
+// write the backward's residuals (gates, hs) too.
+template <int NR, bool SAVE>
 void forward_tile(const float* wp, const float* h, float* h_next, const float* xp,
                   const float* xp_next, const float* bias, const float* b_hn, const float* keep,
                   const Dims& s, int64_t j, float* gates, float* ys, float* hs) {
@@ -50,13 +51,15 @@ void forward_tile(const float* wp, const float* h, float* h_next, const float* x
   for (int r = 0; r < NR; ++r) {
     const vec rg = sigmoid(acc[r][0]), z = sigmoid(acc[r][1]), hn = acc[r][2];
     const vec n = vtanh(load(xp + r * s.G + 2 * s.H + j) + b_n + rg * hn);
-    float* g = gates + r * 4 * s.H + j;
-    store(g, rg);
-    store(g + s.H, z);
-    store(g + 2 * s.H, n);
-    store(g + 3 * s.H, hn);
     const vec h_old = load(h + r * s.H + j);
-    store(hs + r * s.H + j, h_old);
+    if (SAVE) {
+      float* g = gates + r * 4 * s.H + j;
+      store(g, rg);
+      store(g + s.H, z);
+      store(g + 2 * s.H, n);
+      store(g + 3 * s.H, hn);
+      store(hs + r * s.H + j, h_old);
+    }
     if (keep[r] > 0.f) {
       const vec h_new = h_old + z * (n - h_old);
       store(h_next + r * s.H + j, h_new);
@@ -68,7 +71,8 @@ void forward_tile(const float* wp, const float* h, float* h_next, const float* x
   }
 }
 
-// Rows [r0, r0 + rows) of one task: the whole forward loop over time.
+// Rows [r0, r0 + rows) of one task: the whole forward loop over time. Residuals are written
+// where `gates` is given (a forward pass under differentiation), not for inference.
 void forward_rows(const float* wp, const float* xp, const float* bias, const float* b_hn,
                   const float* h0, const float* mask, const Dims& s, bool reverse, int64_t r0,
                   int64_t rows, float* ys, float* h_final, float* gates, float* hs) {
@@ -82,10 +86,11 @@ void forward_rows(const float* wp, const float* xp, const float* bias, const flo
     for (int64_t jb = 0; jb < s.H / VW; ++jb) {   // a hidden block's W_h slice, reused by all rows
       const float* w = wp + jb * s.H * 3 * VW;
       over_rows<FR>(rows, [&](auto nr, int64_t r) {
-        forward_tile<decltype(nr)::value>(
-            w, h + r * s.H, h_next + r * s.H, xp + (row + r) * s.G, xp + (next_row + r) * s.G,
-            bias, b_hn, mask + row + r, s, jb * VW, gates + (row + r) * 4 * s.H,
-            ys + (row + r) * s.H, hs + (row + r) * s.H);
+        constexpr int NR = decltype(nr)::value;
+        const auto tile = gates ? forward_tile<NR, true> : forward_tile<NR, false>;
+        tile(w, h + r * s.H, h_next + r * s.H, xp + (row + r) * s.G, xp + (next_row + r) * s.G,
+             bias, b_hn, mask + row + r, s, jb * VW, gates ? gates + (row + r) * 4 * s.H : nullptr,
+             ys + (row + r) * s.H, gates ? hs + (row + r) * s.H : nullptr);
       });
     }
     std::swap(h, h_next);
@@ -153,7 +158,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<f
   pack_gates(w.typed_data(), s, packed.data());
   const float *wp = packed.data(), *xs = xp.typed_data(), *bs = bias.typed_data(),
               *bn = b_hn.typed_data(), *h0s = h0.typed_data(), *ms = mask.typed_data();
-  float *y = ys->typed_data(), *hf = h_final->typed_data(), *g = gates->typed_data(),
+  float *y = ys->typed_data(), *hf = h_final->typed_data(),
+        *g = gates->element_count() ? gates->typed_data() : nullptr,   // size 0: inference
         *h = hs->typed_data();
   over_row_blocks(pool, threads, s.B, [=](int64_t r0, int64_t rows) {
     forward_rows(wp, xs, bs, bn, h0s, ms, s, reverse, r0, rows, y, hf, g, h);
@@ -192,8 +198,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GruForward, Forward,
                                   .Arg<ffi::Buffer<ffi::F32>>()   // mask [T, B]
                                   .Ret<ffi::Buffer<ffi::F32>>()   // ys [T, B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()   // h final [B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // r, z, n, hn + b_hn [T, B, 4H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // h before each step [T, B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // r, z, n, hn + b_hn [T, B, 4H] (or [0])
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // h before each step [T, B, H] (or [0])
                                   .Attr<bool>("reverse")
                                   .Attr<int64_t>("threads"));
 

@@ -64,15 +64,17 @@ def _targets(isa):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _gru(config, w_h, b, b_hn, xp, mask, h0):
-    return _forward(config, w_h, b, b_hn, xp, mask, h0)[:2]
+    return _forward(config, w_h, b, b_hn, xp, mask, h0, save=False)[:2]
 
 
-def _forward(config, w_h, b, b_hn, xp, mask, h0):
+def _forward(config, w_h, b, b_hn, xp, mask, h0, save=True):
+    """save=False (not differentiated): the kernel writes no residuals (results of size 0)."""
     reverse, threads, isa = config
 
     def call(xp, b, b_hn, w_h, h0, mask):
         (t, batch, _), h = xp.shape, h0.shape[-1]
-        return native.call(_targets(isa)[0], [(t, batch, h), (batch, h), (t, batch, 4 * h), (t, batch, h)],
+        saved = [(t, batch, 4 * h), (t, batch, h)] if save else [(0,)] * 2
+        return native.call(_targets(isa)[0], [(t, batch, h), (batch, h), *saved],
                            xp, b, b_hn, w_h, h0, mask, reverse=reverse, threads=np.int64(threads))
 
     # ys, h, gates, hs: batch on dims 1, 0, 1, 1.

@@ -34,8 +34,9 @@ namespace {
 
 using namespace jaxnets_native;
 
-// One forward tile: rows [0, NR) of the task's block at step t, hidden units [j, j + VW).
-template <int NR>
+// One forward tile: rows [0, NR) of the task's block at step t, hidden units [j, j + VW); SAVE:
+// write the backward's residuals (gates, cs, hs) too.
+template <int NR, bool SAVE>
 void forward_tile(const float* wp, const float* h, float* h_next, float* c, const float* xp,
                   const float* xp_next, const float* bias, const float* keep, const Dims& s,
                   int64_t j, float* acts, float* ys, float* cs, float* hs) {
@@ -60,11 +61,14 @@ void forward_tile(const float* wp, const float* h, float* h_next, float* c, cons
   for (int r = 0; r < NR; ++r) {
     const vec i = sigmoid(acc[r][0]), f = sigmoid(acc[r][1]), g = vtanh(acc[r][2]),
               o = sigmoid(acc[r][3]);
-    float* act = acts + r * s.G + j;
-    store(act, i);
-    store(act + s.H, f);
-    store(act + 2 * s.H, g);
-    store(act + 3 * s.H, o);
+    if (SAVE) {
+      float* act = acts + r * s.G + j;
+      store(act, i);
+      store(act + s.H, f);
+      store(act + 2 * s.H, g);
+      store(act + 3 * s.H, o);
+      store(hs + r * s.H + j, load(h + r * s.H + j));
+    }
     float *cr = c + r * s.H + j, *hn = h_next + r * s.H + j;
     if (keep[r] > 0.f) {
       const vec c_new = f * load(cr) + i * g, h_new = o * vtanh(c_new);
@@ -75,12 +79,12 @@ void forward_tile(const float* wp, const float* h, float* h_next, float* c, cons
       store(hn, load(h + r * s.H + j));
       store(ys + r * s.H + j, splat(0.f));
     }
-    store(cs + r * s.H + j, load(cr));
-    store(hs + r * s.H + j, load(h + r * s.H + j));
+    if (SAVE) store(cs + r * s.H + j, load(cr));
   }
 }
 
-// Rows [r0, r0 + rows) of one task: the whole forward loop over time.
+// Rows [r0, r0 + rows) of one task: the whole forward loop over time. Residuals are written
+// where `acts` is given (a forward pass under differentiation), not for inference.
 void forward_rows(const float* wp, const float* xp, const float* bias, const float* h0,
                   const float* c0, const float* mask, const Dims& s, bool reverse, int64_t r0,
                   int64_t rows, float* ys, float* h_final, float* c_final, float* acts, float* cs,
@@ -98,10 +102,11 @@ void forward_rows(const float* wp, const float* xp, const float* bias, const flo
       const float* w = wp + jb * s.H * 4 * VW;
       over_rows<FR>(rows, [&](auto nr, int64_t r) {
         const int64_t gr = gate_rows + r * s.G, ur = unit_rows + r * s.H;
-        forward_tile<decltype(nr)::value>(w, h + r * s.H, h_next + r * s.H, c + r * s.H,
-                                          xp + gr, xp + next_rows + r * s.G, bias,
-                                          mask + t * s.B + r0 + r, s, jb * VW,
-                                          acts + gr, ys + ur, cs + ur, hs + ur);
+        constexpr int NR = decltype(nr)::value;
+        const auto tile = acts ? forward_tile<NR, true> : forward_tile<NR, false>;
+        tile(w, h + r * s.H, h_next + r * s.H, c + r * s.H, xp + gr, xp + next_rows + r * s.G,
+             bias, mask + t * s.B + r0 + r, s, jb * VW, acts ? acts + gr : nullptr, ys + ur,
+             acts ? cs + ur : nullptr, acts ? hs + ur : nullptr);
       });
     }
     std::swap(h, h_next);
@@ -171,7 +176,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buffer<f
   const float *wp = packed.data(), *xs = xp.typed_data(), *bs = bias.typed_data(),
               *h0s = h0.typed_data(), *c0s = c0.typed_data(), *ms = mask.typed_data();
   float *y = ys->typed_data(), *hf = h_final->typed_data(), *cf = c_final->typed_data(),
-        *a = acts->typed_data(), *c = cs->typed_data(), *h = hs->typed_data();
+        *a = acts->element_count() ? acts->typed_data() : nullptr, *c = cs->typed_data(),
+        *h = hs->typed_data();   // residuals of size 0: inference, nothing saved
   over_row_blocks(pool, threads, s.B, [=](int64_t r0, int64_t rows) {
     forward_rows(wp, xs, bs, h0s, c0s, ms, s, reverse, r0, rows, y, hf, cf, a, c, h);
   });
@@ -212,9 +218,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, Forward,
                                   .Ret<ffi::Buffer<ffi::F32>>()   // ys [T, B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()   // h final [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()   // c final [B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // gates [T, B, 4H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // c after each step [T, B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // h before each step [T, B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // gates [T, B, 4H] (or [0]: none)
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // c after each step [T, B, H] (or [0])
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // h before each step [T, B, H] (or [0])
                                   .Attr<bool>("reverse")
                                   .Attr<int64_t>("threads"));
 

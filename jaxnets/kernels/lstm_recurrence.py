@@ -66,15 +66,17 @@ def _targets(isa):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _lstm(config, w_h, b, xp, mask, h0, c0):
-    return _forward(config, w_h, b, xp, mask, h0, c0)[:3]
+    return _forward(config, w_h, b, xp, mask, h0, c0, save=False)[:3]
 
 
-def _forward(config, w_h, b, xp, mask, h0, c0):
+def _forward(config, w_h, b, xp, mask, h0, c0, save=True):
+    """save=False (not differentiated): the kernel writes no residuals (results of size 0)."""
     reverse, threads, isa = config
 
     def call(xp, b, w_h, h0, c0, mask):
         (t, batch, g), h = xp.shape, h0.shape[-1]
-        shapes = [(t, batch, h), (batch, h), (batch, h), (t, batch, g), (t, batch, h), (t, batch, h)]
+        saved = [(t, batch, g), (t, batch, h), (t, batch, h)] if save else [(0,)] * 3
+        shapes = [(t, batch, h), (batch, h), (batch, h), *saved]
         return native.call(_targets(isa)[0], shapes, xp, b, w_h, h0, c0, mask, reverse=reverse,
                            threads=np.int64(threads))
 
