@@ -1,15 +1,15 @@
 """Did a change to a native CPU kernel's source pay? Its build at a git revision against the working
 tree's, in one process, rounds alternating.
 
-    python -m benchmarks.native_sources --rev 5f092a4 [--isa avx512|avx2|portable] [--rounds 4]
+    python -m benchmarks.native_sources --rev 5f092a4 [--isa avx512 avx2 portable] [--rounds 4]
         [--kernels causal_attention conv3x3_filter_grad lstm_recurrence] [--json] [--out FILE]
 
 Both sources (the kernel's .cc and the shared headers beside it, as of `--rev` and as checked
-out) are built for `--isa` (default: this machine's, `jaxnets.kernels.native.machine_isa`) under
+out) are built for each `--isa` (default: this machine's, `jaxnets.kernels.native.machine_isa`) under
 distinct FFI target names and timed on the same operands at the benchmark shapes (attention: the
 Transformer-LM's `CAUSAL_SHAPES`; filter gradient: ResNet's three stages at batch 64; LSTM: the
 `benchmarks.lstm` shapes), before and after in turn, each its median over `--rounds` rounds of
-medians; the outputs are compared too. Rows `{kernel}_{shape}_{pass}` with `before_ms`,
+medians; the outputs are compared too. Rows `{kernel}_{shape}_{pass}_{isa}` with `before_ms`,
 `after_ms` and `after_over_before` (< 1: the change is faster). Step-level effects: the speed
 benchmarks themselves, or `benchmarks.before_after` across commits.
 """
@@ -122,7 +122,7 @@ def median_ms(fn, n=15, warm=3):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", required=True, help="git revision of the 'before' sources")
-    ap.add_argument("--isa", default=None, help="build to compare (default: this machine's)")
+    ap.add_argument("--isa", nargs="+", default=None, help="builds to compare (default: this machine's)")
     ap.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--json", action="store_true")
@@ -132,11 +132,14 @@ def main():
     from jaxnets.kernels import native
     from jaxnets.platform.allocator import tune_host_allocator
     tune_host_allocator()
-    isa = args.isa or native.machine_isa()
+    isas = args.isa or [native.machine_isa()]
     if native._compiler() is None:
         sys.exit("no C++ compiler: nothing to build")
+    unknown = [i for i in isas if i not in native.runnable_isas()]
+    if unknown:
+        sys.exit(f"this CPU cannot run the {unknown} build(s); it runs {native.runnable_isas()}")
     rows = []
-    for kernel in args.kernels:
+    for isa, kernel in ((i, k) for i in isas for k in args.kernels):
         before_dir = sources_at(args.rev, kernel)
         if before_dir is None:
             print(f"{kernel}: not in {args.rev}, skipped", file=sys.stderr)
@@ -152,10 +155,10 @@ def main():
                     for tag in fns:
                         times[tag].append(median_ms(fns[tag][pass_]))
                 before, after = (statistics.median(times[tag]) for tag in ("before", "after"))
-                rows.append({"name": f"{kernel}_{name}_{pass_}", "isa": isa, "before_ms": before,
+                rows.append({"name": f"{kernel}_{name}_{pass_}_{isa}", "isa": isa, "before_ms": before,
                              "after_ms": after, "after_over_before": after / before,
                              "same_outputs": bool(same)})
-                print(f"{rows[-1]['name']} ({isa}): {before:.3f} -> {after:.3f} ms "
+                print(f"{rows[-1]['name']}: {before:.3f} -> {after:.3f} ms "
                       f"({after / before:.3f}x){'' if same else ', OUTPUTS DIFFER'}", file=sys.stderr)
     out = {"benchmark": "native_sources", "rev": args.rev, "results": rows, "machine": machine(),
            "date": now(), "command": "python -m benchmarks.native_sources " + " ".join(sys.argv[1:])}
