@@ -14,8 +14,9 @@ Reload with JAX and orbax only:
 What is exported is the task's inference entry point (`Task.inference_fn`, jaxnets/tasks/base.py):
 a DDPM's EMA noise predictor eps(x_t, t[, condition]), a GAN's generator G(z), a VAE's or AE's
 decoder (latent -> image), a seq2seq model's teacher-forced logits(source, target_in), a
-classifier's or language model's model(x). Attention runs the portable "xla" formula in the
-artifact (the "auto" choice depends on the device).
+classifier's or language model's model(x). Attention runs the portable "xla" formula and
+recurrent layers the XLA loop in the artifact (the "auto" choices depend on the device, and
+jaxnets' native CPU kernels are not there where the artifact is loaded).
 """
 from __future__ import annotations
 
@@ -29,12 +30,14 @@ from flax import nnx
 
 from jaxnets import storage
 from jaxnets.nn.attention import MultiHeadAttention
+from jaxnets.nn.recurrent import RNN
 from jaxnets.tasks.base import Inference
 
 
-def _portable_attention(module) -> None:
+def _portable_layers(module) -> None:
+    """Attention and recurrent layers on their XLA paths: no jaxnets FFI targets in the artifact."""
     for _, sub in nnx.iter_modules(module):
-        if isinstance(sub, MultiHeadAttention):
+        if isinstance(sub, (MultiHeadAttention, RNN)):
             sub.implementation = "xla"
 
 
@@ -42,7 +45,7 @@ def export_inference(inference: Inference, out: str) -> dict:
     """Write DIR/params, DIR/<name>.jax_export and DIR/signature.json of a task's inference
     function (`task.inference_fn(state)`); return the signature."""
     name, module, fn, inputs = inference
-    _portable_attention(module)
+    _portable_layers(module)
     graphdef, params, rest = nnx.split(module, (nnx.Param, nnx.BatchStat), ...)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     keys = [jax.tree_util.keystr(path, simple=True, separator=".").removesuffix(".value")

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -100,6 +101,26 @@ def test_generate_uses_the_models_sampler_and_the_lm_exports(language_model, tmp
     toks = sample_window(trainer.module().model, [vocab.index(c) for c in "ROMEO:"], 20, 0.9, 32, seed=3)
     assert text[6:] == "".join(vocab[int(i)] for i in toks)
     _export_and_compare(language_model, str(tmp_path / "export"), capsys, batch=3)
+
+
+def test_an_lstm_lm_exports_without_the_native_recurrence(tmp_path_factory, tmp_path, capsys):
+    """On CPU the LSTM trains and evaluates through jaxnets' native kernel; the exported artifact
+    runs the XLA loop (the plain-JAX process that reloads it has no jaxnets FFI targets) and
+    gives the kernel's outputs."""
+    c = tiny_config(steps=2)
+    c.task, c.data.name, c.data.options = "language_model", "shakespeare", {"seq_len": 32}
+    c.data.eval_batch_size = 2048
+    c.model = {"name": "rnn_lm", "cell": "lstm", "embed_dim": 16, "hidden": 16}
+    workdir = _run(tmp_path_factory, "rnn_lm", c)
+    from jaxnets.commands import open_workdir
+
+    trainer, _ = open_workdir(workdir)
+    _, module, fn, inputs = trainer.task.inference_fn(trainer.module())
+    lowered = jax.jit(fn).lower(module, *[jnp.asarray(x) for _, x in inputs]).as_text()
+    assert "jaxnets_lstm_recurrence" in lowered
+    _export_and_compare(workdir, str(tmp_path / "export"), capsys, batch=3)
+    exported = jax.export.deserialize(open(tmp_path / "export" / "rnn_lm.jax_export", "rb").read())
+    assert "jaxnets_" not in exported.mlir_module()
 
 
 def test_translate_greedy_and_beam(tmp_path_factory, capsys):

@@ -139,6 +139,12 @@ def test_layers_take_the_kernel_on_cpu_and_match_the_xla_loop(kind, monkeypatch)
     lowered = lambda m: jax.jit(run()).lower(m, x).as_text()
     grad = lambda m, x: jax.jit(jax.grad(lambda m, x: jnp.sum(jnp.sin(run()(m, x))), argnums=(0, 1)))(m, x)
     assert TARGET[kind] in lowered(layer)
+    forced = cls(8, 32, rngs=nnx.Rngs(0))
+    forced.implementation = "xla"                                           # as `jaxnets export` sets
+    assert TARGET[kind] not in lowered(forced)
+    forced.implementation = "native"
+    with pytest.raises(ValueError, match="must be one of"):
+        lowered(forced)
     assert TARGET[kind] not in lowered(cls(8, 20, rngs=nnx.Rngs(0)))       # 20 % 16 != 0
     assert not any(t in lowered(SimpleRNN(8, 32, rngs=nnx.Rngs(0))) for t in TARGET.values())
     if kind == "gru":   # the course's GRU (reset before the product) keeps the XLA loop

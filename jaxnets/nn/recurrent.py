@@ -237,6 +237,9 @@ class RNN(nnx.Module):
                  time_major: bool = False, lowering: Lowering = PLAIN):
         self.cell, self.unroll, self.reverse, self.time_major = cell, unroll, reverse, time_major
         self.native_threads = lowering.native_threads   # a native recurrence's threads (CPU)
+        # "auto": the cell's native CPU recurrence where it applies; "xla": the XLA loop always
+        # (what `jaxnets export` sets, so that the artifact runs without jaxnets' kernels).
+        self.implementation = "auto"
 
     @property
     def out_features(self) -> int:
@@ -255,7 +258,8 @@ class RNN(nnx.Module):
         carry0 = tuple(initial_state) if initial_state is not None else self.initial_state(batch)
         carry0 = tuple(c.astype(xp.dtype) for c in carry0)
         ys, carry = recurrent_scan(self.cell.pointwise, self.unroll, self.reverse,
-                                   w_h, extras, b, xp, m, carry0, native_threads=self.native_threads)
+                                   w_h, extras, b, xp, m, carry0, native_threads=self.native_threads,
+                                   implementation=self.implementation)
         if not self.time_major:
             ys = jnp.swapaxes(ys, 0, 1)
         return ys, carry

@@ -126,8 +126,11 @@ def _project_bwd(res, dy):
 project.defvjp(_project_fwd, _project_bwd)
 
 
+IMPLEMENTATIONS = ("auto", "xla")
+
+
 def recurrent_scan(pointwise: Callable, unroll: int, reverse: bool, w_h, extras, b, xp, mask, carry0,
-                   *, native_threads: int = 1):
+                   *, native_threads: int = 1, implementation: str = "auto"):
     """Run `pointwise` over time. xp: [T, B, G*H] time-major input projection WITHOUT the
     bias `b` [G*H] (added inside the step, where it fuses into the gate maths instead of
     costing a pass over the whole projection); mask: [T, B] float or None.
@@ -135,8 +138,12 @@ def recurrent_scan(pointwise: Callable, unroll: int, reverse: bool, w_h, extras,
     Returns (ys [T, B, H], final carry). Differentiable in w_h, extras, b, xp and carry0.
     `native_threads` (a cell's native kernel, see module): 1 runs it on the calling thread, 0
     splits it over XLA's intra-op pool (one multi-threaded CPU device: `Lowering.native_threads`).
+    `implementation`: "auto" takes that kernel where it applies; "xla" always runs the XLA loop
+    (a program for other runtimes: `jaxnets export`).
     """
-    kernel = getattr(pointwise, "native", None)
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"recurrent implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    kernel = getattr(pointwise, "native", None) if implementation == "auto" else None
     if kernel is not None and sharding.current_platform() == "cpu" and kernel.enabled() \
             and kernel.supported(w_h, b, xp, carry0, extras):
         return kernel.scan(w_h, b, xp, mask, carry0, extras, reverse=reverse, threads=native_threads)
