@@ -2,13 +2,14 @@
 tree's, in one process, rounds alternating.
 
     python -m benchmarks.native_sources --rev 5f092a4 [--isa avx512 avx2 portable] [--rounds 4]
-        [--kernels causal_attention conv3x3_filter_grad lstm_recurrence] [--json] [--out FILE]
+        [--kernels causal_attention conv3x3_filter_grad lstm_recurrence gru_recurrence] [--json]
+        [--out FILE]
 
 Both sources (the kernel's .cc and the shared headers beside it, as of `--rev` and as checked
 out) are built for each `--isa` (default: this machine's, `jaxnets.kernels.native.machine_isa`) under
 distinct FFI target names and timed on the same operands at the benchmark shapes (attention: the
-Transformer-LM's `CAUSAL_SHAPES`; filter gradient: ResNet's three stages at batch 64; LSTM: the
-`benchmarks.lstm` shapes), before and after in turn, each its median over `--rounds` rounds of
+Transformer-LM's `CAUSAL_SHAPES`; filter gradient: ResNet's three stages at batch 64; LSTM and
+GRU: the `benchmarks.lstm` shapes), before and after in turn, each its median over `--rounds` rounds of
 medians; the outputs are compared too. Rows `{kernel}_{shape}_{pass}_{isa}` with `before_ms`,
 `after_ms` and `after_over_before` (< 1: the change is faster). Step-level effects: the speed
 benchmarks themselves, or `benchmarks.before_after` across commits.
@@ -29,7 +30,7 @@ import numpy as np
 
 from benchmarks.common import ROOT, machine, now
 
-KERNELS = ("causal_attention", "conv3x3_filter_grad", "lstm_recurrence")
+KERNELS = ("causal_attention", "conv3x3_filter_grad", "lstm_recurrence", "gru_recurrence")
 
 
 def sources_at(rev: str, kernel: str) -> Path | None:
@@ -105,6 +106,23 @@ def cases(kernel: str):
                 args = (w, outs[3], outs[4], h0, mask, dys, h0, h0)
                 return {"fwd": lambda: fwd(xp, bias, w, h0, h0, mask), "bwd": lambda: bwd(*args)}
             yield f"b{b}_t{t}_h{h}", ("LstmForward", "LstmBackward"), build
+    elif kernel == "gru_recurrence":
+        from benchmarks.speed.lstm import SHAPES
+        for b, t, _, h in SHAPES:
+            w, bias, xp = normal(h, 3 * h) * 0.05, jnp.zeros(3 * h), normal(t, b, 3 * h)
+            b_hn, h0, mask, dys = jnp.zeros(h), jnp.zeros((b, h)), jnp.ones((t, b)), normal(t, b, h)
+            attrs = dict(reverse=False, threads=np.int64(0))
+
+            def build(tg, w=w, bias=bias, b_hn=b_hn, xp=xp, h0=h0, mask=mask, dys=dys, t=t, b=b, h=h,
+                      attrs=attrs):
+                fwd = jax.jit(lambda *a: jax.ffi.ffi_call(tg["GruForward"], (
+                    f32(t, b, h), f32(b, h), f32(t, b, 4 * h), f32(t, b, h)))(*a, **attrs))
+                outs = fwd(xp, bias, b_hn, w, h0, mask)
+                bwd = jax.jit(lambda *a: jax.ffi.ffi_call(tg["GruBackward"], (
+                    f32(t, b, 3 * h), f32(t, b, 3 * h), f32(b, h)))(*a, **attrs))
+                args = (w, outs[2], outs[3], mask, dys, h0)
+                return {"fwd": lambda: fwd(xp, bias, b_hn, w, h0, mask), "bwd": lambda: bwd(*args)}
+            yield f"b{b}_t{t}_h{h}", ("GruForward", "GruBackward"), build
 
 
 def median_ms(fn, n=15, warm=3):
