@@ -23,12 +23,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, machine, now
+from benchmarks.common import ROOT, machine, now, time_fn
 
 KERNELS = ("causal_attention", "conv3x3_filter_grad", "lstm_recurrence", "gru_recurrence")
 
@@ -125,18 +124,6 @@ def cases(kernel: str):
             yield f"b{b}_t{t}_h{h}", ("GruForward", "GruBackward"), build
 
 
-def median_ms(fn, n=15, warm=3):
-    import jax
-    for _ in range(warm):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", required=True, help="git revision of the 'before' sources")
@@ -171,7 +158,8 @@ def main():
                 times = {tag: [] for tag in fns}
                 for _ in range(args.rounds):
                     for tag in fns:
-                        times[tag].append(median_ms(fns[tag][pass_]))
+                        fn = fns[tag][pass_]
+                        times[tag].append(time_fn(lambda: jax.block_until_ready(fn()), runs=15)["median_ms"])
                 before, after = (statistics.median(times[tag]) for tag in ("before", "after"))
                 rows.append({"name": f"{kernel}_{name}_{pass_}_{isa}", "isa": isa, "before_ms": before,
                              "after_ms": after, "after_over_before": after / before,

@@ -33,6 +33,7 @@ import warnings
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 from jaxnets.cache import cache_root
 
@@ -164,7 +165,6 @@ def load(name: str, isa: str | None = None) -> ctypes.CDLL | None:
 def call(target: str, result_shapes, *args, **attrs):
     """`jax.ffi.ffi_call` of a native target whose results are float32 arrays of `result_shapes`
     (under vmap, once per element)."""
-    import jax.numpy as jnp
     results = tuple(jax.ShapeDtypeStruct(tuple(s), jnp.float32) for s in result_shapes)
     return jax.ffi.ffi_call(target, results, vmap_method="sequential")(*args, **attrs)
 
