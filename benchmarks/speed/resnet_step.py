@@ -26,7 +26,9 @@ one round are the figures to read (medians over rounds in `results`). Writes the
 every run, the machine and the ratios to --out.
 
 `--levers`: which levers move the step on CPU, each variant timed round-robin in one process
-(medians of per-round ratios to the `split_jit` baseline; the table is `LEVERS`).
+(medians of per-round ratios to the `split_jit` baseline; the table is `LEVERS`), on the device
+layout `--cpu-devices` gives (default: per-core devices, the batch split over them; 0 for one
+multi-threaded device).
 XLA flags that only take effect process-wide (XLA_FLAGS) are timed with step mode's --xla-flags.
 """
 from __future__ import annotations
@@ -159,20 +161,27 @@ def time_step(step, warmup, iters):
 
 def train_step_flops(trainer, batch: int) -> float:
     """Model FLOPs of one train step: 3x the forward pass (its input and weight gradients cost
-    one forward each), the forward counted by XLA's cost analysis of the model's own program."""
+    one forward each), the forward counted by XLA's cost analysis of the model built with plain
+    lax layers (`Lowering()`): the CPU lowering's folded layers would count work the network
+    does not need, and its native kernels are custom calls XLA cannot count."""
     import jax
     from flax import nnx
-    graphdef, params = nnx.split(trainer.module().model)
+
+    from jaxnets.models import build_model
+    from jaxnets.nn.lowering import PLAIN
+    model = nnx.eval_shape(lambda: build_model(trainer.config.model, nnx.Rngs(0), lowering=PLAIN))
+    graphdef, params = nnx.split(model)
     image = jax.ShapeDtypeStruct((batch, *trainer.dataset.info["image_shape"]), jax.numpy.float32)
     cost = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)).lower(params, image).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost   # a list in older jax
     return 3.0 * float(cost["flops"])
 
 
-def run_step_mode(args):
+def set_up_process(args):
+    """XLA_FLAGS, the process settings `jaxnets train` installs and the CPU device layout, all
+    before jax is imported."""
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
-    # jax is imported here, after XLA_FLAGS and the CPU device layout are set.
     from jaxnets.platform.devices import auto_cpu_devices, one_device_per_core
     from jaxnets.platform.install import install_process_settings
     install_process_settings()   # malloc, compilation cache: as `jaxnets train` does
@@ -180,6 +189,10 @@ def run_step_mode(args):
         auto_cpu_devices([args.batch], "auto")
     elif int(args.cpu_devices) > 0:
         one_device_per_core(int(args.cpu_devices))
+
+
+def run_step_mode(args):
+    set_up_process(args)
     import jax
 
     results = []
@@ -312,9 +325,10 @@ LEVERS = {  # name -> (model keywords, step, donate, compiler options)
     "no_bn": ({"batch_norm": False}, "split", True, None),    # upper bound on any BN fusion
     "fast_math": ({}, "split", True, {"xla_cpu_enable_fast_math": True}),
     "no_ynn": ({}, "split", True, {"xla_cpu_experimental_ynn_fusion_type": ""}),  # YNNPACK fusions off
-    "xla_filter_grad": ({}, "split", True, None),      # 3x3 filter gradients by XLA, not the native kernel
-    "no_fold": ({}, "split", True, None),              # 16-channel 3x3 convolutions unfolded
-    "no_barrier": ({}, "split", True, None),           # no fusion barriers on convolution inputs
+    "xla_filter_grad": ({}, "trainer", True, None),      # 3x3 filter gradients by XLA, not the native kernel
+    "no_fold": ({}, "trainer", True, None),              # 16-channel 3x3 convolutions unfolded
+    "no_barrier": ({}, "trainer", True, None),           # no fusion barriers on convolution inputs
+    "xla_forward": ({}, "trainer", True, None),          # 3x3 convolutions and input gradients by XLA
 }
 
 
@@ -328,6 +342,8 @@ def lever_lowering(name):
     if name == "xla_filter_grad":
         return dataclasses.replace(lowering, conv=dataclasses.replace(
             lowering.conv, default_filter_grad="xla", filter_grad=()))
+    if name == "xla_forward":
+        return dataclasses.replace(lowering, conv=dataclasses.replace(lowering.conv, forward="xla"))
     if name == "no_fold":
         return dataclasses.replace(lowering, conv=dataclasses.replace(lowering.conv, fold=False))
     if name == "no_barrier":
@@ -345,9 +361,12 @@ def make_lever(name, depth, batch, workdir):
     from jaxnets.models import ResNet
 
     kwargs, kind, donate, options = LEVERS[name]
-    if kind == "trainer":
+    if kind == "trainer":   # the Trainer's step, its models built with the lever's lowering
+        from unittest import mock
         args = argparse.Namespace(shortcut="B", batch=batch, dtype="float32", step="trainer")
-        return build_step(make_trainer(depth, args, workdir), args)
+        lever_dir = os.path.join(workdir, name)   # one workdir per Trainer (each holds a lock)
+        with mock.patch("jaxnets.tasks.common.lowering_for", lambda *_: lever_lowering(name)):
+            return build_step(make_trainer(depth, args, lever_dir), args)
     kwargs = {k: (jnp.dtype(v) if k == "dtype" else v) for k, v in kwargs.items()}
     model = ResNet(depth, 10, **{"shortcut": "B", **kwargs}, lowering=lever_lowering(name),
                    rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
@@ -356,6 +375,12 @@ def make_lever(name, depth, batch, workdir):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(batch, 32, 32, 3)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, 10, batch))
+    replicated = None
+    if jax.device_count() > 1:   # per-core devices (--cpu-devices): the batch split over them
+        mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+        batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        x, y = jax.device_put(x, batch_sharding), jax.device_put(y, batch_sharding)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x, train=True), y).mean()
     if kind == "nnx_jit":
         @nnx.jit
@@ -365,6 +390,8 @@ def make_lever(name, depth, batch, workdir):
             return loss
         return lambda: nnx_step(model, opt)
     graphdef, state = nnx.split((model, opt))
+    if replicated is not None:   # parameters and optimizer state on every device
+        state = jax.device_put(state, replicated)
 
     def pure_step(state):
         model, opt = nnx.merge(graphdef, state)
@@ -382,6 +409,7 @@ def make_lever(name, depth, batch, workdir):
 
 
 def run_levers(args):
+    set_up_process(args)
     import jax  # only in --levers mode
     names = args.variants or list(LEVERS)
     unknown = sorted(set(names) - LEVERS.keys())

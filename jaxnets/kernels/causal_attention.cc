@@ -136,33 +136,6 @@ void transpose_rows(const float* rows, const Dims& s, float* cols) {
   for (int64_t d = 0; d < s.D; ++d) std::fill(cols + d * s.Tp + s.T, cols + (d + 1) * s.Tp, 0.f);
 }
 
-// Scratch memory of the thread running a task, kept from task to task and call to call and not
-// zeroed: every buffer is written before it is read (see causal_row). Zero-filling fresh vectors
-// per task took about a tenth of a forward pass.
-class Scratch {
- public:
-  explicit Scratch(int64_t floats) {
-    static thread_local std::vector<float> arena;
-    if (static_cast<int64_t>(arena.size()) < floats) arena.resize(floats);
-    next_ = arena.data();
-  }
-  float* take(int64_t n) {
-    float* p = next_;
-    next_ += round_up(n, 16);   // 64-byte steps
-    return p;
-  }
-
- private:
-  float* next_;
-};
-
-// Floats `Scratch` hands out for buffers of these sizes.
-int64_t scratch_floats(std::initializer_list<int64_t> sizes) {
-  int64_t total = 0;
-  for (int64_t n : sizes) total += round_up(n, 16);
-  return total;
-}
-
 // Scaled logits of every row against the keys it may see, into S [T, Tp] (columns past a row's
 // tile are garbage; callers read j <= i only).
 void logits(const float* Qs, const float* KT, const Dims& s, float* S) {

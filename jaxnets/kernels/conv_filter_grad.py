@@ -26,10 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.experimental.custom_partitioning import custom_partitioning
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxnets.kernels import native
+from jaxnets.kernels.batch_op import bilinear_batch_op
 
 NAME = "conv3x3_filter_grad"
 
@@ -67,58 +66,9 @@ def _differentiable(threads: int):
         return jax.ffi.ffi_call(native.ffi_target(NAME, "Conv3x3FilterGrad"), out)(
             x, g, threads=np.int64(threads))
 
-    # Under a sharded jit, XLA cannot split a custom call: it would gather the whole batch onto
-    # every device and repeat the work there. So the call carries its own rule: each device
-    # takes the filter gradient of its batch shard, and a psum over the batch's mesh axes adds
-    # them up (the same all-reduce XLA places after its own filter-gradient convolution).
-    @custom_partitioning
-    def partitioned(x, g):
-        return ffi(x, g)
-
-    def partition(mesh, arg_shapes, result_shape):
-        sharding = arg_shapes[0].sharding
-        if not isinstance(sharding, NamedSharding):                 # one device
-            return mesh, ffi, sharding, (sharding, sharding)
-        axes = sharding.spec[0] if len(sharding.spec) else None
-
-        def local(x, g):
-            dw = ffi(x, g)
-            return dw if axes is None else lax.psum(dw, axes)
-        operands = NamedSharding(mesh, P(axes, None, None, None))   # batch-sharded, rest whole
-        return mesh, local, NamedSharding(mesh, P()), (operands, operands)
-
-    partitioned.def_partition(
-        partition=partition,
-        infer_sharding_from_operands=lambda mesh, arg_shapes, result_shape: (
-            NamedSharding(mesh, P()) if isinstance(arg_shapes[0].sharding, NamedSharding)
-            else arg_shapes[0].sharding),
-        sharding_rule="b h w c, b h w o -> i j c o")
-
-    # A custom call has no batching rule, so under vmap (per-example gradients, say) the batched
-    # filter gradient is XLA's own.
-    @jax.custom_batching.custom_vmap
-    def op(x, g):
-        return partitioned(x, g)
-
-    @op.def_vmap
-    def op_vmap(axis_size, in_batched, x, g):
-        x, g = (a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
-                for a, batched in zip((x, g), in_batched))
-        return jax.vmap(reference)(x, g), True
-
-    # The op is bilinear; its derivatives (second-order gradients of a network, e.g.
-    # Hessian-vector products) are taken through XLA's form, which JAX can differentiate and
-    # transpose.
-    @jax.custom_jvp
-    def differentiable(x, g):
-        return op(x, g)
-
-    @differentiable.defjvp
-    def differentiable_jvp(primals, tangents):
-        (x, g), (tx, tg) = primals, tangents
-        return op(x, g), reference(tx, g) + reference(x, tg)
-
-    return differentiable
+    # Each device the filter gradient of its batch shard, then a psum; vmap and derivatives
+    # through XLA's form (jaxnets.kernels.batch_op).
+    return bilinear_batch_op(ffi, reference, "b h w c, b h w o -> i j c o", sums_batch=True)
 
 
 def time_choice(x_shape, g_shape, threads: int, rounds: int = 5) -> dict:

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnets.kernels import conv_filter_grad
+from jaxnets.kernels import conv_filter_grad, conv_forward
 from jaxnets.nn.lowering import PLAIN_CONV, ConvLowering
 
 FOLD_MAX_CHANNELS = 16
@@ -152,26 +152,36 @@ def _filter_grad(x, g, precision, lowering):
 def conv3x3(x, w, precision=None, lowering: ConvLowering = PLAIN_CONV):
     """3x3 stride-1 'same' NHWC convolution: folded when narrow and `lowering.fold` (see
     _foldable), filter gradient as `lowering` chooses (see module)."""
-    return _forward(x, w, precision, lowering.fold)
+    return _forward(x, w, precision, lowering)
 
 
-def _forward(x, w, precision, fold):
-    if _foldable(x.shape[-1], x.shape[2], fold):
+def native_forward(x, w, lowering: ConvLowering) -> bool:
+    """Whether this convolution runs in the native kernel: the lowering asks for it and the
+    kernel takes the operands (float32, output channels a multiple of 16)."""
+    return lowering.forward == "native" and conv_forward.supported(x, w)
+
+
+def _forward(x, w, precision, lowering):
+    if native_forward(x, w, lowering):
+        return conv_forward.conv3x3_forward(x, w, lowering.native_threads)
+    if _foldable(x.shape[-1], x.shape[2], lowering.fold):
         return _folded(x, w, precision)
     return _direct(x, w, precision)
 
 
 def _fwd(x, w, precision, lowering):
-    return _forward(x, w, precision, lowering.fold), (x, w)
+    return _forward(x, w, precision, lowering), (x, w)
 
 
 def _bwd(precision, lowering, res, g):
     x, w = res
-    # g arrives as batch norm's backward chain; computed once here, not inside every consumer
-    # (a fused pad runs 5x slower than a plain one).
-    g = materialize(g)
     w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)   # input gradient = convolution with this kernel
-    dx = _forward(g, w_t, precision, lowering.fold)
+    # g arrives as batch norm's backward chain: computed once, not inside every XLA consumer (a
+    # fused pad runs 5x slower than a plain one). Native kernels read it as one buffer anyway.
+    if not (native_forward(g, w_t, lowering) and native_filter_grad(x.shape, g.shape, lowering)
+            and conv_filter_grad.supported(x, g)):
+        g = materialize(g)
+    dx = _forward(g, w_t, precision, lowering)
     return dx, _filter_grad(x, g, precision, lowering).astype(w.dtype)
 
 

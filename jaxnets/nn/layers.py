@@ -21,6 +21,7 @@ from typing import Sequence
 import jax
 from flax import nnx
 
+from jaxnets.nn import batch_norm
 from jaxnets.parallel.sharding import constrain
 
 Axes = Sequence[str | None]
@@ -103,7 +104,8 @@ def Norm(kind: str, features: int, **kw):
 
 
 def BatchNorm(features: int, *, axis: str | None = "conv_out", **kw) -> nnx.BatchNorm:
-    return _norm(nnx.BatchNorm, features, axis, **kw)
+    """`jaxnets.nn.batch_norm.BatchNorm` (nnx.BatchNorm with its training gradient written out)."""
+    return _norm(batch_norm.BatchNorm, features, axis, **kw)
 
 
 def GroupNorm(features: int, *, axis: str | None = "conv_out", **kw) -> nnx.GroupNorm:

@@ -22,13 +22,17 @@ from jaxnets.nn.layers import rows_dot
 class ConvLowering:
     """3x3 stride-1 'same' NHWC convolutions through `jaxnets.nn.conv.conv3x3` (XLA:CPU).
 
-    fold: fold narrow layers' column pairs into channels (single-threaded CPU devices win).
+    forward: "native" (the C++ kernel, `jaxnets.kernels.conv_forward`, where its operands allow)
+        or "xla": the convolution itself and its input gradient (a convolution of the same kind).
+    fold: fold narrow layers' column pairs into channels (single-threaded CPU devices win) where
+        the convolution stays with XLA.
     filter_grad: ((shape key, "native" | "xla"), ...) from a kernel table; a shape not listed
         takes `default_filter_grad`. Keys: `filter_grad_key(x.shape, g.shape)`.
     default_filter_grad: "native" (the C++ kernel where its operands allow) or "xla".
     native_threads: 1 runs the native kernel on the calling thread (single-threaded or several
         CPU devices sharing XLA's pool), 0 splits it over XLA's intra-op pool.
     """
+    forward: str = "xla"
     fold: bool = False
     filter_grad: tuple[tuple[str, str], ...] = ()
     default_filter_grad: str = "native"

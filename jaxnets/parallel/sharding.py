@@ -135,6 +135,27 @@ def per_batch_shard(fn, args, in_batch_dims, out_batch_dims):
                          check_vma=False)(*args)
 
 
+def summed_over_batch(fn, batched, whole=()):
+    """`fn(*batched, *whole)` summed over the batch: fn maps a block of examples (dimension 0 of
+    every `batched` array; `whole` arrays are the same on every device) to a small array of
+    sums, and each device's result is added up with one psum over the "batch" rule's mesh axes.
+
+    Why: XLA's partitioner places an all-reduce after every reduction over a split batch, and
+    several reductions of one layer become one all-reduce of a tuple; on per-core CPU devices
+    each costs the devices a rendezvous, and a tuple's costs more than one array's. Written as
+    one psum of one array per call (`jaxnets.nn.batch_norm`: a layer's statistics). Outside a
+    mesh, on one device, or where those axes do not divide the batch, fn is called directly."""
+    mesh, _ = current()
+    axes = mesh_axes_of("batch")
+    size = batched[0].shape[0]
+    if mesh is None or mesh.size == 1 or not axes or size % math.prod(mesh.shape[a] for a in axes):
+        return fn(*batched, *whole)
+    b = axes if len(axes) > 1 else axes[0]
+    local = lambda *args: jax.lax.psum(fn(*args), b)
+    return jax.shard_map(local, in_specs=(*(P(b) for _ in batched), *(P() for _ in whole)),
+                         out_specs=P(), check_vma=False)(*batched, *whole)
+
+
 def constrain(x, axes: Axes):
     """with_sharding_constraint by logical names; a no-op outside a mesh (or on one device).
 

@@ -79,6 +79,9 @@ def cpu_conv_lowering(table: dict | None = None) -> ConvLowering:
     single = single_threaded_cpu()
     entries = kernel_table.filter_grad_entries(table or {})
     return ConvLowering(
+        # As the filter gradient: the same program on every host whatever its build (the forced
+        # portable build on x86, SSE2, is slower than XLA: docs/cpu_choices.md).
+        forward="native" if native.enabled() else "xla",
         fold=single, filter_grad=entries,
         default_filter_grad="native" if native.enabled() else "xla",
         # Inline on single-threaded devices and wherever several CPU devices share XLA's one

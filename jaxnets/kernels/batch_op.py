@@ -1,0 +1,84 @@
+"""A native CPU kernel over a batch as a JAX op: split over the batch under a sharded jit, and
+taken through XLA's own form of the same maths under vmap and for derivatives.
+
+    op = bilinear_batch_op(kernel, reference, "b h w c, i j c o -> b h w o", sums_batch=False)
+
+`kernel(x, y)` is the FFI call (operands batch-major: dimension 0 of both), `reference(x, y)`
+the same function written in lax, bilinear in (x, y). The op returned:
+- under a sharded jit, runs the kernel on each device's batch shard: XLA cannot split a custom
+  call and would otherwise gather the whole batch onto every device and repeat the work there.
+  `sums_batch`: the result is a sum over the batch (a filter gradient), so the shards' results
+  are added up by a psum over the batch's mesh axes (the all-reduce XLA places after its own
+  form); otherwise the result keeps the batch dimension, sharded like the operands.
+- under vmap, runs the reference (a custom call has no batching rule);
+- differentiates as a bilinear map whose tangents are the reference's, which JAX can
+  differentiate and transpose again (second-order gradients of a network: Hessian-vector
+  products).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+
+def bilinear_batch_op(kernel, reference, sharding_rule: str, sums_batch: bool):
+    """The op described in the module docstring."""
+
+    @custom_partitioning
+    def partitioned(x, y):
+        return kernel(x, y)
+
+    def whole(mesh, rank):
+        return NamedSharding(mesh, P(*[None] * rank))
+
+    def partition(mesh, arg_shapes, result_shape):
+        sharding = arg_shapes[0].sharding
+        if not isinstance(sharding, NamedSharding):                 # one device
+            return mesh, kernel, sharding, tuple(a.sharding for a in arg_shapes)
+        axes = sharding.spec[0] if len(sharding.spec) else None
+        batch = lambda rank: NamedSharding(mesh, P(axes, *[None] * (rank - 1)))
+        # The second operand is batch-major too when the result sums the batch (x and the output
+        # gradient of a filter gradient), else it is whole on every device (a kernel's weights).
+        second = batch(arg_shapes[1].ndim) if sums_batch else whole(mesh, arg_shapes[1].ndim)
+        if sums_batch:
+            def local(x, y):
+                out = kernel(x, y)
+                return out if axes is None else lax.psum(out, axes)
+            return mesh, local, whole(mesh, result_shape.ndim), (batch(arg_shapes[0].ndim), second)
+        return mesh, kernel, batch(result_shape.ndim), (batch(arg_shapes[0].ndim), second)
+
+    def infer(mesh, arg_shapes, result_shape):
+        sharding = arg_shapes[0].sharding
+        if not isinstance(sharding, NamedSharding):
+            return sharding
+        if sums_batch:
+            return whole(mesh, result_shape.ndim)
+        axes = sharding.spec[0] if len(sharding.spec) else None
+        return NamedSharding(mesh, P(axes, *[None] * (result_shape.ndim - 1)))
+
+    partitioned.def_partition(partition=partition, infer_sharding_from_operands=infer,
+                              sharding_rule=sharding_rule)
+
+    @jax.custom_batching.custom_vmap
+    def op(x, y):
+        return partitioned(x, y)
+
+    @op.def_vmap
+    def op_vmap(axis_size, in_batched, x, y):
+        x, y = (a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
+                for a, batched in zip((x, y), in_batched))
+        return jax.vmap(reference)(x, y), True
+
+    @jax.custom_jvp
+    def differentiable(x, y):
+        return op(x, y)
+
+    @differentiable.defjvp
+    def differentiable_jvp(primals, tangents):
+        (x, y), (tx, ty) = primals, tangents
+        return op(x, y), reference(tx, y) + reference(x, ty)
+
+    return differentiable

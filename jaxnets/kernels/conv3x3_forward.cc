@@ -1,0 +1,169 @@
+// A 3x3, stride-1, 'same'-padded NHWC convolution, as an XLA FFI handler:
+//
+//   y[b, h, w, o] = sum over kh, kw, c of x[b, h + kh - 1, w + kw - 1, c] * k[kh, kw, c, o]
+//
+// (x is zero outside the image). The input gradient of such a convolution is one too (of the
+// output gradient, with the kernel flipped and its channel axes swapped), so jaxnets.nn.conv
+// calls this for both. Why a kernel of our own: XLA:CPU runs the narrow layers (16 channels, the
+// first stage of a CIFAR ResNet) at about half the FLOP rate it reaches with 32 or 64 channels;
+// a direct convolution does not care how narrow the input is.
+//
+// The loop: per image, the input is copied once into a zero-bordered buffer (so every tap reads
+// in bounds, and a row is padded to a whole number of tiles). A register tile holds R output
+// pixels of one row x OV vectors of output channels; for each tap and input channel it loads OV
+// weight vectors once and broadcasts R input values against them. Output-channel blocks are the
+// outer loop, so one block's weights (9 C OV vectors) stay in cache over the whole image.
+// Per ISA (jaxnets/kernels/native.py's -D macros), the tile fits the register file:
+//
+//   ISA        JAXNETS_VW  accumulators R x OV (at most)   registers R OV + OV + 1 of
+//   avx512     16          16 x 1, 8 x 2, 4 x 4           32 zmm
+//   avx2       8           10 x 1, 5 x 2, 2 x 4           16 ymm
+//   portable   4           10 x 1, 5 x 2, 2 x 4           16 xmm (SSE2), 32 (NEON)
+//
+// (On AVX2, 12 accumulators allowed 3 x 4 tiles, 17 registers: they spilled and ran at half
+// speed.)
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+#include "native_kernels.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using namespace jaxnets_native;
+
+#ifndef JAXNETS_CONV_ACC
+#define JAXNETS_CONV_ACC (VW >= 16 ? 16 : 10)
+#endif
+constexpr int kAcc = JAXNETS_CONV_ACC;   // accumulator registers of a tile
+
+// acc[R][OV] = the outputs of R pixels (one row) x OV vectors of channels, then stored to y.
+// xp: the padded input at the tile's first tap (row h - 1, column w0 - 1); k: the weights at the
+// block's first channel.
+template <int R, int OV>
+inline void Tile(const float* xp, int64_t x_row, int64_t C, const float* k, int64_t O, float* y) {
+  vec acc[R][OV] = {};
+  for (int kh = 0; kh < 3; ++kh)
+    for (int kw = 0; kw < 3; ++kw) {
+      const float* xr = xp + kh * x_row + kw * C;
+      const float* kk = k + (kh * 3 + kw) * C * O;
+      for (int64_t c = 0; c < C; ++c) {
+        vec wv[OV];
+        for (int j = 0; j < OV; ++j) wv[j] = load_kept(kk + c * O + VW * j);
+        for (int r = 0; r < R; ++r) {
+          const float xv = xr[r * C + c];
+          for (int j = 0; j < OV; ++j) acc[r][j] += xv * wv[j];
+        }
+      }
+    }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < OV; ++j) store(y + r * O + VW * j, acc[r][j]);
+}
+
+struct Dims {
+  int64_t H, W, C, O;
+};
+
+// One image: x [H, W, C] -> y [H, W, O]. xp: scratch for the padded image, (H + 2) rows of
+// (Wt + 2) pixels, Wt = W rounded up to whole tiles; row: scratch for one output row of Wt
+// pixels when W is not a whole number of tiles.
+template <int R, int OV>
+void Image(const float* x, const float* k, float* y, const Dims& d, float* xp, float* row) {
+  const int64_t Wt = round_up(d.W, R), x_row = (Wt + 2) * d.C;
+  std::memset(xp, 0, sizeof(float) * x_row);                       // row -1
+  std::memset(xp + (d.H + 1) * x_row, 0, sizeof(float) * x_row);   // row H
+  for (int64_t h = 0; h < d.H; ++h) {
+    float* dst = xp + (h + 1) * x_row;
+    std::memset(dst, 0, sizeof(float) * d.C);
+    std::memcpy(dst + d.C, x + h * d.W * d.C, sizeof(float) * d.W * d.C);
+    std::memset(dst + (d.W + 1) * d.C, 0, sizeof(float) * (Wt + 1 - d.W) * d.C);
+  }
+  const bool whole = Wt == d.W;
+  for (int64_t o0 = 0; o0 < d.O; o0 += VW * OV)
+    for (int64_t h = 0; h < d.H; ++h) {
+      float* out = whole ? y + h * d.W * d.O + o0 : row + o0;
+      for (int64_t w0 = 0; w0 < Wt; w0 += R)
+        Tile<R, OV>(xp + h * x_row + w0 * d.C, x_row, d.C, k + o0, d.O, out + w0 * d.O);
+      if (!whole)
+        for (int64_t w = 0; w < d.W; ++w)
+          std::memcpy(y + (h * d.W + w) * d.O + o0, row + w * d.O + o0, sizeof(float) * VW * OV);
+    }
+}
+
+using ImageFn = void (*)(const float*, const float*, float*, const Dims&, float*, float*);
+
+// Image<R, OV> for R = 1 .. kAcc / OV, indexed by R - 1.
+template <int OV, size_t... I>
+constexpr auto image_table(std::index_sequence<I...>) {
+  return std::array<ImageFn, sizeof...(I)>{Image<int(I) + 1, OV>...};
+}
+constexpr auto kImage1 = image_table<1>(std::make_index_sequence<kAcc>());
+constexpr auto kImage2 = image_table<2>(std::make_index_sequence<kAcc / 2>());
+constexpr auto kImage4 = image_table<4>(std::make_index_sequence<kAcc / 4>());
+
+struct Plan {
+  ImageFn image = nullptr;
+  int64_t pixels = 0;   // R, the pixels of a tile
+};
+
+// The tile for rows of W pixels and O output channels: OV vectors of channels (a divisor of
+// O / VW) and R pixels, R as even as the row allows, chosen for the most accumulators doing
+// useful work (R OV, less the padding of the last tile). On the Zen 4, batch 64, one core:
+// 8 x 8 x 64 -> 64 channels ran at 84 GFLOP/s as R 8 x OV 1 and 106 as R 8 x OV 2.
+Plan plan(int64_t W, int64_t O) {
+  Plan best;
+  double best_score = -1;
+  int64_t best_padding = 0;
+  const std::pair<int, const ImageFn*> options[] = {
+      {1, kImage1.data()}, {2, kImage2.data()}, {4, kImage4.data()}};
+  for (auto [ov, table] : options) {
+    const int64_t most = kAcc / ov;
+    if (most < 1 || O % (ov * VW)) continue;
+    const int64_t tiles = (W + most - 1) / most, r = (W + tiles - 1) / tiles, padding = tiles * r - W;
+    const double score = double(r * ov) * W / (tiles * r);
+    // Ties go to less padding, then to more channel vectors (fewer broadcasts per multiply-add).
+    if (score > best_score || (score == best_score && padding <= best_padding))
+      best_score = score, best_padding = padding, best = {table[r - 1], r};
+  }
+  return best;
+}
+
+// threads: the most threads of the intra-op pool to use (0: all of them).
+ffi::Error Conv3x3ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
+                              ffi::ResultBuffer<ffi::F32> y, int64_t threads) {
+  const auto xd = x.dimensions(), kd = k.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || kd.size() != 4 || yd.size() != 4)
+    return ffi::Error::InvalidArgument("conv3x3_forward: rank-4 NHWC / HWIO operands expected");
+  const int64_t B = xd[0];
+  const Dims d{xd[1], xd[2], xd[3], kd[3]};
+  if (kd[0] != 3 || kd[1] != 3 || kd[2] != d.C || yd[0] != B || yd[1] != d.H || yd[2] != d.W || yd[3] != d.O)
+    return ffi::Error::InvalidArgument("conv3x3_forward: shapes do not match");
+  const Plan p = plan(d.W, d.O);
+  if (!p.image)
+    return ffi::Error::InvalidArgument("conv3x3_forward: output channels must be a multiple of the vector width");
+  const int64_t Wt = round_up(d.W, p.pixels);
+  const int64_t floats = scratch_floats({(d.H + 2) * (Wt + 2) * d.C, Wt * d.O});
+  const float *xs = x.typed_data(), *ks = k.typed_data();
+  float* ys = y->typed_data();
+  // One task per image, on the calling thread and up to `threads` - 1 of XLA's pool.
+  run_tasks(pool, threads, B, [&](int64_t b) {
+    Scratch scratch(floats);
+    float* xp = scratch.take((d.H + 2) * (Wt + 2) * d.C);
+    p.image(xs + b * d.H * d.W * d.C, ks, ys + b * d.H * d.W * d.O, d, xp, scratch.take(Wt * d.O));
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv3x3Forward, Conv3x3ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // x [B, H, W, C]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // k [3, 3, C, O]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // y [B, H, W, O]
+                                  .Attr<int64_t>("threads"));

@@ -1,0 +1,107 @@
+"""Batch normalisation with batch statistics, its gradient written out: the same maths as
+`nnx.BatchNorm` (Ioffe & Szegedy 2015, with flax's one-pass variance), fewer passes and one
+cross-device sum per direction.
+
+    y, mean, var = normalize_with_batch_stats(x, scale, bias, epsilon)   # over all axes but the last
+
+Forward: mean and E[x^2] of every channel come from one reduction over [x, x^2] (one array, so
+under a batch-sharded jit one all-reduce), var = max(0, E[x^2] - mean^2), and
+y = (x - mean) / sqrt(var + eps) * scale + bias.
+Backward, with x^ = (x - mean) / sqrt(var + eps) and n the values per channel:
+
+    d bias = sum(dy),  d scale = sum(dy x^)                     (again one reduction, one all-reduce)
+    dx = scale / sqrt(var + eps) / n * (n dy - d bias - x^ d scale)
+         + d mean / n + d var * 2 (x - mean) / n
+
+(the last line only where the statistics themselves get a cotangent).
+Why not autodiff: JAX's derivative of the same forward sums dy, dy x^ and the statistics' terms
+in separate reductions, each its own all-reduce under a sharded jit; on the per-core CPU devices
+`resnet_cifar` runs on, devices wait for each other at every one (docs/cpu_choices.md).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxnets.parallel.sharding import summed_over_batch
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def normalize_with_batch_stats(x, scale, bias, epsilon):
+    """(y, mean, var) of training-mode batch norm over all axes of x but the last (see module);
+    statistics in float32 (at least), y in x's dtype."""
+    return _forward(x, scale, bias, epsilon)[0]
+
+
+def _channel_sums(*arrays):
+    """[sum of a over all axes but the last for a in arrays], concatenated: one small array, so
+    one all-reduce under a batch-sharded jit (`summed_over_batch`)."""
+    axes = tuple(range(arrays[0].ndim - 1))
+    return jnp.concatenate([jnp.sum(a, axis=axes) for a in arrays])
+
+
+def _stats(x32):
+    c = x32.shape[-1]
+    n = x32.size // c
+    sums = summed_over_batch(lambda x: _channel_sums(x, x * x), (x32,)) / n
+    mean, mean_sq = sums[:c], sums[c:]
+    return mean, jnp.maximum(0.0, mean_sq - mean * mean)
+
+
+def _forward(x, scale, bias, epsilon):
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean, var = _stats(x32)
+    inv = jax.lax.rsqrt(var + epsilon)
+    y = (x32 - mean) * (inv * scale) + bias
+    return (y.astype(x.dtype), mean, var), (x, mean, inv, scale)
+
+
+def _fwd(x, scale, bias, epsilon):
+    return _forward(x, scale, bias, epsilon)
+
+
+def _gradient_sums(x, dy, mean, inv):
+    g = dy.astype(mean.dtype)
+    return _channel_sums(g, g * ((x.astype(mean.dtype) - mean) * inv))
+
+
+def _bwd(epsilon, res, cotangents):
+    x, mean, inv, scale = res
+    dy, dmean, dvar = cotangents
+    x32 = x.astype(mean.dtype)
+    c = x.shape[-1]
+    n = x.size // c
+    centred = x32 - mean
+    xhat = centred * inv
+    g = dy.astype(mean.dtype)
+    sums = summed_over_batch(_gradient_sums, (x, dy), (mean, inv))
+    dbias, dscale = sums[:c], sums[c:]
+    dx = (scale * inv / n) * (n * g - dbias - xhat * dscale) + dmean / n + dvar * (2.0 / n) * centred
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+
+normalize_with_batch_stats.defvjp(_fwd, _bwd)
+
+
+class BatchNorm(nnx.BatchNorm):
+    """`nnx.BatchNorm` (same parameters, statistics and results) whose training-mode call over
+    the last axis goes through `normalize_with_batch_stats`. Other uses (running averages, a
+    mask, pmap's axis_name, the two-pass variance, no scale or bias, other feature axes) are
+    nnx.BatchNorm's own."""
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        running = self.use_running_average if use_running_average is None else use_running_average
+        plain = (running or running is None or mask is not None or self.axis_name is not None
+                 or not self.use_fast_variance or self.scale is None or self.bias is None
+                 or self.axis not in (-1, x.ndim - 1))
+        if plain:
+            return super().__call__(x, use_running_average, mask=mask)
+        dtype = self.dtype or jnp.result_type(x, self.scale[...], self.bias[...])
+        y, mean, var = normalize_with_batch_stats(x.astype(dtype), self.scale[...].astype(jnp.float32),
+                                                  self.bias[...].astype(jnp.float32), self.epsilon)
+        self.mean[...] = jax.lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+        self.var[...] = jax.lax.stop_gradient(self.momentum * self.var[...] + (1 - self.momentum) * var)
+        return y
