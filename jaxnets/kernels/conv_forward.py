@@ -26,20 +26,20 @@ from jaxnets.kernels.batch_op import bilinear_batch_op
 NAME = "conv3x3_forward"
 
 
-def supported(x, k) -> bool:
+def supported(x, k, isa: str | None = None) -> bool:
     return (jax.default_backend() == "cpu" and x.ndim == 4 and k.ndim == 4
             and x.dtype == jnp.float32 and k.dtype == jnp.float32
             and k.shape[:3] == (3, 3, x.shape[-1]) and k.shape[-1] % 16 == 0
-            and native.ffi_target(NAME, "Conv3x3Forward") is not None)
+            and native.ffi_target(NAME, "Conv3x3Forward", isa) is not None)
 
 
-def conv3x3_forward(x, k, threads: int = 1):
+def conv3x3_forward(x, k, threads: int = 1, isa: str | None = None):
     """[B, H, W, O] 3x3 stride-1 'same' NHWC convolution of x with k (see module); `threads`: 1
-    on the calling thread, 0 over XLA's intra-op pool."""
-    if not supported(x, k):
+    on the calling thread, 0 over XLA's intra-op pool; `isa` picks a build (tests compare them)."""
+    if not supported(x, k, isa):
         raise ValueError(f"conv3x3_forward: unsupported operands {x.shape} {x.dtype}, "
                          f"{k.shape} {k.dtype} on {jax.default_backend()} (see `supported`)")
-    return _differentiable(int(threads))(x, k)
+    return _differentiable(int(threads), isa)(x, k)
 
 
 def reference(x, k, precision=None):
@@ -49,12 +49,12 @@ def reference(x, k, precision=None):
 
 
 @functools.cache
-def _differentiable(threads: int):
+def _differentiable(threads: int, isa: str | None):
     """The op for one `threads` setting (an attribute of the custom call, fixed per program)."""
 
     def ffi(x, k):
         out = jax.ShapeDtypeStruct((*x.shape[:3], k.shape[-1]), jnp.float32)
-        return jax.ffi.ffi_call(native.ffi_target(NAME, "Conv3x3Forward"), out)(
+        return jax.ffi.ffi_call(native.ffi_target(NAME, "Conv3x3Forward", isa), out)(
             x, k, threads=np.int64(threads))
 
     # Each device convolves its batch shard; vmap and derivatives through XLA's form

@@ -141,10 +141,11 @@ def summed_over_batch(fn, batched, whole=()):
     sums, and each device's result is added up with one psum over the "batch" rule's mesh axes.
 
     Why: XLA's partitioner places an all-reduce after every reduction over a split batch, and
-    several reductions of one layer become one all-reduce of a tuple; on per-core CPU devices
-    each costs the devices a rendezvous, and a tuple's costs more than one array's. Written as
-    one psum of one array per call (`jaxnets.nn.batch_norm`: a layer's statistics). Outside a
-    mesh, on one device, or where those axes do not divide the batch, fn is called directly."""
+    several reductions of one layer become one all-reduce of a tuple, which XLA:CPU's
+    in-process collectives carry out as one rendezvous of the devices per array. fn returns its
+    sums as one array: one psum, one rendezvous (`jaxnets.nn.batch_norm`: a layer's
+    statistics). Outside a mesh, on one device, or where those axes do not divide the batch, fn
+    is called directly."""
     mesh, _ = current()
     axes = mesh_axes_of("batch")
     size = batched[0].shape[0]
