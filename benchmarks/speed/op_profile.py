@@ -36,7 +36,7 @@ import sys
 import tempfile
 
 LIBRARY = ("ynn_", "xnn_", "onednn", "dot", "convolution", "custom-call", "custom_call", "ffi_call")
-COLLECTIVE = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all",
+COLLECTIVE = ("all-reduce", "psum", "all-gather", "reduce-scatter", "collective-permute", "all-to-all",
               "Rendezvous", "Wait")   # the last two: devices waiting for each other
 MOVEMENT = {"copy", "transpose", "slice", "dynamic-slice", "dynamic-update-slice", "concatenate",
             "bitcast", "broadcast", "pad", "reverse", "gather", "scatter", "reshape"}

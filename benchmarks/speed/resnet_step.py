@@ -74,8 +74,8 @@ def parse_args(argv=None):
     ap.add_argument("--variants", nargs="+", help="--compare: " + " ".join(COMPARE_VARIANTS)
                     + " (default: default avx2 xla); --levers: names in LEVERS (default: all)")
     ap.add_argument("--peer-python", default="/tmp/peers/bin/python", help="--compare: the PyTorch venv")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "resnet_step.json"),
-                    help="--compare: where the report goes")
+    ap.add_argument("--out", help="--compare: where the report goes (default "
+                    "benchmarks/results/resnet_step.json); --levers: also write the results there")
     ap.add_argument("--pin", help="--compare: run both pinned to this CPU core (taskset), torch with 1 thread")
     ap.add_argument("jax_args", nargs="*", help="--compare: extra arguments for each step-mode run")
     args = ap.parse_args(argv)
@@ -85,6 +85,8 @@ def parse_args(argv=None):
         args.rounds = 8 if args.levers else 3
     if args.variants is None and args.compare:
         args.variants = ["default", "avx2", "xla"]
+    if args.compare and args.out is None:
+        args.out = str(ROOT / "benchmarks" / "results" / "resnet_step.json")
     if args.compare and not set(args.variants) <= COMPARE_VARIANTS.keys():
         ap.error(f"--compare variants are {', '.join(COMPARE_VARIANTS)}")
     return args
@@ -329,6 +331,7 @@ LEVERS = {  # name -> (model keywords, step, donate, compiler options)
     "no_fold": ({}, "trainer", True, None),              # 16-channel 3x3 convolutions unfolded
     "no_barrier": ({}, "trainer", True, None),           # no fusion barriers on convolution inputs
     "xla_forward": ({}, "trainer", True, None),          # 3x3 convolutions and input gradients by XLA
+    "nnx_batch_norm": ({}, "trainer", True, None),       # flax's BatchNorm (autodiff), not jaxnets.nn.batch_norm
 }
 
 
@@ -359,13 +362,16 @@ def make_lever(name, depth, batch, workdir):
     from flax import nnx
 
     from jaxnets.models import ResNet
+    from jaxnets.nn import batch_norm
 
     kwargs, kind, donate, options = LEVERS[name]
     if kind == "trainer":   # the Trainer's step, its models built with the lever's lowering
         from unittest import mock
         args = argparse.Namespace(shortcut="B", batch=batch, dtype="float32", step="trainer")
         lever_dir = os.path.join(workdir, name)   # one workdir per Trainer (each holds a lock)
-        with mock.patch("jaxnets.tasks.common.lowering_for", lambda *_: lever_lowering(name)):
+        norm = nnx.BatchNorm if name == "nnx_batch_norm" else batch_norm.BatchNorm
+        with mock.patch("jaxnets.tasks.common.lowering_for", lambda *_: lever_lowering(name)), \
+                mock.patch.object(batch_norm, "BatchNorm", norm):
             return build_step(make_trainer(depth, args, lever_dir), args)
     kwargs = {k: (jnp.dtype(v) if k == "dtype" else v) for k, v in kwargs.items()}
     model = ResNet(depth, 10, **{"shortcut": "B", **kwargs}, lowering=lever_lowering(name),
@@ -429,18 +435,25 @@ def run_levers(args):
                     t = time.perf_counter()
                     step().block_until_ready()
                     times[name].append(1e3 * (time.perf_counter() - t))
-        base = times["split_jit"] if "split_jit" in times else times[names[0]]
+        base_name = "split_jit" if "split_jit" in times else names[0]
+        base = times[base_name]
         for name, ts in times.items():
             ratio = statistics.median(t / b for t, b in zip(ts, base))
             results.append({"name": name, "depth": depth, "ms_per_step": statistics.median(ts), "min_ms": min(ts),
-                            "ratio_to_split_jit": ratio})
+                            "ratio_to_split_jit": ratio, "baseline": base_name})
             if not args.json:
                 print(f"resnet{depth} {name:15s} median {statistics.median(ts):8.1f} ms  min {min(ts):8.1f} ms  "
-                      f"x{ratio:.2f} of split_jit (median of per-round ratios)")
-    print(json.dumps({"benchmark": "resnet_step_levers",
-                      "device": f"cpu jax {jax.__version__} cores={os.cpu_count()} depths={args.depths} "
-                                f"rounds={args.rounds} load={os.getloadavg()[0]:.1f}",
-                      "results": results}))
+                      f"x{ratio:.2f} of {base_name} (median of per-round ratios)")
+    report = {"benchmark": "resnet_step_levers",
+              "device": f"cpu jax {jax.__version__} cores={os.cpu_count()} devices={jax.device_count()} "
+                        f"depths={args.depths} rounds={args.rounds} load={os.getloadavg()[0]:.1f}",
+              "results": results}
+    print(json.dumps(report))
+    if args.out:
+        report.update(command="python -m benchmarks.resnet_step " + " ".join(sys.argv[1:]),
+                      machine=machine(), date=now())
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
 
 
 def main(argv=None):

@@ -21,9 +21,10 @@ length `model.num_blocks` (1 = delete), so one compiled function evaluates every
 
 Speed on CPU: `lowering` (a `jaxnets.nn.lowering.Lowering`, chosen per backend by
 the platform layer and passed in by the task) sends 3x3 convolutions through
-`jaxnets.nn.conv.conv3x3` (16-channel layers folded into 32-channel ones, which XLA:CPU computes
-1.5x faster; filter gradients in a native kernel, ~2x XLA's) and every convolution input
-through `materialize` (a fusion barrier). The default `Lowering()` is plain XLA (GPU/TPU).
+`jaxnets.nn.conv.conv3x3` (the convolutions, their input and filter gradients in native
+kernels) and every convolution input through `materialize` (a fusion barrier). The default
+`Lowering()` is plain XLA (GPU/TPU). Batch norm is `jaxnets.nn.batch_norm` (its gradient
+written out) on every backend.
 
 Per-layer gradient norms: `model.layer_paths()` lists the parameter paths of the weight layers
 in depth order; `layer_norms(grads, model.layer_paths())` reads their norms from a gradient

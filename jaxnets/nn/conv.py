@@ -1,30 +1,33 @@
-"""Convolution helpers for XLA:CPU: a fusion barrier, folded narrow 3x3 convolutions, and a
-native filter gradient, applied as a `jaxnets.nn.lowering.ConvLowering` says.
+"""Convolution helpers for XLA:CPU: a fusion barrier, native 3x3 convolutions and filter
+gradients, and folded narrow 3x3 convolutions, applied as a `jaxnets.nn.lowering.ConvLowering`
+says.
 
     conv = conv_function(lowering.conv)     # lax.conv_general_dilated when lowering.conv is None
     nnx.Conv(16, 16, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=conv, ...)
 
 `conv_function(c)` is a drop-in for `jax.lax.conv_general_dilated` (the hook `nnx.Conv`
 exposes). Every case but one goes straight to lax. The exception: a 3x3, stride-1,
-"same"-padded NHWC convolution (`conv3x3`, with its own VJP). Two things change there:
+"same"-padded NHWC convolution (`conv3x3`, with its own VJP). There:
 
-1. Narrow layers (at most 16 input channels, even width) are folded where `ConvLowering.fold`
-   says (the platform layer sets it on single-threaded CPU devices; see `_foldable`). XLA:CPU hands them to
-   Eigen, while with 32 channels the same convolution runs on YNNPACK at more than twice the
-   FLOP rate. So pairs of neighbouring columns go into channels and the folded image is
-   convolved instead:
+1. The convolution runs in a native kernel (`jaxnets.kernels.conv_forward`, C++ through XLA's
+   FFI) where `ConvLowering.forward` is "native" and the kernel takes the operands, and so does
+   the input gradient, the same kind of convolution (of the output gradient, with the kernel
+   flipped and its channel axes swapped). XLA:CPU ran 16-channel layers at about half the FLOP
+   rate it reaches with 32 or more channels; the kernel does not care how narrow they are.
+2. Where the convolution stays with XLA, narrow layers (at most 16 input channels, even width)
+   are folded where `ConvLowering.fold` says (the platform layer sets it on single-threaded
+   CPU devices; see `_foldable`): pairs of neighbouring columns go into channels and the
+   folded image is convolved instead,
 
        xp[b, h, j] = (x[b, h, 2j - 1], x[b, h, 2j])       j = 0 .. W/2   (one zero column each side)
        y[b, h, 2j + q] = sum over rows h-1..h+1 and folded columns j, j+1 of xp . K'
 
    a 3x2 convolution from 2C to 2O channels, whose kernel K' holds the 3x3 taps (and zeros) at
-   fixed places: 4/3 of the multiply-adds at the faster library's speed. The input gradient is
-   the same kind of convolution (of the output gradient, with the flipped kernel), so it is
-   folded too.
-2. The filter gradient runs in a native kernel (`jaxnets.kernels.conv_filter_grad`, C++ through
-   XLA's FFI) where one is built and `ConvLowering.filter_grad_choice` says so: XLA:CPU computes it as a convolution whose kernel is the whole
-   gradient image, behind two transposes, at about half the speed. Without a compiler, lax's
-   form runs.
+   fixed places: 4/3 of the multiply-adds, on the library XLA uses for wider layers.
+3. The filter gradient runs in a native kernel (`jaxnets.kernels.conv_filter_grad`) where one
+   is built and `ConvLowering.filter_grad_choice` says so: XLA:CPU computes it as a convolution
+   whose kernel is the whole gradient image, behind two transposes, at about half the speed.
+   Without a compiler, lax's forms run.
 
 Results are the same sums in another order (float32 rounding only). The measurements behind
 each choice, with their commands: docs/cpu_choices.md.
@@ -150,8 +153,8 @@ def _filter_grad(x, g, precision, lowering):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv3x3(x, w, precision=None, lowering: ConvLowering = PLAIN_CONV):
-    """3x3 stride-1 'same' NHWC convolution: folded when narrow and `lowering.fold` (see
-    _foldable), filter gradient as `lowering` chooses (see module)."""
+    """3x3 stride-1 'same' NHWC convolution: native, folded or lax's as `lowering` chooses, and
+    so its gradients (see module)."""
     return _forward(x, w, precision, lowering)
 
 
