@@ -61,10 +61,6 @@ def _forward(x, scale, bias, epsilon):
     return (y.astype(x.dtype), mean, var), (x, mean, inv, scale)
 
 
-def _fwd(x, scale, bias, epsilon):
-    return _forward(x, scale, bias, epsilon)
-
-
 def _gradient_sums(x, dy, mean, inv):
     g = dy.astype(mean.dtype)
     return _channel_sums(g, g * ((x.astype(mean.dtype) - mean) * inv))
@@ -85,7 +81,7 @@ def _bwd(epsilon, res, cotangents):
     return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
 
 
-normalize_with_batch_stats.defvjp(_fwd, _bwd)
+normalize_with_batch_stats.defvjp(_forward, _bwd)
 
 
 class BatchNorm(nnx.BatchNorm):

@@ -127,6 +127,10 @@ def native_filter_grad(x_shape, g_shape, lowering: ConvLowering) -> bool:
     return x_shape[-1] % 8 == 0 and lowering.filter_grad_choice(x_shape, g_shape) == "native"
 
 
+def _native_filter_grad_runs(x, g, lowering: ConvLowering) -> bool:
+    return native_filter_grad(x.shape, g.shape, lowering) and conv_filter_grad.supported(x, g)
+
+
 _recorded: list | None = None   # (x shape, g shape) of traced filter gradients, while recording
 
 
@@ -146,7 +150,7 @@ def _filter_grad(x, g, precision, lowering):
     if _recorded is not None:
         _recorded.append((tuple(x.shape), tuple(g.shape)))
     # The native kernel (jaxnets/kernels/conv3x3_filter_grad.cc) where chosen and supported.
-    if native_filter_grad(x.shape, g.shape, lowering) and conv_filter_grad.supported(x, g):
+    if _native_filter_grad_runs(x, g, lowering):
         return conv_filter_grad.conv3x3_filter_grad(x, g, lowering.native_threads)
     return conv_filter_grad.reference(x, g, precision)
 
@@ -181,8 +185,7 @@ def _bwd(precision, lowering, res, g):
     w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)   # input gradient = convolution with this kernel
     # g arrives as batch norm's backward chain: computed once, not inside every XLA consumer (a
     # fused pad runs 5x slower than a plain one). Native kernels read it as one buffer anyway.
-    if not (native_forward(g, w_t, lowering) and native_filter_grad(x.shape, g.shape, lowering)
-            and conv_filter_grad.supported(x, g)):
+    if not (native_forward(g, w_t, lowering) and _native_filter_grad_runs(x, g, lowering)):
         g = materialize(g)
     dx = _forward(g, w_t, precision, lowering)
     return dx, _filter_grad(x, g, precision, lowering).astype(w.dtype)
