@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxnets.nn.conv import conv_function, materialize
+from jaxnets.nn.conv import conv_function, materialize, native_reads
 from jaxnets.nn.layers import BatchNorm, Conv, Linear
 from jaxnets.nn.lowering import PLAIN, Lowering
 
@@ -66,9 +66,22 @@ def norm(features, *, enabled, dtype, rngs):
     return BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
 
-def barrier(lowering: Lowering, x):
-    """`materialize(x)` where the lowering asks for fusion barriers, else x."""
-    return materialize(x) if lowering.fusion_barriers else x
+def barrier(lowering: Lowering, x, readers=None):
+    """`materialize(x)` where the lowering asks for fusion barriers, else x; with `readers` (the
+    convolutions reading x: nnx.Conv layers, None for an absent one), only where XLA runs one
+    of them: native kernels read their input as one buffer (`native_reads`), and a barrier in
+    front of them measured slower (docs/cpu_choices.md)."""
+    if not lowering.fusion_barriers:
+        return x
+    if readers is not None and all(
+            native_reads(x, c.kernel.shape, _pair(c.strides), c.padding, lowering.conv)
+            for c in readers if c is not None):
+        return x
+    return materialize(x)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def apply_norm(layer, y, train):
@@ -125,14 +138,16 @@ class Block(nnx.Module):
         last = len(self.convs) - 1
         for j, (conv_j, norm_j) in enumerate(zip(self.convs, self.norms)):
             if self.preact:
-                y = barrier(self.lowering, jax.nn.relu(apply_norm(norm_j, y, train)))
+                # conv j reads relu(bn(y)); the first conv with the projection.
+                y = barrier(self.lowering, jax.nn.relu(apply_norm(norm_j, y, train)),
+                            [conv_j, self.projection if j == 0 else None])
                 if j == 0:
                     x_preact = y
                 y = conv_j(y)
             else:
                 y = apply_norm(norm_j, conv_j(y), train)
                 if j < last:
-                    y = barrier(self.lowering, jax.nn.relu(y))
+                    y = barrier(self.lowering, jax.nn.relu(y), [self.convs[j + 1]])
         s = self.shortcut(x, x_preact, train) if (self.residual or keep is not True) else None
         if keep is True:
             out = y + s if self.residual else y
@@ -140,6 +155,8 @@ class Block(nnx.Module):
             out = s
         else:
             out = keep * y + s if self.residual else keep * y + (1 - keep) * s
+        # Always a barrier: without one XLA recomputes the chain of residual sums inside later
+        # blocks' fusions (ResNet-56 step 1.02x slower).
         return barrier(self.lowering, out if self.preact else jax.nn.relu(out))
 
 

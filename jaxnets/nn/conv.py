@@ -131,6 +131,20 @@ def _native_filter_grad_runs(x, g, lowering: ConvLowering) -> bool:
     return native_filter_grad(x.shape, g.shape, lowering) and conv_filter_grad.supported(x, g)
 
 
+def native_reads(x, kernel_shape, strides, padding, lowering: ConvLowering | None) -> bool:
+    """Whether only native kernels read x in a convolution of it (the forward and the filter
+    gradient of a 3x3 stride-1 one-pixel-padded convolution the lowering sends to them). A
+    custom call reads its operand as one buffer, so a fusion barrier in front (`materialize`)
+    would only cost its copy; every other convolution reads x through XLA, and needs one."""
+    if lowering is None or tuple(kernel_shape[:2]) != (3, 3):
+        return False
+    if tuple(strides) != (1, 1) or [tuple(p) for p in padding] != [(1, 1), (1, 1)]:
+        return False
+    kernel = jax.ShapeDtypeStruct(tuple(kernel_shape), x.dtype)
+    g = jax.ShapeDtypeStruct(tuple(x.shape[:-1]) + (kernel_shape[-1],), x.dtype)
+    return native_forward(x, kernel, lowering) and _native_filter_grad_runs(x, g, lowering)
+
+
 _recorded: list | None = None   # (x shape, g shape) of traced filter gradients, while recording
 
 
