@@ -176,3 +176,35 @@ def test_residual_gradient_identity_on_preact_blocks():
 
 # Lesions of a trained net (residual survives, plain collapses): tests/test_degradation.py.
 # The fusion barrier and the folded narrow convolutions: tests/test_conv.py.
+
+
+# ---------------------------------------------------------------- CPU lowering: fusion barriers
+@pytest.mark.parametrize("preact,forward,barriers", [
+    (False, "native", 10),   # the stem and the 9 block outputs (residual sums) only
+    (False, "xla", 19),      # and the 9 second-convolution inputs, which XLA then reads
+    (True, "native", 11),    # the 9 block outputs, and the 2 stride-2 entries (conv + projection)
+])
+def test_barriers_only_where_xla_reads(monkeypatch, preact, forward, barriers):
+    """`materialize` goes in front of convolutions XLA runs and on residual sums, not in front of
+    native kernels (which read one buffer anyway); the gradients equal the plain lowering's."""
+    import dataclasses
+
+    from jaxnets.models import resnet
+    from jaxnets.nn.lowering import PLAIN
+    from jaxnets.platform.lowering_rule import lowering_for
+    lowering = lowering_for(backend="cpu")
+    if forward == "native" and lowering.conv.forward != "native":
+        pytest.skip("no native convolution build here")
+    lowering = dataclasses.replace(lowering, conv=dataclasses.replace(lowering.conv, forward=forward))
+    calls = []
+    materialize = resnet.materialize
+    monkeypatch.setattr(resnet, "materialize", lambda x: calls.append(x.shape) or materialize(x))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    grads = []
+    for low in (lowering, PLAIN):
+        model = ResNet(20, 10, shortcut="B", preact=preact, lowering=low, rngs=rngs(0))
+        loss = lambda m: jnp.sum(jnp.sin(m(x, train=True)))
+        grads.append(jax.tree.leaves(nnx.grad(loss)(model)))
+    assert len(calls) == barriers, calls
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-4 * float(jnp.abs(b).max()))

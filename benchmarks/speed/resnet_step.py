@@ -332,6 +332,8 @@ LEVERS = {  # name -> (model keywords, step, donate, compiler options)
     "no_barrier": ({}, "trainer", True, None),           # no fusion barriers on convolution inputs
     "xla_forward": ({}, "trainer", True, None),          # 3x3 convolutions and input gradients by XLA
     "nnx_batch_norm": ({}, "trainer", True, None),       # flax's BatchNorm (autodiff), not jaxnets.nn.batch_norm
+    "xla_bn_sums": ({}, "trainer", True, None),          # batch norm's channel sums by XLA, not the native kernel
+    "every_barrier": ({}, "trainer", True, None),        # a fusion barrier on every convolution input
 }
 
 
@@ -351,6 +353,8 @@ def lever_lowering(name):
         return dataclasses.replace(lowering, conv=dataclasses.replace(lowering.conv, fold=False))
     if name == "no_barrier":
         return dataclasses.replace(lowering, fusion_barriers=False)
+    if name == "xla_bn_sums":
+        return dataclasses.replace(lowering, batch_norm_sums="xla")
     return lowering
 
 
@@ -361,7 +365,7 @@ def make_lever(name, depth, batch, workdir):
     import optax
     from flax import nnx
 
-    from jaxnets.models import ResNet
+    from jaxnets.models import ResNet, resnet
     from jaxnets.nn import batch_norm
 
     kwargs, kind, donate, options = LEVERS[name]
@@ -370,8 +374,10 @@ def make_lever(name, depth, batch, workdir):
         args = argparse.Namespace(shortcut="B", batch=batch, dtype="float32", step="trainer")
         lever_dir = os.path.join(workdir, name)   # one workdir per Trainer (each holds a lock)
         norm = nnx.BatchNorm if name == "nnx_batch_norm" else batch_norm.BatchNorm
+        # every_barrier: as if XLA ran every convolution (the placement before session 14)
+        reads = (lambda *_: False) if name == "every_barrier" else resnet.native_reads
         with mock.patch("jaxnets.tasks.common.lowering_for", lambda *_: lever_lowering(name)), \
-                mock.patch.object(batch_norm, "BatchNorm", norm):
+                mock.patch.object(batch_norm, "BatchNorm", norm), mock.patch.object(resnet, "native_reads", reads):
             return build_step(make_trainer(depth, args, lever_dir), args)
     kwargs = {k: (jnp.dtype(v) if k == "dtype" else v) for k, v in kwargs.items()}
     model = ResNet(depth, 10, **{"shortcut": "B", **kwargs}, lowering=lever_lowering(name),

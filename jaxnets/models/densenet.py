@@ -20,9 +20,9 @@ from jaxnets.nn.lowering import PLAIN, Lowering
 
 class DenseLayer(nnx.Module):
     def __init__(self, cin, growth_rate, *, dtype, rngs, lowering: Lowering = PLAIN):
-        self.norm1 = norm(cin, enabled=True, dtype=dtype, rngs=rngs)
+        self.norm1 = norm(cin, enabled=True, dtype=dtype, rngs=rngs, lowering=lowering)
         self.conv1 = conv(cin, 4 * growth_rate, 1, 1, bias=False, dtype=dtype, rngs=rngs, lowering=lowering)
-        self.norm2 = norm(4 * growth_rate, enabled=True, dtype=dtype, rngs=rngs)
+        self.norm2 = norm(4 * growth_rate, enabled=True, dtype=dtype, rngs=rngs, lowering=lowering)
         self.conv2 = conv(4 * growth_rate, growth_rate, 3, 1, bias=False, dtype=dtype, rngs=rngs, lowering=lowering)
 
     def __call__(self, x, train):
@@ -33,7 +33,7 @@ class DenseLayer(nnx.Module):
 
 class Transition(nnx.Module):
     def __init__(self, cin, cout, *, dtype, rngs, lowering: Lowering = PLAIN):
-        self.norm = norm(cin, enabled=True, dtype=dtype, rngs=rngs)
+        self.norm = norm(cin, enabled=True, dtype=dtype, rngs=rngs, lowering=lowering)
         self.conv = conv(cin, cout, 1, 1, bias=False, dtype=dtype, rngs=rngs, lowering=lowering)
 
     def __call__(self, x, train):
@@ -61,7 +61,7 @@ class DenseNet(nnx.Module):
                 layers.append(Transition(channels, reduced, dtype=dtype, rngs=rngs, lowering=lowering))
                 channels = reduced
         self.layers = nnx.List(layers)
-        self.final_norm = norm(channels, enabled=True, dtype=dtype, rngs=rngs)
+        self.final_norm = norm(channels, enabled=True, dtype=dtype, rngs=rngs, lowering=lowering)
         self.head = Linear(channels, num_classes, axes=("embed", None), dtype=dtype, rngs=rngs)
 
     def __call__(self, x, *, train: bool = False, rngs: nnx.Rngs | None = None):

@@ -22,9 +22,10 @@ length `model.num_blocks` (1 = delete), so one compiled function evaluates every
 Speed on CPU: `lowering` (a `jaxnets.nn.lowering.Lowering`, chosen per backend by
 the platform layer and passed in by the task) sends 3x3 convolutions through
 `jaxnets.nn.conv.conv3x3` (the convolutions, their input and filter gradients in native
-kernels) and every convolution input through `materialize` (a fusion barrier). The default
-`Lowering()` is plain XLA (GPU/TPU). Batch norm is `jaxnets.nn.batch_norm` (its gradient
-written out) on every backend.
+kernels), a fusion barrier (`materialize`) on block outputs and on the inputs of
+convolutions XLA runs (`barrier`), and batch norm's channel sums to a native kernel. The
+default `Lowering()` is plain XLA (GPU/TPU). Batch norm is `jaxnets.nn.batch_norm` (its
+gradient written out) on every backend.
 
 Per-layer gradient norms: `model.layer_paths()` lists the parameter paths of the weight layers
 in depth order; `layer_norms(grads, model.layer_paths())` reads their norms from a gradient
@@ -59,11 +60,12 @@ def conv(cin, cout, kernel, stride, *, bias, dtype, rngs, lowering: Lowering = P
                 conv_general_dilated=conv_function(lowering.conv), rngs=rngs)
 
 
-def norm(features, *, enabled, dtype, rngs):
+def norm(features, *, enabled, dtype, rngs, lowering: Lowering = PLAIN):
     # momentum 0.9 = PyTorch's 0.1: running statistics that follow short training runs.
     if not enabled:
         return None
-    return BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    return BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, sums=lowering.batch_norm,
+                     rngs=rngs)
 
 
 def barrier(lowering: Lowering, x, readers=None):
@@ -115,7 +117,8 @@ class Block(nnx.Module):
         bias = not batch_norm
         self.convs = nnx.List([conv(i, o, k, s, bias=bias, dtype=dtype, rngs=rngs, lowering=lowering)
                                for i, o, k, s in specs])
-        self.norms = nnx.List([norm(i if preact else o, enabled=batch_norm, dtype=dtype, rngs=rngs)
+        self.norms = nnx.List([norm(i if preact else o, enabled=batch_norm, dtype=dtype, rngs=rngs,
+                                    lowering=lowering)
                                for i, o, _, _ in specs])
         if zero_init_residual and residual and batch_norm and not preact:
             self.norms[-1].scale[...] = jnp.zeros_like(self.norms[-1].scale[...])
@@ -124,7 +127,8 @@ class Block(nnx.Module):
             conv(cin, cout, 1, stride, bias=bias, dtype=dtype, rngs=rngs, lowering=lowering) if project else None)
         # Pre-activation projections act on the already normalised input; no extra BN.
         self.projection_norm = nnx.data(
-            norm(cout, enabled=batch_norm, dtype=dtype, rngs=rngs) if project and not preact
+            norm(cout, enabled=batch_norm, dtype=dtype, rngs=rngs, lowering=lowering)
+            if project and not preact
             else None)
 
     def shortcut(self, x, x_preact, train):
@@ -192,7 +196,7 @@ class ResNet(nnx.Module):
                          dtype=dtype, rngs=rngs, lowering=lowering)
         # Pre-activation nets normalise inside the blocks and once more before pooling.
         self.stem_norm = nnx.data(None if preact else norm(width, enabled=batch_norm, dtype=dtype,
-                                                           rngs=rngs))
+                                                           rngs=rngs, lowering=lowering))
         blocks, cin = [], width
         for stage, (count, cout) in enumerate(zip(stages, widths)):
             for i in range(count):
@@ -203,8 +207,8 @@ class ResNet(nnx.Module):
                                     zero_init_residual=zero_init_residual))
                 cin = cout
         self.blocks = nnx.List(blocks)
-        self.final_norm = nnx.data(norm(cin, enabled=batch_norm, dtype=dtype, rngs=rngs) if preact
-                                   else None)
+        self.final_norm = nnx.data(norm(cin, enabled=batch_norm, dtype=dtype, rngs=rngs,
+                                        lowering=lowering) if preact else None)
         self.head = Linear(cin, num_classes, axes=("embed", None), dtype=dtype,
                            dot_general=lowering.dot_general, rngs=rngs)
 

@@ -28,45 +28,56 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxnets.kernels import channel_moments
 from jaxnets.parallel.sharding import summed_over_batch
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def normalize_with_batch_stats(x, scale, bias, epsilon):
+XLA_SUMS = ("xla", 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def normalize_with_batch_stats(x, scale, bias, epsilon, sums=XLA_SUMS):
     """(y, mean, var) of training-mode batch norm over all axes of x but the last (see module);
-    statistics in float32 (at least), y in x's dtype."""
-    return _forward(x, scale, bias, epsilon)[0]
+    statistics in float32 (at least), y in x's dtype. `sums`: ("xla", _) or ("native", threads),
+    who adds up the per-channel sums (`_moments`)."""
+    return _forward(x, scale, bias, epsilon, sums)[0]
 
 
-def _channel_sums(*arrays):
-    """[sum of a over all axes but the last for a in arrays], concatenated: one small array, so
-    one all-reduce under a batch-sharded jit (`summed_over_batch`)."""
-    axes = tuple(range(arrays[0].ndim - 1))
-    return jnp.concatenate([jnp.sum(a, axis=axes) for a in arrays])
+def _moments(a, b, shift, sums):
+    """[sum of a, sum of a * (b - shift)] over all axes but the last, as one [2C] array (one
+    all-reduce under a batch-sharded jit, `summed_over_batch`): by the native kernel where
+    `sums` asks for it and it takes the operands (`jaxnets.kernels.channel_moments`), else XLA."""
+    kind, threads = sums
+    if kind == "native" and channel_moments.supported(a, b):
+        return channel_moments.channel_moments(a, b, shift, threads).reshape(-1)
+    axes = tuple(range(a.ndim - 1))
+    second = a * a if b is a else a * (b - shift)
+    return jnp.concatenate([jnp.sum(a, axis=axes), jnp.sum(second, axis=axes)])
 
 
-def _stats(x32):
+def _stats(x32, sums):
     c = x32.shape[-1]
     n = x32.size // c
-    sums = summed_over_batch(lambda x: _channel_sums(x, x * x), (x32,)) / n
-    mean, mean_sq = sums[:c], sums[c:]
+    totals = summed_over_batch(lambda x: _moments(x, x, jnp.zeros((c,), x.dtype), sums), (x32,)) / n
+    mean, mean_sq = totals[:c], totals[c:]
     return mean, jnp.maximum(0.0, mean_sq - mean * mean)
 
 
-def _forward(x, scale, bias, epsilon):
+def _forward(x, scale, bias, epsilon, sums):
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    mean, var = _stats(x32)
+    mean, var = _stats(x32, sums)
     inv = jax.lax.rsqrt(var + epsilon)
     y = (x32 - mean) * (inv * scale) + bias
     return (y.astype(x.dtype), mean, var), (x, mean, inv, scale)
 
 
-def _gradient_sums(x, dy, mean, inv):
-    g = dy.astype(mean.dtype)
-    return _channel_sums(g, g * ((x.astype(mean.dtype) - mean) * inv))
+def _gradient_sums(sums, x, dy, mean, inv):
+    """[sum dy, sum dy x^] per channel, as one array."""
+    totals = _moments(dy.astype(mean.dtype), x.astype(mean.dtype), mean, sums)
+    return totals * jnp.concatenate([jnp.ones_like(inv), inv])
 
 
-def _bwd(epsilon, res, cotangents):
+def _bwd(epsilon, sums, res, cotangents):
     x, mean, inv, scale = res
     dy, dmean, dvar = cotangents
     x32 = x.astype(mean.dtype)
@@ -75,7 +86,7 @@ def _bwd(epsilon, res, cotangents):
     centred = x32 - mean
     xhat = centred * inv
     g = dy.astype(mean.dtype)
-    sums = summed_over_batch(_gradient_sums, (x, dy), (mean, inv))
+    sums = summed_over_batch(functools.partial(_gradient_sums, sums), (x, dy), (mean, inv))
     dbias, dscale = sums[:c], sums[c:]
     dx = (scale * inv / n) * (n * g - dbias - xhat * dscale) + dmean / n + dvar * (2.0 / n) * centred
     return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
@@ -88,7 +99,14 @@ class BatchNorm(nnx.BatchNorm):
     """`nnx.BatchNorm` (same parameters, statistics and results) whose training-mode call over
     the last axis goes through `normalize_with_batch_stats`. Other uses (running averages, a
     mask, pmap's axis_name, the two-pass variance, no scale or bias, other feature axes) are
-    nnx.BatchNorm's own."""
+    nnx.BatchNorm's own. `sums`: who adds up the per-channel sums, ("xla", 1) or ("native",
+    threads) (a model's `Lowering.batch_norm_sums`)."""
+
+    def __init__(self, *args, sums: tuple[str, int] = XLA_SUMS, **kwargs):
+        super().__init__(*args, **kwargs)
+        if sums[0] not in ("xla", "native"):
+            raise ValueError(f"BatchNorm sums must be ('xla' | 'native', threads), got {sums!r}")
+        self.sums = tuple(sums)
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
         running = self.use_running_average if use_running_average is None else use_running_average
@@ -99,7 +117,8 @@ class BatchNorm(nnx.BatchNorm):
             return super().__call__(x, use_running_average, mask=mask)
         dtype = self.dtype or jnp.result_type(x, self.scale[...], self.bias[...])
         y, mean, var = normalize_with_batch_stats(x.astype(dtype), self.scale[...].astype(jnp.float32),
-                                                  self.bias[...].astype(jnp.float32), self.epsilon)
+                                                  self.bias[...].astype(jnp.float32), self.epsilon,
+                                                  self.sums)
         self.mean[...] = jax.lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
         self.var[...] = jax.lax.stop_gradient(self.momentum * self.var[...] + (1 - self.momentum) * var)
         return y

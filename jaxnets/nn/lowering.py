@@ -50,16 +50,25 @@ def filter_grad_key(x_shape, g_shape) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Lowering:
-    """fusion_barriers: `materialize` every convolution input (an identity matmul XLA:CPU does
-        not fuse through; see jaxnets.nn.conv.materialize).
+    """fusion_barriers: `materialize` the inputs of convolutions XLA runs, and a network's
+        residual sums (an identity matmul XLA:CPU does not fuse through; see
+        jaxnets.nn.conv.materialize and `jaxnets.models.resnet.barrier`).
     rows_dot: Linear layers merge leading dims into rows (`jaxnets.nn.layers.rows_dot`).
     unroll_layers: scanned stacks of up to this many identical layers are unrolled (0: the loop).
     conv: `ConvLowering` for 3x3 convolutions, or None for lax's convolution as it is.
+    batch_norm_sums: "native" (batch norm's per-channel sums by the CPU kernel of
+        `jaxnets.kernels.channel_moments`, where its operands allow) or "xla".
     """
     fusion_barriers: bool = False
     rows_dot: bool = False
     unroll_layers: int = 0
     conv: ConvLowering | None = None
+    batch_norm_sums: str = "xla"
+
+    @property
+    def batch_norm(self) -> tuple[str, int]:
+        """`sums=` for `jaxnets.nn.batch_norm.BatchNorm` layers."""
+        return (self.batch_norm_sums, self.native_threads)
 
     @property
     def native_threads(self) -> int:

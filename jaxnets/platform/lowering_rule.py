@@ -4,12 +4,14 @@
 
 The rule, per backend (`config.platform.lowering`: "auto" applies it, "plain" turns all off):
 - GPU/TPU: nothing (`Lowering()`): XLA's own fusion, loops and convolutions.
-- CPU: fusion barriers on every convolution input, `rows_dot` Linear layers, layer stacks of
-  up to UNROLL_MAX_LAYERS unrolled, and 3x3 convolutions through `jaxnets.nn.conv.conv3x3`
-  (narrow layers folded on single-threaded devices; the filter gradient from the kernel table
-  `config.platform.kernel_table` written by `jaxnets tune`, else the native kernel wherever
-  it applies). Why each pays: the docstrings of `jaxnets.nn.conv.materialize`,
-  `jaxnets.nn.layers.rows_dot`, `jaxnets.nn.conv` and UNROLL_MAX_LAYERS below.
+- CPU: fusion barriers (on the inputs of convolutions XLA runs and on residual sums),
+  `rows_dot` Linear layers, layer stacks of up to UNROLL_MAX_LAYERS unrolled, 3x3 convolutions
+  through `jaxnets.nn.conv.conv3x3` (narrow layers folded on single-threaded devices; the
+  filter gradient from the kernel table `config.platform.kernel_table` written by `jaxnets
+  tune`, else the native kernel wherever it applies) and batch norm's channel sums by the
+  native kernel. Why each pays: the docstrings of `jaxnets.nn.conv.materialize`,
+  `jaxnets.nn.layers.rows_dot`, `jaxnets.nn.conv`, `jaxnets.kernels.channel_moments` and
+  UNROLL_MAX_LAYERS below.
 
 Every input of the rule is fixed before tracing (backend, XLA_FLAGS as installed, device count,
 the table's contents), so every host of a job given the same table compiles the same program;
@@ -70,7 +72,9 @@ def lowering_for(platform_config=None, backend: str | None = None) -> Lowering:
         return Lowering()
     table = kernel_table.load(settings.get("kernel_table") or "")
     return Lowering(fusion_barriers=True, rows_dot=True, unroll_layers=UNROLL_MAX_LAYERS,
-                    conv=cpu_conv_lowering(table))
+                    conv=cpu_conv_lowering(table),
+                    # Every build (portable too: memory-bound sums): one program on every host.
+                    batch_norm_sums="native" if native.enabled() else "xla")
 
 
 def cpu_conv_lowering(table: dict | None = None) -> ConvLowering:
