@@ -373,7 +373,9 @@ def make_lever(name, depth, batch, workdir):
         from unittest import mock
         args = argparse.Namespace(shortcut="B", batch=batch, dtype="float32", step="trainer")
         lever_dir = os.path.join(workdir, name)   # one workdir per Trainer (each holds a lock)
-        norm = nnx.BatchNorm if name == "nnx_batch_norm" else batch_norm.BatchNorm
+        norm = batch_norm.BatchNorm
+        if name == "nnx_batch_norm":   # flax's own layer takes no `sums`: autodiff and XLA's sums
+            norm = lambda *args, sums=None, **kwargs: nnx.BatchNorm(*args, **kwargs)   # noqa: E731
         # every_barrier: as if XLA ran every convolution (the placement before session 14)
         reads = (lambda *_: False) if name == "every_barrier" else resnet.native_reads
         with mock.patch("jaxnets.tasks.common.lowering_for", lambda *_: lever_lowering(name)), \
