@@ -89,13 +89,16 @@ def _takes_own_path(fn, *args):
     ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)), True),    # folded
     ((2, 8, 8, 32), (3, 3, 32, 32), (1, 1), ((1, 1), (1, 1)), True),    # wide: native dW only
     ((2, 8, 7, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1)), True),    # odd width: not folded
-    ((2, 8, 8, 16), (3, 3, 16, 16), (2, 2), ((1, 1), (1, 1)), False),   # strided
+    ((2, 8, 8, 16), (3, 3, 16, 16), (2, 2), ((1, 1), (1, 1)), True),    # stride 2
+    ((2, 9, 7, 16), (3, 3, 16, 16), (2, 2), ((1, 1), (1, 1)), True),    # stride 2, odd sizes
+    ((2, 8, 8, 16), (3, 3, 16, 16), (2, 2), "SAME", False),            # one-sided at stride 2
+    ((2, 8, 8, 16), (3, 3, 16, 16), (3, 3), ((1, 1), (1, 1)), False),
     ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1), "SAME", True),             # = one pixel per side
     ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1), "VALID", False),
     ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1), ((0, 2), (1, 1)), False),
     ((2, 8, 8, 16), (1, 1, 16, 16), (1, 1), ((0, 0), (0, 0)), False),
 ])
-def test_dispatch_takes_only_3x3_stride1_same(shape, kernel, stride, padding, ours):
+def test_dispatch_takes_only_3x3_pad1_stride1_or_2(shape, kernel, stride, padding, ours):
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     w = jnp.asarray(rng.normal(size=kernel), jnp.float32)

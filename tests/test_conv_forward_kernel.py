@@ -49,6 +49,50 @@ def test_each_build_matches_float64_reference(isa, b, h, w, c, o):
     np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+def np_conv_stride2(x, k):
+    """3x3 convolution padded by one pixel, stride 2, in float64 NumPy (NHWC, HWIO)."""
+    ho, wo = (x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1
+    xp = np.pad(x, ((0, 0), (1, 2), (1, 2), (0, 0)))
+    return sum(xp[:, i:i + 2 * ho:2, j:j + 2 * wo:2] @ k[i, j] for i in range(3) for j in range(3))
+
+
+def np_filter_grad_stride2(x, g):
+    """dw[i, j] = sum over pixels of xpad[b, 2h + i, 2w + j] (x) g[b, h, w], float64."""
+    ho, wo = g.shape[1:3]
+    xp = np.pad(x, ((0, 0), (1, 2), (1, 2), (0, 0)))
+    return np.stack([np.stack([np.einsum("bhwc,bhwo->co", xp[:, i:i + 2 * ho:2, j:j + 2 * wo:2], g)
+                               for j in range(3)]) for i in range(3)])
+
+
+@cpu_only
+@pytest.mark.parametrize("isa", sorted(native.ISAS))
+@pytest.mark.parametrize("b,h,w,c,o", [
+    (2, 32, 32, 16, 32),   # a CIFAR ResNet's downsampling layer
+    (2, 9, 7, 8, 16),      # odd sizes: the last output reads the bottom/right border
+    (1, 1, 1, 16, 16),     # one pixel
+    (2, 6, 29, 32, 48),    # a row of several tiles with a remainder
+])
+def test_stride2_forward_and_filter_gradient_match_float64(isa, b, h, w, c, o):
+    """Stride 2: the forward kernel and the filter-gradient kernel, each build, both thread
+    modes, against the definitions."""
+    needs_kernel(isa)
+    from jaxnets.kernels import conv_filter_grad
+    rng = np.random.default_rng(b * 100 + h + w + c)
+    x, k = rng.normal(size=(b, h, w, c)), rng.normal(size=(3, 3, c, o))
+    ref = np_conv_stride2(x, k)
+    g = rng.normal(size=ref.shape)
+    dw_ref = np_filter_grad_stride2(x, g)
+    for threads in (1, 0):
+        y = jax.jit(lambda x, k: conv_forward.conv3x3_forward(x, k, threads, isa, stride=2))(
+            jnp.float32(x), jnp.float32(k))
+        assert y.shape == ref.shape
+        np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+        if isa == native.machine_isa():   # the filter gradient's builds: tests/test_native_isa.py
+            dw = jax.jit(lambda x, g: conv_filter_grad.conv3x3_filter_grad(x, g, threads, stride=2))(
+                jnp.float32(x), jnp.float32(g))
+            np.testing.assert_allclose(np.asarray(dw), dw_ref, rtol=1e-5, atol=1e-5 * np.abs(dw_ref).max())
+
+
 @cpu_only
 @pytest.mark.parametrize("threads", [0, 1])
 def test_thread_modes_agree(threads):

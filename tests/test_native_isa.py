@@ -30,9 +30,29 @@ def test_each_build_matches_float64_reference(isa, b, h, w, c, o):
     x, g = rng.normal(size=(b, h, w, c)), rng.normal(size=(b, h, w, o))
     call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((3, 3, c, o), jnp.float32))
     for threads in (1, 0):   # inline, and split over the intra-op pool
-        dw = jax.jit(lambda x, g: call(x, g, threads=np.int64(threads)))(
+        dw = jax.jit(lambda x, g: call(x, g, threads=np.int64(threads), stride=np.int64(1)))(
             jnp.asarray(x, jnp.float32), jnp.asarray(g, jnp.float32))
         ref = np_filter_grad(x, g)
+        np.testing.assert_allclose(np.asarray(dw), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@cpu_only
+@pytest.mark.parametrize("isa", sorted(native.ISAS))
+def test_each_build_strided_filter_gradient(isa):
+    """Stride 2 (a ResNet's downsampling layer), odd sizes, both thread modes."""
+    from test_conv_forward_kernel import np_filter_grad_stride2
+    if isa not in native.runnable_isas():
+        pytest.skip(f"this CPU cannot run the {isa} build")
+    target = native.ffi_target(conv_filter_grad.NAME, "Conv3x3FilterGrad", isa)
+    if target is None:
+        pytest.skip("no native kernel on this machine (no compiler)")
+    rng = np.random.default_rng(5)
+    x, g = rng.normal(size=(2, 9, 34, 16)), rng.normal(size=(2, 5, 17, 32))
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((3, 3, 16, 32), jnp.float32))
+    ref = np_filter_grad_stride2(x, g)
+    for threads in (1, 0):
+        dw = jax.jit(lambda x, g: call(x, g, threads=np.int64(threads), stride=np.int64(2)))(
+            jnp.asarray(x, jnp.float32), jnp.asarray(g, jnp.float32))
         np.testing.assert_allclose(np.asarray(dw), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 

@@ -126,3 +126,33 @@ def test_constructing_a_trainer_changes_nothing_global(tmp_path):
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split()[-3:] == ["unchanged", "installed", "frozen"], run.stdout
+
+
+def test_compilation_cache_folder_follows_the_kernel_sources(tmp_path):
+    """Programs calling native kernels through custom_partitioning are cached without the kernel
+    call in their key, so the cache folder is one per version of the kernels' sources: a changed
+    source gives another folder, and other versions' folders (and the flat layout before) go."""
+    import shutil
+
+    from jaxnets.platform import compile_cache
+    kernels = tmp_path / "kernels"
+    shutil.copytree(compile_cache.KERNELS, kernels, ignore=shutil.ignore_patterns("__pycache__"))
+    before = compile_cache.kernels_digest(kernels)
+    assert before == compile_cache.kernels_digest(compile_cache.KERNELS)
+    source = kernels / "conv3x3_forward.cc"
+    source.write_text(source.read_text() + "\n// changed\n")
+    changed = compile_cache.kernels_digest(kernels)
+    assert changed != before
+    (kernels / "notes.txt").write_text("not a source")          # other files do not count
+    assert compile_cache.kernels_digest(kernels) == changed
+
+    root = tmp_path / "xla"
+    (root / "kernels-old").mkdir(parents=True)
+    (root / "kernels-old" / "program").write_bytes(b"x")
+    (root / "flat-program").write_bytes(b"x")
+    keep = root / before
+    keep.mkdir()
+    (keep / "program").write_bytes(b"x")
+    compile_cache._remove_other_versions(root, str(keep))
+    assert sorted(p.name for p in root.iterdir()) == [before]
+    assert (keep / "program").exists()

@@ -49,7 +49,8 @@ def main(argv=None):
         out = jax.ShapeDtypeStruct((3, 3, c, o), jnp.float32)
         for isa in isas:
             target = native.ffi_target(conv_filter_grad.NAME, "Conv3x3FilterGrad", isa)
-            f = jax.jit(lambda x, g, t=target, out=out: jax.ffi.ffi_call(t, out)(x, g, threads=np.int64(1)))
+            f = jax.jit(lambda x, g, t=target, out=out: jax.ffi.ffi_call(t, out)(
+                x, g, threads=np.int64(1), stride=np.int64(1)))
             calls[(shape, isa)] = (f, x, g)
         calls[(shape, "xla")] = (jax.jit(conv_filter_grad.reference), x, g)
     for f, x, g in calls.values():

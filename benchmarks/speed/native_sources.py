@@ -2,7 +2,8 @@
 tree's, in one process, rounds alternating.
 
     python -m benchmarks.native_sources --rev 5f092a4 [--isa avx512 avx2 portable] [--rounds 4]
-        [--kernels causal_attention conv3x3_filter_grad lstm_recurrence gru_recurrence] [--json]
+        [--kernels causal_attention conv3x3_forward conv3x3_filter_grad lstm_recurrence gru_recurrence]
+        [--json]
         [--out FILE]
 
 Both sources (the kernel's .cc and the shared headers beside it, as of `--rev` and as checked
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -29,7 +31,7 @@ import numpy as np
 
 from benchmarks.common import ROOT, machine, now, time_fn
 
-KERNELS = ("causal_attention", "conv3x3_filter_grad", "lstm_recurrence", "gru_recurrence")
+KERNELS = ("causal_attention", "conv3x3_forward", "conv3x3_filter_grad", "lstm_recurrence", "gru_recurrence")
 
 
 def sources_at(rev: str, kernel: str) -> Path | None:
@@ -48,10 +50,12 @@ def sources_at(rev: str, kernel: str) -> Path | None:
 
 
 def register(native, folder: Path, kernel: str, isa: str, tag: str, symbols) -> dict:
-    lib = ctypes.cdll.LoadLibrary(str(native._build(f"{kernel}-{tag}", folder / f"{kernel}.cc",
-                                                    native._compiler(), isa)))
+    """{symbol: FFI target name} of this build, and "_attrs": the attribute names its handlers
+    declare (a kernel that gained one, as the filter gradient's stride, is called with it)."""
+    source = folder / f"{kernel}.cc"
+    lib = ctypes.cdll.LoadLibrary(str(native._build(f"{kernel}-{tag}", source, native._compiler(), isa)))
     import jax
-    names = {}
+    names = {"_attrs": set(re.findall(r'Attr<[^>]*>\("(\w+)"\)', source.read_text()))}
     for symbol in symbols:
         names[symbol] = f"jaxnets_ab_{kernel}_{symbol}_{tag}_{isa}"
         jax.ffi.register_ffi_target(names[symbol], jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
@@ -79,13 +83,24 @@ def cases(kernel: str):
                     tg["CausalAttentionBwd"], tuple(f32(*x.shape) for x in (q, k, v)))(*a, **attrs))
                 return {"fwd": lambda: fwd(q, k, v), "bwd": lambda: bwd(q, k, v, o, lse, do)}
             yield name, ("CausalAttentionFwd", "CausalAttentionBwd"), build
+    elif kernel == "conv3x3_forward":
+        for hw, c in ((32, 16), (16, 32), (8, 64)):
+            x, k = normal(64, hw, hw, c), normal(3, 3, c, c)
+
+            def build(tg, x=x, k=k, hw=hw, c=c):
+                stride = {"stride": np.int64(1)} if "stride" in tg["_attrs"] else {}
+                f = jax.jit(lambda x, k: jax.ffi.ffi_call(tg["Conv3x3Forward"], f32(64, hw, hw, c))(
+                    x, k, threads=np.int64(1), **stride))
+                return {"y": lambda: f(x, k)}
+            yield f"b64_{hw}x{hw}x{c}", ("Conv3x3Forward",), build
     elif kernel == "conv3x3_filter_grad":
         for hw, c in ((32, 16), (16, 32), (8, 64)):
             x, g = normal(64, hw, hw, c), normal(64, hw, hw, c)
 
             def build(tg, x=x, g=g, c=c):
+                stride = {"stride": np.int64(1)} if "stride" in tg["_attrs"] else {}
                 f = jax.jit(lambda x, g: jax.ffi.ffi_call(tg["Conv3x3FilterGrad"], f32(3, 3, c, c))(
-                    x, g, threads=np.int64(1)))
+                    x, g, threads=np.int64(1), **stride))
                 return {"dw": lambda: f(x, g)}
             yield f"b64_{hw}x{hw}x{c}", ("Conv3x3FilterGrad",), build
     elif kernel == "lstm_recurrence":

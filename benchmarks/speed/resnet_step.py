@@ -334,6 +334,7 @@ LEVERS = {  # name -> (model keywords, step, donate, compiler options)
     "nnx_batch_norm": ({}, "trainer", True, None),       # flax's BatchNorm (autodiff), not jaxnets.nn.batch_norm
     "xla_bn_sums": ({}, "trainer", True, None),          # batch norm's channel sums by XLA, not the native kernel
     "every_barrier": ({}, "trainer", True, None),        # a fusion barrier on every convolution input
+    "xla_stride2": ({}, "trainer", True, None),          # stride-2 3x3 convolutions by XLA, not the native kernels
 }
 
 
@@ -366,7 +367,7 @@ def make_lever(name, depth, batch, workdir):
     from flax import nnx
 
     from jaxnets.models import ResNet, resnet
-    from jaxnets.nn import batch_norm
+    from jaxnets.nn import batch_norm, conv
 
     kwargs, kind, donate, options = LEVERS[name]
     if kind == "trainer":   # the Trainer's step, its models built with the lever's lowering
@@ -378,9 +379,16 @@ def make_lever(name, depth, batch, workdir):
             norm = lambda *args, sums=None, **kwargs: nnx.BatchNorm(*args, **kwargs)   # noqa: E731
         # every_barrier: as if XLA ran every convolution (the placement before session 14)
         reads = (lambda *_: False) if name == "every_barrier" else resnet.native_reads
+        # xla_stride2: conv3x3 takes stride-1 convolutions only (before session 14)
+        stride = conv._3x3_stride
+        if name == "xla_stride2":
+            stride = lambda lhs, rhs, strides, *a, s=stride: s(lhs, rhs, strides, *a) if tuple(strides) == (1, 1) else 0  # noqa: E731
         with mock.patch("jaxnets.tasks.common.lowering_for", lambda *_: lever_lowering(name)), \
-                mock.patch.object(batch_norm, "BatchNorm", norm), mock.patch.object(resnet, "native_reads", reads):
-            return build_step(make_trainer(depth, args, lever_dir), args)
+                mock.patch.object(batch_norm, "BatchNorm", norm), mock.patch.object(resnet, "native_reads", reads), \
+                mock.patch.object(conv, "_3x3_stride", stride):
+            step = build_step(make_trainer(depth, args, lever_dir), args)
+            jax.block_until_ready(step())   # traced (and compiled) here, under the lever's patches
+        return step
     kwargs = {k: (jnp.dtype(v) if k == "dtype" else v) for k, v in kwargs.items()}
     model = ResNet(depth, 10, **{"shortcut": "B", **kwargs}, lowering=lever_lowering(name),
                    rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))

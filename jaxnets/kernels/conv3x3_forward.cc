@@ -1,8 +1,9 @@
-// A 3x3, stride-1, 'same'-padded NHWC convolution, as an XLA FFI handler:
+// A 3x3 NHWC convolution padded by one pixel on every side, stride S = 1 ('same') or 2, as an
+// XLA FFI handler:
 //
-//   y[b, h, w, o] = sum over kh, kw, c of x[b, h + kh - 1, w + kw - 1, c] * k[kh, kw, c, o]
+//   y[b, h, w, o] = sum over kh, kw, c of x[b, S h + kh - 1, S w + kw - 1, c] * k[kh, kw, c, o]
 //
-// (x is zero outside the image). The input gradient of such a convolution is one too (of the
+// (x is zero outside the image; y is [(H - 1) / S + 1, (W - 1) / S + 1] pixels). The input gradient of such a convolution is one too (of the
 // output gradient, with the kernel flipped and its channel axes swapped), so jaxnets.nn.conv
 // calls this for both. Why a kernel of our own: XLA:CPU runs the narrow layers (16 channels, the
 // first stage of a CIFAR ResNet) at about half the FLOP rate it reaches with 32 or 64 channels;
@@ -42,10 +43,11 @@ using namespace jaxnets_native;
 constexpr int kAcc = JAXNETS_CONV_ACC;   // accumulator registers of a tile
 
 // acc[R][OV] = the outputs of R pixels (one row) x OV vectors of channels, then stored to y.
-// xp: the padded input at the tile's first tap (row h - 1, column w0 - 1); k: the weights at the
-// block's first channel.
+// xp: the padded input at the tile's first tap (row S h - 1, column S w0 - 1); k: the weights at
+// the block's first channel; S: the stride (pixels of a tile are S columns apart).
 template <int R, int OV>
-inline void Tile(const float* xp, int64_t x_row, int64_t C, const float* k, int64_t O, float* y) {
+inline void Tile(const float* xp, int64_t x_row, int64_t C, const float* k, int64_t O, float* y,
+                 int64_t S) {
   vec acc[R][OV] = {};
   for (int kh = 0; kh < 3; ++kh)
     for (int kw = 0; kw < 3; ++kw) {
@@ -55,7 +57,7 @@ inline void Tile(const float* xp, int64_t x_row, int64_t C, const float* k, int6
         vec wv[OV];
         for (int j = 0; j < OV; ++j) wv[j] = load_kept(kk + c * O + VW * j);
         for (int r = 0; r < R; ++r) {
-          const float xv = xr[r * C + c];
+          const float xv = xr[r * S * C + c];
           for (int j = 0; j < OV; ++j) acc[r][j] += xv * wv[j];
         }
       }
@@ -65,32 +67,38 @@ inline void Tile(const float* xp, int64_t x_row, int64_t C, const float* k, int6
 }
 
 struct Dims {
-  int64_t H, W, C, O;
+  int64_t H, W, C, O, S, Ho, Wo;   // input, channels, stride, output
 };
 
-// One image: x [H, W, C] -> y [H, W, O]. xp: scratch for the padded image, (H + 2) rows of
-// (Wt + 2) pixels, Wt = W rounded up to whole tiles; row: scratch for one output row of Wt
-// pixels when W is not a whole number of tiles.
+// Pixels of a padded input row: the left border, then enough for Wt output pixels (the right
+// border and the columns of a last partial tile read zeros).
+inline int64_t padded_width(const Dims& d, int64_t Wt) {
+  return std::max((Wt - 1) * d.S + 3, d.W + 2);
+}
+
+// One image: x [H, W, C] -> y [Ho, Wo, O]. xp: scratch for the padded image, (H + 2) rows of
+// padded_width pixels for Wt = Wo rounded up to whole tiles; row: scratch for one output row
+// of Wt pixels when Wo is not a whole number of tiles.
 template <int R, int OV>
 void Image(const float* x, const float* k, float* y, const Dims& d, float* xp, float* row) {
-  const int64_t Wt = round_up(d.W, R), x_row = (Wt + 2) * d.C;
+  const int64_t Wt = round_up(d.Wo, R), x_row = padded_width(d, Wt) * d.C;
   std::memset(xp, 0, sizeof(float) * x_row);                       // row -1
   std::memset(xp + (d.H + 1) * x_row, 0, sizeof(float) * x_row);   // row H
   for (int64_t h = 0; h < d.H; ++h) {
     float* dst = xp + (h + 1) * x_row;
     std::memset(dst, 0, sizeof(float) * d.C);
     std::memcpy(dst + d.C, x + h * d.W * d.C, sizeof(float) * d.W * d.C);
-    std::memset(dst + (d.W + 1) * d.C, 0, sizeof(float) * (Wt + 1 - d.W) * d.C);
+    std::memset(dst + (d.W + 1) * d.C, 0, sizeof(float) * (x_row - (d.W + 1) * d.C));
   }
-  const bool whole = Wt == d.W;
+  const bool whole = Wt == d.Wo;
   for (int64_t o0 = 0; o0 < d.O; o0 += VW * OV)
-    for (int64_t h = 0; h < d.H; ++h) {
-      float* out = whole ? y + h * d.W * d.O + o0 : row + o0;
+    for (int64_t h = 0; h < d.Ho; ++h) {
+      float* out = whole ? y + h * d.Wo * d.O + o0 : row + o0;
       for (int64_t w0 = 0; w0 < Wt; w0 += R)
-        Tile<R, OV>(xp + h * x_row + w0 * d.C, x_row, d.C, k + o0, d.O, out + w0 * d.O);
+        Tile<R, OV>(xp + h * d.S * x_row + w0 * d.S * d.C, x_row, d.C, k + o0, d.O, out + w0 * d.O, d.S);
       if (!whole)
-        for (int64_t w = 0; w < d.W; ++w)
-          std::memcpy(y + (h * d.W + w) * d.O + o0, row + w * d.O + o0, sizeof(float) * VW * OV);
+        for (int64_t w = 0; w < d.Wo; ++w)
+          std::memcpy(y + (h * d.Wo + w) * d.O + o0, row + w * d.O + o0, sizeof(float) * VW * OV);
     }
 }
 
@@ -132,28 +140,29 @@ Plan plan(int64_t W, int64_t O) {
   return best;
 }
 
-// threads: the most threads of the intra-op pool to use (0: all of them).
+// threads: the most threads of the intra-op pool to use (0: all of them); stride: 1 or 2.
 ffi::Error Conv3x3ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
-                              ffi::ResultBuffer<ffi::F32> y, int64_t threads) {
+                              ffi::ResultBuffer<ffi::F32> y, int64_t threads, int64_t stride) {
   const auto xd = x.dimensions(), kd = k.dimensions(), yd = y->dimensions();
   if (xd.size() != 4 || kd.size() != 4 || yd.size() != 4)
     return ffi::Error::InvalidArgument("conv3x3_forward: rank-4 NHWC / HWIO operands expected");
   const int64_t B = xd[0];
-  const Dims d{xd[1], xd[2], xd[3], kd[3]};
-  if (kd[0] != 3 || kd[1] != 3 || kd[2] != d.C || yd[0] != B || yd[1] != d.H || yd[2] != d.W || yd[3] != d.O)
+  if (stride != 1 && stride != 2) return ffi::Error::InvalidArgument("conv3x3_forward: stride 1 or 2");
+  const Dims d{xd[1], xd[2], xd[3], kd[3], stride, (xd[1] - 1) / stride + 1, (xd[2] - 1) / stride + 1};
+  if (kd[0] != 3 || kd[1] != 3 || kd[2] != d.C || yd[0] != B || yd[1] != d.Ho || yd[2] != d.Wo || yd[3] != d.O)
     return ffi::Error::InvalidArgument("conv3x3_forward: shapes do not match");
-  const Plan p = plan(d.W, d.O);
+  const Plan p = plan(d.Wo, d.O);
   if (!p.image)
     return ffi::Error::InvalidArgument("conv3x3_forward: output channels must be a multiple of the vector width");
-  const int64_t Wt = round_up(d.W, p.pixels);
-  const int64_t floats = scratch_floats({(d.H + 2) * (Wt + 2) * d.C, Wt * d.O});
+  const int64_t Wt = round_up(d.Wo, p.pixels), x_floats = (d.H + 2) * padded_width(d, Wt) * d.C;
+  const int64_t floats = scratch_floats({x_floats, Wt * d.O});
   const float *xs = x.typed_data(), *ks = k.typed_data();
   float* ys = y->typed_data();
   // One task per image, on the calling thread and up to `threads` - 1 of XLA's pool.
   run_tasks(pool, threads, B, [&](int64_t b) {
     Scratch scratch(floats);
-    float* xp = scratch.take((d.H + 2) * (Wt + 2) * d.C);
-    p.image(xs + b * d.H * d.W * d.C, ks, ys + b * d.H * d.W * d.O, d, xp, scratch.take(Wt * d.O));
+    float* xp = scratch.take(x_floats);
+    p.image(xs + b * d.H * d.W * d.C, ks, ys + b * d.Ho * d.Wo * d.O, d, xp, scratch.take(Wt * d.O));
   });
   return ffi::Error::Success();
 }
@@ -165,5 +174,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv3x3Forward, Conv3x3ForwardImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()   // x [B, H, W, C]
                                   .Arg<ffi::Buffer<ffi::F32>>()   // k [3, 3, C, O]
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // y [B, H, W, O]
-                                  .Attr<int64_t>("threads"));
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // y [B, Ho, Wo, O]
+                                  .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("stride"));

@@ -33,42 +33,50 @@ from jaxnets.kernels.batch_op import bilinear_batch_op
 NAME = "conv3x3_filter_grad"
 
 
-def supported(x, g) -> bool:
-    return (jax.default_backend() == "cpu" and x.ndim == 4 and g.ndim == 4
+def strided_shape(shape, stride: int):
+    """[B, H, W] -> the output pixels [B, Ho, Wo] of a 3x3 convolution padded by one pixel."""
+    b, h, w = shape[:3]
+    return (b, (h - 1) // stride + 1, (w - 1) // stride + 1)
+
+
+def supported(x, g, stride: int = 1) -> bool:
+    return (jax.default_backend() == "cpu" and x.ndim == 4 and g.ndim == 4 and stride in (1, 2)
             and x.dtype == jnp.float32 and g.dtype == jnp.float32
-            and x.shape[:3] == g.shape[:3] and g.shape[-1] % 16 == 0
+            and strided_shape(x.shape, stride) == g.shape[:3] and g.shape[-1] % 16 == 0
             and native.ffi_target(NAME, "Conv3x3FilterGrad") is not None)
 
 
-def conv3x3_filter_grad(x, g, threads: int = 1):
-    """[3, 3, C, O] filter gradient of a 3x3 stride-1 'same' NHWC convolution (see module);
-    `threads`: 1 on the calling thread, 0 over XLA's intra-op pool."""
-    if not supported(x, g):
+def conv3x3_filter_grad(x, g, threads: int = 1, stride: int = 1):
+    """[3, 3, C, O] filter gradient of a 3x3 NHWC convolution padded by one pixel, `stride` 1 or
+    2 (see module); `threads`: 1 on the calling thread, 0 over XLA's intra-op pool."""
+    if not supported(x, g, stride):
         raise ValueError(f"conv3x3_filter_grad: unsupported operands {x.shape} {x.dtype}, "
-                         f"{g.shape} {g.dtype} on {jax.default_backend()} (see `supported`)")
-    return _differentiable(int(threads))(x, g)
+                         f"{g.shape} {g.dtype}, stride {stride} on {jax.default_backend()} (see `supported`)")
+    return _differentiable(int(threads), int(stride))(x, g)
 
 
-def reference(x, g, precision=None):
+def reference(x, g, precision=None, stride: int = 1):
     """The same filter gradient computed by XLA (lax's VJP of the convolution)."""
     w = jnp.zeros((3, 3, x.shape[-1], g.shape[-1]), x.dtype)
-    conv = lambda w: lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), precision=precision,
+    conv = lambda w: lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)),
+                                              precision=precision,
                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return jax.vjp(conv, w)[1](g)[0]
 
 
 @functools.cache
-def _differentiable(threads: int):
-    """The op for one `threads` setting (an attribute of the custom call, fixed per program)."""
+def _differentiable(threads: int, stride: int):
+    """The op for one (`threads`, `stride`) (attributes of the custom call, fixed per program)."""
 
     def ffi(x, g):
         out = jax.ShapeDtypeStruct((3, 3, x.shape[-1], g.shape[-1]), jnp.float32)
         return jax.ffi.ffi_call(native.ffi_target(NAME, "Conv3x3FilterGrad"), out)(
-            x, g, threads=np.int64(threads))
+            x, g, threads=np.int64(threads), stride=np.int64(stride))
 
     # Each device the filter gradient of its batch shard, then a psum; vmap and derivatives
     # through XLA's form (jaxnets.kernels.batch_op).
-    return bilinear_batch_op(ffi, reference, "b h w c, b h w o -> i j c o", sums_batch=True)
+    rule = "b h w c, b h w o -> i j c o" if stride == 1 else "b h w c, b p q o -> i j c o"
+    return bilinear_batch_op(ffi, functools.partial(reference, stride=stride), rule, sums_batch=True)
 
 
 def time_choice(x_shape, g_shape, threads: int, rounds: int = 5) -> dict:

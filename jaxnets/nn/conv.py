@@ -6,8 +6,8 @@ says.
     nnx.Conv(16, 16, (3, 3), padding=((1, 1), (1, 1)), conv_general_dilated=conv, ...)
 
 `conv_function(c)` is a drop-in for `jax.lax.conv_general_dilated` (the hook `nnx.Conv`
-exposes). Every case but one goes straight to lax. The exception: a 3x3, stride-1,
-"same"-padded NHWC convolution (`conv3x3`, with its own VJP). There:
+exposes). Every case but one goes straight to lax. The exception: a 3x3 NHWC convolution
+padded by one pixel on every side, stride 1 ("same") or 2 (`conv3x3`, with its own VJP). There:
 
 1. The convolution runs in a native kernel (`jaxnets.kernels.conv_forward`, C++ through XLA's
    FFI) where `ConvLowering.forward` is "native" and the kernel takes the operands, and so does
@@ -24,6 +24,8 @@ exposes). Every case but one goes straight to lax. The exception: a 3x3, stride-
 
    a 3x2 convolution from 2C to 2O channels, whose kernel K' holds the 3x3 taps (and zeros) at
    fixed places: 4/3 of the multiply-adds, on the library XLA uses for wider layers.
+   Stride 2 (a ResNet's downsampling layers): the convolution runs natively as in 1., its input
+   gradient (a transposed convolution) stays with XLA.
 3. The filter gradient runs in a native kernel (`jaxnets.kernels.conv_filter_grad`) where one
    is built and `ConvLowering.filter_grad_choice` says so: XLA:CPU computes it as a convolution
    whose kernel is the whole gradient image, behind two transposes, at about half the speed.
@@ -108,8 +110,8 @@ def _folded(x, w, precision):
     return y.reshape(b, h, width, w.shape[-1])
 
 
-def _direct(x, w, precision):
-    return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC,
+def _direct(x, w, precision, stride=1):
+    return lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=_NHWC,
                                     precision=precision)
 
 
@@ -127,7 +129,10 @@ def native_filter_grad(x_shape, g_shape, lowering: ConvLowering) -> bool:
     return x_shape[-1] % 8 == 0 and lowering.filter_grad_choice(x_shape, g_shape) == "native"
 
 
-def _native_filter_grad_runs(x, g, lowering: ConvLowering) -> bool:
+def _native_filter_grad_runs(x, g, lowering: ConvLowering, stride: int = 1) -> bool:
+    if stride != 1:   # not in the kernel table (its keys are stride-1 shapes): the default
+        return (x.shape[-1] % 8 == 0 and lowering.default_filter_grad == "native"
+                and conv_filter_grad.supported(x, g, stride))
     return native_filter_grad(x.shape, g.shape, lowering) and conv_filter_grad.supported(x, g)
 
 
@@ -160,20 +165,20 @@ def record_filter_grads():
         _recorded = saved
 
 
-def _filter_grad(x, g, precision, lowering):
-    if _recorded is not None:
+def _filter_grad(x, g, precision, lowering, stride=1):
+    if _recorded is not None and stride == 1:
         _recorded.append((tuple(x.shape), tuple(g.shape)))
     # The native kernel (jaxnets/kernels/conv3x3_filter_grad.cc) where chosen and supported.
-    if _native_filter_grad_runs(x, g, lowering):
-        return conv_filter_grad.conv3x3_filter_grad(x, g, lowering.native_threads)
-    return conv_filter_grad.reference(x, g, precision)
+    if _native_filter_grad_runs(x, g, lowering, stride):
+        return conv_filter_grad.conv3x3_filter_grad(x, g, lowering.native_threads, stride)
+    return conv_filter_grad.reference(x, g, precision, stride)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv3x3(x, w, precision=None, lowering: ConvLowering = PLAIN_CONV):
-    """3x3 stride-1 'same' NHWC convolution: native, folded or lax's as `lowering` chooses, and
-    so its gradients (see module)."""
-    return _forward(x, w, precision, lowering)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv3x3(x, w, precision=None, lowering: ConvLowering = PLAIN_CONV, stride: int = 1):
+    """3x3 NHWC convolution padded by one pixel, `stride` 1 ('same') or 2: native, folded or
+    lax's as `lowering` chooses, and so its gradients (see module)."""
+    return _forward(x, w, precision, lowering, stride)
 
 
 def native_forward(x, w, lowering: ConvLowering) -> bool:
@@ -182,20 +187,23 @@ def native_forward(x, w, lowering: ConvLowering) -> bool:
     return lowering.forward == "native" and conv_forward.supported(x, w)
 
 
-def _forward(x, w, precision, lowering):
+def _forward(x, w, precision, lowering, stride=1):
     if native_forward(x, w, lowering):
-        return conv_forward.conv3x3_forward(x, w, lowering.native_threads)
-    if _foldable(x.shape[-1], x.shape[2], lowering.fold):
+        return conv_forward.conv3x3_forward(x, w, lowering.native_threads, stride=stride)
+    if stride == 1 and _foldable(x.shape[-1], x.shape[2], lowering.fold):
         return _folded(x, w, precision)
-    return _direct(x, w, precision)
+    return _direct(x, w, precision, stride)
 
 
-def _fwd(x, w, precision, lowering):
-    return _forward(x, w, precision, lowering), (x, w)
+def _fwd(x, w, precision, lowering, stride):
+    return _forward(x, w, precision, lowering, stride), (x, w)
 
 
-def _bwd(precision, lowering, res, g):
+def _bwd(precision, lowering, stride, res, g):
     x, w = res
+    if stride != 1:   # the input gradient of a strided convolution: XLA's transposed convolution
+        dx = jax.vjp(lambda x: _direct(x, w, precision, stride), x)[1](g)[0]
+        return dx, _filter_grad(x, g, precision, lowering, stride).astype(w.dtype)
     w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)   # input gradient = convolution with this kernel
     # g arrives as batch norm's backward chain: computed once, not inside every XLA consumer (a
     # fused pad runs 5x slower than a plain one). Native kernels read it as one buffer anyway.
@@ -208,17 +216,23 @@ def _bwd(precision, lowering, res, g):
 conv3x3.defvjp(_fwd, _bwd)
 
 
-def _is_3x3_same(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                 feature_group_count, kwargs):
+def _3x3_stride(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                feature_group_count, kwargs) -> int:
+    """The stride (1 or 2) of a 3x3 NHWC convolution padded by one pixel on every side, else 0."""
     if lhs.ndim != 4 or rhs.shape[:2] != (3, 3):
-        return False
+        return 0
     if any(v is not None for v in kwargs.values()):   # out_sharding, preferred_element_type
-        return False
-    if tuple(strides) != (1, 1) or feature_group_count != 1:
-        return False
-    # For a 3x3 kernel at stride 1, "SAME" is one pixel on every side (nnx.Conv's default).
-    if isinstance(padding, str) and padding.upper() != "SAME":
-        return False
+        return 0
+    if tuple(strides) not in ((1, 1), (2, 2)) or feature_group_count != 1:
+        return 0
+    # For a 3x3 kernel at stride 1, "SAME" is one pixel on every side (nnx.Conv's default); at
+    # stride 2 it pads even sizes on one side only.
+    if isinstance(padding, str) and (padding.upper() != "SAME" or tuple(strides) != (1, 1)):
+        return 0
+    return strides[0] if _pad1_nhwc(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers) else 0
+
+
+def _pad1_nhwc(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers) -> bool:
     if not isinstance(padding, str) and [tuple(p) for p in padding] != [(1, 1), (1, 1)]:
         return False
     if any(d is not None and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation)):
@@ -231,12 +245,13 @@ def _is_3x3_same(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimensi
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, *,
                          lowering: ConvLowering | None = None, **kwargs):
-    """`lax.conv_general_dilated`; with a `lowering`, 3x3 stride-1 'same' NHWC convolutions go
-    through `conv3x3` (see module)."""
-    if lowering is not None and _is_3x3_same(lhs, rhs, window_strides, padding, lhs_dilation,
-                                             rhs_dilation, dimension_numbers, feature_group_count,
-                                             kwargs):
-        return conv3x3(lhs, rhs, precision, lowering)
+    """`lax.conv_general_dilated`; with a `lowering`, 3x3 NHWC convolutions padded by one pixel,
+    stride 1 or 2, go through `conv3x3` (see module)."""
+    stride = lowering is not None and _3x3_stride(lhs, rhs, window_strides, padding, lhs_dilation,
+                                                  rhs_dilation, dimension_numbers,
+                                                  feature_group_count, kwargs)
+    if stride:
+        return conv3x3(lhs, rhs, precision, lowering, stride)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, precision=precision,

@@ -5,12 +5,17 @@ may call `enable_compilation_cache()` itself.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import time
+from pathlib import Path
 
 import jax
 
 from jaxnets.cache import cache_root
+
+KERNELS = Path(__file__).resolve().parent.parent / "kernels"
 
 # When jaxnets.platform was first imported (`jaxnets` imports it first thing): the start of a
 # run's clock for time_to_first_step_s in final.json.
@@ -30,11 +35,22 @@ def enable_compilation_cache() -> str | None:
     Trainer), the benchmarks and the tests call it. Safe to call more than once; the settings
     are JAX's own (`jax_compilation_cache_dir`, ...), so an explicit JAX_COMPILATION_CACHE_DIR
     in the environment wins.
+
+    The folder is one per version of the native kernels (`kernels_digest`): a program that calls
+    a kernel through custom_partitioning holds, before compilation, only the partitioning op,
+    whose Python object JAX leaves out of the cache key (below); the kernel call itself and its
+    attributes appear only when XLA partitions the program. Without the digest, a program cached
+    before a kernel changed was loaded after it and failed ("Wrong number of attributes" once a
+    kernel gained one, session 14). Folders of other versions are removed.
     """
     track_compile_time()
     if os.environ.get("JAXNETS_COMPILATION_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
-    folder = jax.config.jax_compilation_cache_dir or str(cache_root() / "xla")
+    folder = jax.config.jax_compilation_cache_dir
+    if not folder:
+        root = cache_root() / "xla"
+        folder = str(root / kernels_digest())
+        _remove_other_versions(root, folder)
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -43,6 +59,33 @@ def enable_compilation_cache() -> str | None:
     jax.config.update("jax_remove_custom_partitioning_ptr_from_cache_key", True)
     _bound_folder(folder, COMPILATION_CACHE_MAX_BYTES)
     return folder
+
+
+def kernels_digest(folder: Path = KERNELS) -> str:
+    """A short hash of the native kernels' sources and their Python wrappers (`folder`)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.suffix in (".cc", ".h", ".py"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return "kernels-" + digest.hexdigest()[:16]
+
+
+def _remove_other_versions(root: Path, keep: str) -> None:
+    """Programs compiled against other kernel versions (and the flat layout before versions)."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.path == keep:
+            continue
+        try:
+            if entry.is_dir() and entry.name.startswith("kernels-"):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif entry.is_file():
+                os.unlink(entry.path)
+        except OSError:
+            pass
 
 
 def _bound_folder(folder: str, max_bytes: int) -> None:
