@@ -130,10 +130,7 @@ def native_filter_grad(x_shape, g_shape, lowering: ConvLowering) -> bool:
 
 
 def _native_filter_grad_runs(x, g, lowering: ConvLowering, stride: int = 1) -> bool:
-    if stride != 1:   # not in the kernel table (its keys are stride-1 shapes): the default
-        return (x.shape[-1] % 8 == 0 and lowering.default_filter_grad == "native"
-                and conv_filter_grad.supported(x, g, stride))
-    return native_filter_grad(x.shape, g.shape, lowering) and conv_filter_grad.supported(x, g)
+    return native_filter_grad(x.shape, g.shape, lowering) and conv_filter_grad.supported(x, g, stride)
 
 
 def native_reads(x, kernel_shape, strides, padding, lowering: ConvLowering | None) -> bool:
@@ -166,7 +163,7 @@ def record_filter_grads():
 
 
 def _filter_grad(x, g, precision, lowering, stride=1):
-    if _recorded is not None and stride == 1:
+    if _recorded is not None:
         _recorded.append((tuple(x.shape), tuple(g.shape)))
     # The native kernel (jaxnets/kernels/conv3x3_filter_grad.cc) where chosen and supported.
     if _native_filter_grad_runs(x, g, lowering, stride):

@@ -43,9 +43,11 @@ class ConvLowering:
 
 
 def filter_grad_key(x_shape, g_shape) -> str:
-    """Kernel-table key of a filter gradient: the operands' shapes as traced (global batch)."""
+    """Kernel-table key of a filter gradient: the operands' shapes as traced (global batch);
+    a strided convolution's (fewer output pixels than input pixels) adds its output's."""
     b, h, w, c = x_shape
-    return f"{b}x{h}x{w}x{c}->{g_shape[-1]}"
+    key = f"{b}x{h}x{w}x{c}->{g_shape[-1]}"
+    return key if tuple(g_shape[1:3]) == (h, w) else f"{key}@{g_shape[1]}x{g_shape[2]}"
 
 
 @dataclasses.dataclass(frozen=True)
