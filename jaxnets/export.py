@@ -25,6 +25,7 @@ import os
 
 import jax
 import numpy as np
+from jax import lax
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -35,10 +36,13 @@ from jaxnets.tasks.base import Inference
 
 
 def _portable_layers(module) -> None:
-    """Attention and recurrent layers on their XLA paths: no jaxnets FFI targets in the artifact."""
+    """Attention, recurrent and convolution layers on their XLA paths: no jaxnets FFI targets in
+    the artifact (`jax.export` refuses custom calls without compatibility guarantees)."""
     for _, sub in nnx.iter_modules(module):
         if isinstance(sub, (MultiHeadAttention, RNN)):
             sub.implementation = "xla"
+        elif isinstance(sub, nnx.Conv) and sub.conv_general_dilated is not lax.conv_general_dilated:
+            sub.conv_general_dilated = lax.conv_general_dilated   # not jaxnets.nn.conv's hook
 
 
 def export_inference(inference: Inference, out: str) -> dict:
