@@ -50,9 +50,7 @@ def _moments(a, b, shift, sums):
     kind, threads = sums
     if kind == "native" and channel_moments.supported(a, b):
         return channel_moments.channel_moments(a, b, shift, threads).reshape(-1)
-    axes = tuple(range(a.ndim - 1))
-    second = a * a if b is a else a * (b - shift)
-    return jnp.concatenate([jnp.sum(a, axis=axes), jnp.sum(second, axis=axes)])
+    return channel_moments.reference(a, b, shift).reshape(-1)
 
 
 def _stats(x32, sums):
@@ -86,8 +84,8 @@ def _bwd(epsilon, sums, res, cotangents):
     centred = x32 - mean
     xhat = centred * inv
     g = dy.astype(mean.dtype)
-    sums = summed_over_batch(functools.partial(_gradient_sums, sums), (x, dy), (mean, inv))
-    dbias, dscale = sums[:c], sums[c:]
+    totals = summed_over_batch(functools.partial(_gradient_sums, sums), (x, dy), (mean, inv))
+    dbias, dscale = totals[:c], totals[c:]
     dx = (scale * inv / n) * (n * g - dbias - xhat * dscale) + dmean / n + dvar * (2.0 / n) * centred
     return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
 
