@@ -37,6 +37,7 @@ def needs_kernel(isa=None):
     (1, 1, 1, 5, 16),      # a single pixel: only the centre tap sees it
     (2, 9, 28, 32, 48),    # 48 outputs: an odd number of vectors on AVX-512
     (1, 3, 37, 8, 64),     # a row longer than two tiles, with a remainder
+    (1, 4, 19, 128, 16),   # 128 channels: the largest pixel stride with its own instances
 ])
 def test_each_build_matches_float64_reference(isa, b, h, w, c, o):
     needs_kernel(isa)
@@ -71,6 +72,8 @@ def np_filter_grad_stride2(x, g):
     (2, 9, 7, 8, 16),      # odd sizes: the last output reads the bottom/right border
     (1, 1, 1, 16, 16),     # one pixel
     (2, 6, 29, 32, 48),    # a row of several tiles with a remainder
+    (1, 7, 11, 64, 16),    # pixel stride 2 x 64 channels (its own instances in the kernel)
+    (1, 5, 6, 24, 16),     # 2 x 24 channels: a pixel stride known only at run time
 ])
 def test_stride2_forward_and_filter_gradient_match_float64(isa, b, h, w, c, o):
     """Stride 2: the forward kernel and the filter-gradient kernel, each build, both thread

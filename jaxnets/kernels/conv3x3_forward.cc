@@ -44,10 +44,14 @@ constexpr int kAcc = JAXNETS_CONV_ACC;   // accumulator registers of a tile
 
 // acc[R][OV] = the outputs of R pixels (one row) x OV vectors of channels, then stored to y.
 // xp: the padded input at the tile's first tap (row S h - 1, column S w0 - 1); k: the weights at
-// the block's first channel; S: the stride (pixels of a tile are S columns apart).
-template <int R, int OV>
+// the block's first channel; S: the stride (pixels of a tile are S columns apart). PS: S C when
+// known at compile time (0: not), so that the R broadcasts address one register plus constant
+// offsets; with S C known only at run time the compiler keeps R addresses and, at R = 16, runs out
+// of general registers (parked in vector registers: 32 x 32 x 16 -> 16 ran at 66% of peak).
+template <int R, int OV, int PS>
 inline void Tile(const float* xp, int64_t x_row, int64_t C, const float* k, int64_t O, float* y,
                  int64_t S) {
+  const int64_t ps = PS ? PS : S * C;
   vec acc[R][OV] = {};
   for (int kh = 0; kh < 3; ++kh)
     for (int kw = 0; kw < 3; ++kw) {
@@ -57,7 +61,7 @@ inline void Tile(const float* xp, int64_t x_row, int64_t C, const float* k, int6
         vec wv[OV];
         for (int j = 0; j < OV; ++j) wv[j] = load_kept(kk + c * O + VW * j);
         for (int r = 0; r < R; ++r) {
-          const float xv = xr[r * S * C + c];
+          const float xv = xr[r * ps + c];
           for (int j = 0; j < OV; ++j) acc[r][j] += xv * wv[j];
         }
       }
@@ -79,7 +83,7 @@ inline int64_t padded_width(const Dims& d, int64_t Wt) {
 // One image: x [H, W, C] -> y [Ho, Wo, O]. xp: scratch for the padded image, (H + 2) rows of
 // padded_width pixels for Wt = Wo rounded up to whole tiles; row: scratch for one output row
 // of Wt pixels when Wo is not a whole number of tiles.
-template <int R, int OV>
+template <int R, int OV, int PS>
 void Image(const float* x, const float* k, float* y, const Dims& d, float* xp, float* row) {
   const int64_t Wt = round_up(d.Wo, R), x_row = padded_width(d, Wt) * d.C;
   std::memset(xp, 0, sizeof(float) * x_row);                       // row -1
@@ -95,7 +99,7 @@ void Image(const float* x, const float* k, float* y, const Dims& d, float* xp, f
     for (int64_t h = 0; h < d.Ho; ++h) {
       float* out = whole ? y + h * d.Wo * d.O + o0 : row + o0;
       for (int64_t w0 = 0; w0 < Wt; w0 += R)
-        Tile<R, OV>(xp + h * d.S * x_row + w0 * d.S * d.C, x_row, d.C, k + o0, d.O, out + w0 * d.O, d.S);
+        Tile<R, OV, PS>(xp + h * d.S * x_row + w0 * d.S * d.C, x_row, d.C, k + o0, d.O, out + w0 * d.O, d.S);
       if (!whole)
         for (int64_t w = 0; w < d.Wo; ++w)
           std::memcpy(y + (h * d.Wo + w) * d.O + o0, row + w * d.O + o0, sizeof(float) * VW * OV);
@@ -104,14 +108,17 @@ void Image(const float* x, const float* k, float* y, const Dims& d, float* xp, f
 
 using ImageFn = void (*)(const float*, const float*, float*, const Dims&, float*, float*);
 
-// Image<R, OV> for R = 1 .. kAcc / OV, indexed by R - 1.
-template <int OV, size_t... I>
+// Image<R, OV, PS> for R = 1 .. kAcc / OV, indexed by R - 1.
+template <int OV, int PS, size_t... I>
 constexpr auto image_table(std::index_sequence<I...>) {
-  return std::array<ImageFn, sizeof...(I)>{Image<int(I) + 1, OV>...};
+  return std::array<ImageFn, sizeof...(I)>{Image<int(I) + 1, OV, PS>...};
 }
-constexpr auto kImage1 = image_table<1>(std::make_index_sequence<kAcc>());
-constexpr auto kImage2 = image_table<2>(std::make_index_sequence<kAcc / 2>());
-constexpr auto kImage4 = image_table<4>(std::make_index_sequence<kAcc / 4>());
+template <int PS>
+struct Images {
+  static constexpr auto one = image_table<1, PS>(std::make_index_sequence<kAcc>());
+  static constexpr auto two = image_table<2, PS>(std::make_index_sequence<kAcc / 2>());
+  static constexpr auto four = image_table<4, PS>(std::make_index_sequence<kAcc / 4>());
+};
 
 struct Plan {
   ImageFn image = nullptr;
@@ -122,12 +129,13 @@ struct Plan {
 // O / VW) and R pixels, R as even as the row allows, chosen for the most accumulators doing
 // useful work (R OV, less the padding of the last tile). On the Zen 4, batch 64, one core:
 // 8 x 8 x 64 -> 64 channels ran at 84 GFLOP/s as R 8 x OV 1 and 106 as R 8 x OV 2.
+template <int PS>
 Plan plan(int64_t W, int64_t O) {
   Plan best;
   double best_score = -1;
   int64_t best_padding = 0;
   const std::pair<int, const ImageFn*> options[] = {
-      {1, kImage1.data()}, {2, kImage2.data()}, {4, kImage4.data()}};
+      {1, Images<PS>::one.data()}, {2, Images<PS>::two.data()}, {4, Images<PS>::four.data()}};
   for (auto [ov, table] : options) {
     const int64_t most = kAcc / ov;
     if (most < 1 || O % (ov * VW)) continue;
@@ -151,7 +159,12 @@ ffi::Error Conv3x3ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi
   const Dims d{xd[1], xd[2], xd[3], kd[3], stride, (xd[1] - 1) / stride + 1, (xd[2] - 1) / stride + 1};
   if (kd[0] != 3 || kd[1] != 3 || kd[2] != d.C || yd[0] != B || yd[1] != d.Ho || yd[2] != d.Wo || yd[3] != d.O)
     return ffi::Error::InvalidArgument("conv3x3_forward: shapes do not match");
-  const Plan p = plan(d.Wo, d.O);
+  // Pixel strides of CIFAR/ImageNet-style stages (16-64 channels, stride 1 or 2) get their own
+  // instances (see Tile).
+  const int64_t ps = d.S * d.C;
+  const Plan p = ps == 16 ? plan<16>(d.Wo, d.O) : ps == 32 ? plan<32>(d.Wo, d.O)
+               : ps == 64 ? plan<64>(d.Wo, d.O) : ps == 128 ? plan<128>(d.Wo, d.O)
+               : plan<0>(d.Wo, d.O);
   if (!p.image)
     return ffi::Error::InvalidArgument("conv3x3_forward: output channels must be a multiple of the vector width");
   const int64_t Wt = round_up(d.Wo, p.pixels), x_floats = (d.H + 2) * padded_width(d, Wt) * d.C;
