@@ -17,14 +17,15 @@ with OMP_NUM_THREADS=1, jaxnets on one single-threaded device) and the ratio of 
 step (`ratio_cpu`) is then the per-core efficiency, which holds on a loaded machine where wall
 times do not. Writes the full report to --out.
 
-`--levers`: the CPU levers of the attention layer, each variant built in this one process and
-timed round-robin (`--rounds`, default 6) against the shipped code, jaxnets only (no peer):
+`--levers`: the CPU levers of the attention and Linear layers, each variant built in this one
+process and timed round-robin (`--rounds`, default 6) against the shipped code, jaxnets only (no peer):
 `xla_attention` runs causal attention through the XLA formula instead of the native kernel
 (`jaxnets.kernels.causal_attention`); on that path `xla_row_blocks_1` computes it in one block
 (the whole masked square; shipped: 4 query-row blocks, `attention_formula.causal_row_blocks`) and
 `xla_folded_transposes` lets XLA fold the backward's key-major transposes into its products
-(shipped: written out on CPU, `attention_formula._keys_major`). `ratio_to_default` > 1: the shipped
-choice pays that much.
+(shipped: written out on CPU, `attention_formula._keys_major`); `xla_dense_weight_grad` leaves the
+Linear layers' weight gradients to XLA (shipped on AVX-512 builds: the native kernel,
+`jaxnets.kernels.dense_weight_grad`). `ratio_to_default` > 1: the shipped choice pays that much.
 """
 from __future__ import annotations
 
@@ -120,23 +121,33 @@ def peer(args, size, config, vocab, same_allocator=False):
     return json.loads(out.strip().splitlines()[-1])["results"][0]
 
 
-LEVERS = ("default", "xla_attention", "xla_row_blocks_1", "xla_folded_transposes")
+LEVERS = ("default", "xla_attention", "xla_row_blocks_1", "xla_folded_transposes",
+          "xla_dense_weight_grad")
+ATTENTION_LEVERS = LEVERS[1:4]
 
 
 def lever(name):
     """A context in which the attention layer traces as variant `name` (module constants)."""
     import contextlib
+    import dataclasses
 
     import jax.numpy as jnp
 
     from jaxnets.kernels import causal_attention
     from jaxnets.nn import attention_formula as attention
+    from jaxnets.tasks import common as tasks
+
+    def xla_weight_grads(*a, _rule=tasks.lowering_for, **k):
+        return dataclasses.replace(_rule(*a, **k), dense_weight_grad="xla")
 
     @contextlib.contextmanager
     def patched():
         saved = attention._CAUSAL_ROW_BLOCKS, attention._keys_major, causal_attention.enabled
-        if name.startswith("xla_"):
+        saved_rule = tasks.lowering_for
+        if name in ATTENTION_LEVERS:
             causal_attention.enabled = lambda: False
+        if name == "xla_dense_weight_grad":
+            tasks.lowering_for = xla_weight_grads
         if name == "xla_row_blocks_1":
             attention._CAUSAL_ROW_BLOCKS = 1
         elif name == "xla_folded_transposes":
@@ -145,6 +156,7 @@ def lever(name):
             yield
         finally:
             attention._CAUSAL_ROW_BLOCKS, attention._keys_major, causal_attention.enabled = saved
+            tasks.lowering_for = saved_rule
     return patched()
 
 

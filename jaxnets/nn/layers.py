@@ -16,11 +16,14 @@ checkpoints and `isinstance` checks are unchanged.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
+from jaxnets.kernels import dense_weight_grad as dwg
 from jaxnets.nn import batch_norm
 from jaxnets.parallel.sharding import constrain
 
@@ -42,23 +45,57 @@ def Linear(in_features: int, out_features: int, *, axes: Axes = ("embed", "mlp")
 
 
 def rows_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
-             out_sharding=None):
+             out_sharding=None, *, native_threads: int | None = None):
     """lax.dot_general for x [..., in] @ W [in, out], with x's leading dims merged into rows.
 
     The kernel's gradient is then one 2-D product, x^T dy. Traced on [B, T, in], its transpose
     rule contracts two dims, and XLA:CPU runs that through a transposed copy of dy at about a
     third of matmul speed (a Transformer-LM feed-forward weight gradient; docs/cpu_choices.md).
+    `native_threads` (not None: `native_rows_dot`): that x^T dy by the native kernel of
+    `jaxnets.kernels.dense_weight_grad` where its operands allow, with these threads.
     """
     (lc, rc), (lb, rb) = dimension_numbers
-    plain = (lhs.ndim > 2 and rhs.ndim == 2 and tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,)
+    plain = (lhs.ndim >= 2 and rhs.ndim == 2 and tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,)
              and not lb and not rb and out_sharding is None)
-    if not plain:
+    if not plain or (lhs.ndim == 2 and native_threads is None):
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type,
                                    out_sharding=out_sharding)
-    y = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())),
-                            precision=precision, preferred_element_type=preferred_element_type)
+    x = lhs.reshape(-1, lhs.shape[-1])
+    grads = jax.ShapeDtypeStruct((x.shape[0], rhs.shape[1]), rhs.dtype)
+    if (native_threads is not None and preferred_element_type in (None, jnp.float32)
+            and rhs.dtype == jnp.float32 and dwg.supported(x, grads)):
+        y = _native_grad_dot(x, rhs, precision, native_threads)
+    else:
+        y = jax.lax.dot_general(x, rhs, (((1,), (0,)), ((), ())), precision=precision,
+                                preferred_element_type=preferred_element_type)
     return y.reshape(lhs.shape[:-1] + rhs.shape[1:])
+
+
+@functools.cache
+def native_rows_dot(threads: int):
+    """`rows_dot` whose weight gradient is the native kernel's (one object per `threads`: a
+    module's static attribute compares equal across rebuilds)."""
+    return functools.partial(rows_dot, native_threads=threads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _native_grad_dot(x, w, precision, threads):
+    """x [M, K] @ w [K, N]; the backward's dw = x^T dy by `dense_weight_grad`."""
+    return jax.lax.dot_general(x, w, (((1,), (0,)), ((), ())), precision=precision)
+
+
+def _native_grad_dot_fwd(x, w, precision, threads):
+    return _native_grad_dot(x, w, precision, threads), (x, w)
+
+
+def _native_grad_dot_bwd(precision, threads, res, g):
+    x, w = res
+    dx = jax.lax.dot_general(g, w, (((1,), (1,)), ((), ())), precision=precision)
+    return dx, dwg.dense_weight_grad(x, g, threads)
+
+
+_native_grad_dot.defvjp(_native_grad_dot_fwd, _native_grad_dot_bwd)
 
 
 def Conv(in_features: int, out_features: int, kernel_size, *, axes: Axes = ("conv_in", "conv_out"),

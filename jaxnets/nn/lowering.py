@@ -15,7 +15,7 @@ import dataclasses
 
 from jax import lax
 
-from jaxnets.nn.layers import rows_dot
+from jaxnets.nn.layers import native_rows_dot, rows_dot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +60,15 @@ class Lowering:
     conv: `ConvLowering` for 3x3 convolutions, or None for lax's convolution as it is.
     batch_norm_sums: "native" (batch norm's per-channel sums by the CPU kernel of
         `jaxnets.kernels.channel_moments`, where its operands allow) or "xla".
+    dense_weight_grad: "native" (with `rows_dot`: Linear layers' weight gradients by the CPU
+        kernel of `jaxnets.kernels.dense_weight_grad`, where its operands allow) or "xla".
     """
     fusion_barriers: bool = False
     rows_dot: bool = False
     unroll_layers: int = 0
     conv: ConvLowering | None = None
     batch_norm_sums: str = "xla"
+    dense_weight_grad: str = "xla"
 
     @property
     def batch_norm(self) -> tuple[str, int]:
@@ -81,7 +84,9 @@ class Lowering:
     @property
     def dot_general(self):
         """The `dot_general=` for Linear layers."""
-        return rows_dot if self.rows_dot else lax.dot_general
+        if not self.rows_dot:
+            return lax.dot_general
+        return native_rows_dot(self.native_threads) if self.dense_weight_grad == "native" else rows_dot
 
     def scan_unroll(self, num_layers: int) -> int:
         """`unroll` for the lax.scan over `num_layers` identical layers."""
