@@ -2,14 +2,16 @@
 tree's, in one process, rounds alternating.
 
     python -m benchmarks.native_sources --rev 5f092a4 [--isa avx512 avx2 portable] [--rounds 4]
-        [--kernels causal_attention conv3x3_forward conv3x3_filter_grad lstm_recurrence gru_recurrence]
+        [--kernels causal_attention conv3x3_forward conv3x3_filter_grad dense_weight_grad
+                   lstm_recurrence gru_recurrence]
         [--json]
         [--out FILE]
 
 Both sources (the kernel's .cc and the shared headers beside it, as of `--rev` and as checked
 out) are built for each `--isa` (default: this machine's, `jaxnets.kernels.native.machine_isa`) under
 distinct FFI target names and timed on the same operands at the benchmark shapes (attention: the
-Transformer-LM's `CAUSAL_SHAPES`; filter gradient: ResNet's three stages at batch 64; LSTM and
+Transformer-LM's `CAUSAL_SHAPES`; filter gradient: ResNet's three stages at batch 64; dense
+weight gradient: the large Transformer LM's (4096 rows; on XLA's intra-op pool); LSTM and
 GRU: the `benchmarks.lstm` shapes), before and after in turn, each its median over `--rounds` rounds of
 medians; the outputs are compared too. Rows `{kernel}_{shape}_{pass}_{isa}` with `before_ms`,
 `after_ms` and `after_over_before` (< 1: the change is faster). Step-level effects: the speed
@@ -31,7 +33,8 @@ import numpy as np
 
 from benchmarks.common import ROOT, machine, now, time_fn
 
-KERNELS = ("causal_attention", "conv3x3_forward", "conv3x3_filter_grad", "lstm_recurrence", "gru_recurrence")
+KERNELS = ("causal_attention", "conv3x3_forward", "conv3x3_filter_grad", "dense_weight_grad",
+           "lstm_recurrence", "gru_recurrence")
 
 
 def sources_at(rev: str, kernel: str) -> Path | None:
@@ -103,6 +106,18 @@ def cases(kernel: str):
                     x, g, threads=np.int64(1), **stride))
                 return {"dw": lambda: f(x, g)}
             yield f"b64_{hw}x{hw}x{c}", ("Conv3x3FilterGrad",), build
+    elif kernel == "dense_weight_grad":
+        # The large LM's (16 x 256 rows) weight gradients as the kernel gets them: the
+        # feed-forward's two (the wider one transposed), attention's output projection and its
+        # q/k/v projection (transposed).
+        for k, n in ((1536, 384), (384, 384), (1152, 384)):
+            x, g = normal(4096, k), normal(4096, n)
+
+            def build(tg, x=x, g=g, k=k, n=n):
+                f = jax.jit(lambda x, g: jax.ffi.ffi_call(tg["DenseWeightGrad"], f32(k, n))(
+                    x, g, threads=np.int64(0)))
+                return {"dw": lambda: f(x, g)}
+            yield f"4096x{k}x{n}", ("DenseWeightGrad",), build
     elif kernel == "lstm_recurrence":
         from benchmarks.speed.lstm import SHAPES
         for b, t, _, h in SHAPES:
