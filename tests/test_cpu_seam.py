@@ -41,8 +41,10 @@ def test_accelerator_backend_gets_no_cpu_tricks(backend):
     assert not [p for p in CPU_ONLY_PRIMITIVES if p in elsewhere], elsewhere[:2000]
     assert "jaxnets_" not in elsewhere
     assert set(re.findall(r"custom_jvp_call\[\s*name=(\w+)", elsewhere)) <= {"relu"}
-    # no identity matmuls (barriers): only the classifier head's matmul and its two gradients
-    assert elsewhere.count("dot_general") == 3 < on_cpu.count("dot_general")
+    # no barriers (a native call, or an identity matmul without a native build): only the
+    # classifier head's matmul and its two gradients
+    assert elsewhere.count("dot_general") == 3
+    assert "jaxnets_fusion_barrier" in on_cpu or on_cpu.count("dot_general") > 3
 
 
 def test_accelerator_process_keeps_default_malloc_and_devices(monkeypatch):

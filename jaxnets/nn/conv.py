@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnets.kernels import conv_filter_grad, conv_forward
+from jaxnets.kernels import conv_filter_grad, conv_forward, fusion_barrier
 from jaxnets.nn.lowering import PLAIN_CONV, ConvLowering
 
 FOLD_MAX_CHANNELS = 16
@@ -58,9 +58,10 @@ def materialize(x):
     across residual blocks, the whole stage: BN, add, ReLU, BN, add, ...) into every fusion
     that reads it, including the transposed copies its filter-gradient convolutions take,
     and such a fused transpose runs at a fraction of a plain one's speed: one of them
-    recomputed several blocks of BN inside a ResNet step. XLA does not fuse through a matmul,
-    and a matmul with the identity is exact (each output is 1 * x_d plus exact zeros) and cheap
-    next to a convolution. Other backends get x untouched.
+    recomputed several blocks of BN inside a ResNet step. XLA does not fuse through a custom
+    call: the barrier is one (`jaxnets.kernels.fusion_barrier`, a copy at most) where a native
+    library is built, else a matmul with the identity, which XLA does not fuse through either
+    and which is exact (each output is 1 * x_d plus exact zeros). Other backends get x untouched.
 
     The cotangent passes straight through, with no barrier of its own: with the native filter
     gradient, a barrier there too measured slower. Figures: docs/cpu_choices.md.
@@ -72,6 +73,12 @@ def materialize(x):
 
 @jax.custom_vjp
 def _barrier(x):
+    return _barrier_call(x)
+
+
+def _barrier_call(x):
+    if fusion_barrier.supported(x):
+        return fusion_barrier.fusion_barrier(x)
     return _identity_matmul(x)
 
 
@@ -80,7 +87,7 @@ def _identity_matmul(x):
     return jnp.einsum("...c,cd->...d", x, eye, precision=lax.Precision.HIGHEST)
 
 
-_barrier.defvjp(lambda x: (_identity_matmul(x), None), lambda _, g: (g,))
+_barrier.defvjp(lambda x: (_barrier_call(x), None), lambda _, g: (g,))
 
 
 def fold_kernel(w):
