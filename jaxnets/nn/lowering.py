@@ -31,12 +31,15 @@ class ConvLowering:
     default_filter_grad: "native" (the C++ kernel where its operands allow) or "xla".
     native_threads: 1 runs the native kernel on the calling thread (single-threaded or several
         CPU devices sharing XLA's pool), 0 splits it over XLA's intra-op pool.
+    pointwise: "native": unpadded 1x1 convolutions (stride 1 or 2) as matmuls whose filter
+        gradient is the native dense weight gradient (`jaxnets.nn.conv.conv1x1`), or "xla".
     """
     forward: str = "xla"
     fold: bool = False
     filter_grad: tuple[tuple[str, str], ...] = ()
     default_filter_grad: str = "native"
     native_threads: int = 1
+    pointwise: str = "xla"
 
     def filter_grad_choice(self, x_shape, g_shape) -> str:
         return dict(self.filter_grad).get(filter_grad_key(x_shape, g_shape), self.default_filter_grad)

@@ -76,10 +76,14 @@ def lowering_for(platform_config=None, backend: str | None = None) -> Lowering:
                     conv=cpu_conv_lowering(table),
                     # Every build (portable too: memory-bound sums): one program on every host.
                     batch_norm_sums="native" if native.enabled() else "xla",
-                    # AVX-512 builds only: the AVX2 build ran the Transformer LM's feed-forward
-                    # shapes slower than XLA (docs/cpu_choices.md), the portable one 3x slower.
-                    dense_weight_grad="native" if native.enabled() and native.machine_isa() == "avx512"
-                    else "xla")
+                    dense_weight_grad="native" if native_dense_weight_grads() else "xla")
+
+
+def native_dense_weight_grads() -> bool:
+    """Whether x^T dy weight gradients (Linear layers, 1x1 convolutions) take the native kernel:
+    AVX-512 builds only. The AVX2 build ran the Transformer LM's feed-forward shapes slower than
+    XLA (docs/cpu_choices.md), the portable one 3x slower."""
+    return native.enabled() and native.machine_isa() == "avx512"
 
 
 def cpu_conv_lowering(table: dict | None = None) -> ConvLowering:
@@ -99,4 +103,5 @@ def cpu_conv_lowering(table: dict | None = None) -> ConvLowering:
         # step's all-reduce; tests/test_conv_filter_grad.py::
         # test_threaded_split_on_several_devices_finishes). Only one multi-threaded device
         # uses the pool.
-        native_threads=1 if single or jax.local_device_count() > 1 else 0)
+        native_threads=1 if single or jax.local_device_count() > 1 else 0,
+        pointwise="native" if native_dense_weight_grads() else "xla")
