@@ -335,6 +335,8 @@ LEVERS = {  # name -> (model keywords, step, donate, compiler options)
     "xla_bn_sums": ({}, "trainer", True, None),          # batch norm's channel sums by XLA, not the native kernel
     "every_barrier": ({}, "trainer", True, None),        # a fusion barrier on every convolution input
     "xla_stride2": ({}, "trainer", True, None),          # stride-2 3x3 convolutions by XLA, not the native kernels
+    "identity_barriers": ({}, "trainer", True, None),    # fusion barriers as identity matmuls, not the native call
+    "xla_pointwise": ({}, "trainer", True, None),        # 1x1 convolutions by XLA, not matmuls with the native dW
 }
 
 
@@ -356,6 +358,8 @@ def lever_lowering(name):
         return dataclasses.replace(lowering, fusion_barriers=False)
     if name == "xla_bn_sums":
         return dataclasses.replace(lowering, batch_norm_sums="xla")
+    if name == "xla_pointwise":
+        return dataclasses.replace(lowering, conv=dataclasses.replace(lowering.conv, pointwise="xla"))
     return lowering
 
 
@@ -366,6 +370,7 @@ def make_lever(name, depth, batch, workdir):
     import optax
     from flax import nnx
 
+    from jaxnets.kernels import fusion_barrier
     from jaxnets.models import ResNet, resnet
     from jaxnets.nn import batch_norm, conv
 
@@ -383,9 +388,12 @@ def make_lever(name, depth, batch, workdir):
         stride = conv._3x3_stride
         if name == "xla_stride2":
             stride = lambda lhs, rhs, strides, *a, s=stride: s(lhs, rhs, strides, *a) if tuple(strides) == (1, 1) else 0  # noqa: E731
+        # identity_barriers: the barrier as a matmul with the identity (before session 15)
+        barrier_call = (lambda _: False) if name == "identity_barriers" else fusion_barrier.supported
         with mock.patch("jaxnets.tasks.common.lowering_for", lambda *_: lever_lowering(name)), \
                 mock.patch.object(batch_norm, "BatchNorm", norm), mock.patch.object(resnet, "native_reads", reads), \
-                mock.patch.object(conv, "_3x3_stride", stride):
+                mock.patch.object(conv, "_3x3_stride", stride), \
+                mock.patch.object(fusion_barrier, "supported", barrier_call):
             step = build_step(make_trainer(depth, args, lever_dir), args)
             jax.block_until_ready(step())   # traced (and compiled) here, under the lever's patches
         return step
