@@ -3,7 +3,7 @@
     dw = dense_weight_grad(x, g)     # x [M, K], g [M, N] -> dw [K, N] = x^T g
 
 equals `x.T @ g` as float32 sums in another order (each dw element sums its M products in
-blocks of 128 rows, whatever the thread count). The kernel is `dense_weight_grad.cc` (see there
+blocks of 256 rows, whatever the thread count). The kernel is `dense_weight_grad.cc` (see there
 for why and how); `supported` says whether a call with these operands takes it: CPU backend,
 float32, min(K, N) a multiple of 16 (the narrower side, see `_transposed`), and a built native
 library. `jaxnets.nn.layers.rows_dot` takes it
