@@ -18,10 +18,6 @@
 
 #include "native_kernels.h"
 
-#ifndef JAXNETS_OV
-#define JAXNETS_OV 2
-#endif
-
 namespace ffi = xla::ffi;
 
 namespace {

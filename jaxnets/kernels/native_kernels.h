@@ -20,6 +20,9 @@
 #ifndef JAXNETS_ACC
 #define JAXNETS_ACC 16
 #endif
+#ifndef JAXNETS_OV
+#define JAXNETS_OV 2
+#endif
 
 namespace jaxnets_native {
 

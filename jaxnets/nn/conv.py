@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnets.kernels import conv_filter_grad, conv_forward, dense_weight_grad, fusion_barrier
+from jaxnets.kernels import conv_filter_grad, conv_forward, fusion_barrier
+from jaxnets.nn.layers import rows_dot
 from jaxnets.nn.lowering import PLAIN_CONV, ConvLowering
 
 FOLD_MAX_CHANNELS = 16
@@ -220,91 +221,53 @@ def _bwd(precision, lowering, stride, res, g):
 conv3x3.defvjp(_fwd, _bwd)
 
 
-def _3x3_stride(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                feature_group_count, kwargs) -> int:
-    """The stride (1 or 2) of a 3x3 NHWC convolution padded by one pixel on every side, else 0."""
-    if lhs.ndim != 4 or rhs.shape[:2] != (3, 3):
+def _stride(size, lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, kwargs) -> int:
+    """The stride (1 or 2) of a `size` x `size` NHWC convolution padded by size // 2 pixels on
+    every side (3x3: one pixel; 1x1: none), else 0."""
+    if lhs.ndim != 4 or rhs.shape[:2] != (size, size) or feature_group_count != 1:
         return 0
     if any(v is not None for v in kwargs.values()):   # out_sharding, preferred_element_type
         return 0
-    if tuple(strides) not in ((1, 1), (2, 2)) or feature_group_count != 1:
+    if tuple(strides) not in ((1, 1), (2, 2)):
         return 0
-    # For a 3x3 kernel at stride 1, "SAME" is one pixel on every side (nnx.Conv's default); at
-    # stride 2 it pads even sizes on one side only.
-    if isinstance(padding, str) and (padding.upper() != "SAME" or tuple(strides) != (1, 1)):
+    pad = size // 2
+    if isinstance(padding, str):
+        # For a 3x3 kernel at stride 1, "SAME" is one pixel on every side (nnx.Conv's default);
+        # at stride 2 it pads even sizes on one side only. "VALID" is no padding.
+        if padding.upper() != ("SAME" if pad else "VALID") or (pad and tuple(strides) != (1, 1)):
+            return 0
+    elif [tuple(p) for p in padding] != [(pad, pad), (pad, pad)]:
         return 0
-    return strides[0] if _pad1_nhwc(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers) else 0
-
-
-def _pad1_nhwc(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers) -> bool:
-    if not isinstance(padding, str) and [tuple(p) for p in padding] != [(1, 1), (1, 1)]:
-        return False
     if any(d is not None and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation)):
-        return False
-    return dimension_numbers is not None and (
+        return 0
+    nhwc = dimension_numbers is not None and (
         lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
         == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-
-
-def _1x1_stride(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                feature_group_count, kwargs) -> int:
-    """The stride (1 or 2) of an unpadded 1x1 NHWC convolution, else 0."""
-    if lhs.ndim != 4 or rhs.shape[:2] != (1, 1) or feature_group_count != 1:
-        return 0
-    if any(v is not None for v in kwargs.values()) or tuple(strides) not in ((1, 1), (2, 2)):
-        return 0
-    if isinstance(padding, str) and padding.upper() != "VALID":
-        return 0
-    if not isinstance(padding, str) and [tuple(p) for p in padding] != [(0, 0), (0, 0)]:
-        return 0
-    if any(d is not None and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation)):
-        return 0
-    nhwc = dimension_numbers is not None and (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-                                              == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
     return strides[0] if nhwc else 0
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _3x3_stride(*args) -> int:
+    """The stride (1 or 2) of a 3x3 NHWC convolution padded by one pixel on every side, else 0."""
+    return _stride(3, *args)
+
+
+def _1x1_stride(*args) -> int:
+    """The stride (1 or 2) of an unpadded 1x1 NHWC convolution, else 0."""
+    return _stride(1, *args)
+
+
 def conv1x1(x, w, precision=None, lowering: ConvLowering = PLAIN_CONV, stride: int = 1):
     """An unpadded 1x1 NHWC convolution, `stride` 1 or 2 (a ResNet's projection shortcut), as
-    a matmul of the sampled pixels' rows, its filter gradient x^T dy by the native kernel of
-    `jaxnets.kernels.dense_weight_grad` (`ConvLowering.pointwise` "native"). XLA:CPU took that
-    filter gradient as a convolution behind a transposed copy of x: 1.25 ms for a ResNet's
-    16 -> 32 projection at batch 64 (one core), about a tenth of the matmul's FLOP rate."""
-    return _pointwise(_sampled(x, stride), w, precision)
-
-
-def _sampled(x, stride):
-    return x if stride == 1 else x[:, ::stride, ::stride, :]
-
-
-def _pointwise(xs, w, precision):
-    b, h, wd, c = xs.shape
-    y = lax.dot_general(xs.reshape(-1, c), w[0, 0], (((1,), (0,)), ((), ())), precision=precision)
-    return y.reshape(b, h, wd, w.shape[-1])
-
-
-def _1x1_fwd(x, w, precision, lowering, stride):
-    xs = _sampled(x, stride)
-    return _pointwise(xs, w, precision), (xs, w, x.shape)
-
-
-def _1x1_bwd(precision, lowering, stride, res, g):
-    xs, w, x_shape = res
-    c, o = w.shape[2:]
-    g2, x2 = g.reshape(-1, o), xs.reshape(-1, c)
-    dxs = lax.dot_general(g2, w[0, 0], (((1,), (1,)), ((), ())), precision=precision).reshape(xs.shape)
-    # The sampled pixels' gradients back in place, zeros between them.
-    pads = [(0, 0, 0)] + [(0, n - 1 - (m - 1) * stride, stride - 1) for n, m in zip(x_shape[1:3], xs.shape[1:3])]
-    dx = lax.pad(dxs, jnp.zeros((), dxs.dtype), pads + [(0, 0, 0)])
-    if dense_weight_grad.supported(x2, g2):
-        dw = dense_weight_grad.dense_weight_grad(x2, g2, lowering.native_threads)
-    else:
-        dw = lax.dot_general(x2, g2, (((0,), (0,)), ((), ())), precision=precision)
-    return dx.astype(xs.dtype), dw.reshape(w.shape).astype(w.dtype)
-
-
-conv1x1.defvjp(_1x1_fwd, _1x1_bwd)
+    `rows_dot` of the sampled pixels, whose filter gradient x^T dy is the native kernel of
+    `jaxnets.kernels.dense_weight_grad` where it takes the operands (`ConvLowering.pointwise`
+    "native"); the input gradient is the sampling's transpose (zeros between the pixels).
+    XLA:CPU took that filter gradient as a convolution behind a transposed copy of x: 1.25 ms
+    for a ResNet's 16 -> 32 projection at batch 64 (one core), about a tenth of the matmul's
+    FLOP rate."""
+    xs = x if stride == 1 else x[:, ::stride, ::stride, :]
+    return rows_dot(xs, w[0, 0], (((3,), (0,)), ((), ())), precision,
+                    native_threads=lowering.native_threads)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
