@@ -26,7 +26,7 @@ import sys
 # flat name -> (module in its room, arguments put before the user's)
 ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
     **{name: (f"benchmarks.speed.{name}", ()) for name in (
-        "attention", "before_after", "bf16_units", "conv_filter_grad", "cpu_layout", "decode", "input_pipeline", "lstm", "lstm_gpu",
+        "attention", "before_after", "bf16_units", "conv_filter_grad", "cpu_layout", "decode", "input_pipeline", "layer_norm", "lstm", "lstm_gpu",
         "model_step", "native_sources", "op_profile",
         "resnet_step", "scaling", "scaling_compiled", "startup", "train_step", "transformer_step")},
     "resnet_step_compare": ("benchmarks.speed.resnet_step", ("--compare",)),

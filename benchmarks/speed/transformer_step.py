@@ -25,7 +25,9 @@ process and timed round-robin (`--rounds`, default 6) against the shipped code, 
 `xla_folded_transposes` lets XLA fold the backward's key-major transposes into its products
 (shipped: written out on CPU, `attention_formula._keys_major`); `xla_dense_weight_grad` leaves the
 Linear layers' weight gradients to XLA (shipped on AVX-512 builds: the native kernel,
-`jaxnets.kernels.dense_weight_grad`). `ratio_to_default` > 1: the shipped choice pays that much.
+`jaxnets.kernels.dense_weight_grad`); `xla_layer_norm` leaves LayerNorm layers to XLA (shipped
+wherever native kernels are on: `jaxnets.kernels.layer_norm`). `--variants` times a subset.
+`ratio_to_default` > 1: the shipped choice pays that much.
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", help="also write the full report (every round) to this file")
     ap.add_argument("--pin", type=int, help="run both on this one core, one thread each")
     ap.add_argument("--levers", action="store_true", help="time the attention levers round-robin, jaxnets only")
+    ap.add_argument("--variants", nargs="+", choices=LEVERS[1:], help="--levers: only these (and default)")
     args = ap.parse_args(argv)
     if args.levers and "--rounds" not in (argv if argv is not None else sys.argv[1:]):
         args.rounds = 6
@@ -122,7 +125,7 @@ def peer(args, size, config, vocab, same_allocator=False):
 
 
 LEVERS = ("default", "xla_attention", "xla_row_blocks_1", "xla_folded_transposes",
-          "xla_dense_weight_grad")
+          "xla_dense_weight_grad", "xla_layer_norm")
 ATTENTION_LEVERS = LEVERS[1:4]
 
 
@@ -140,6 +143,9 @@ def lever(name):
     def xla_weight_grads(*a, _rule=tasks.lowering_for, **k):
         return dataclasses.replace(_rule(*a, **k), dense_weight_grad="xla")
 
+    def xla_layer_norms(*a, _rule=tasks.lowering_for, **k):
+        return dataclasses.replace(_rule(*a, **k), layer_norm="xla")
+
     @contextlib.contextmanager
     def patched():
         saved = attention._CAUSAL_ROW_BLOCKS, attention._keys_major, causal_attention.enabled
@@ -148,6 +154,8 @@ def lever(name):
             causal_attention.enabled = lambda: False
         if name == "xla_dense_weight_grad":
             tasks.lowering_for = xla_weight_grads
+        if name == "xla_layer_norm":
+            tasks.lowering_for = xla_layer_norms
         if name == "xla_row_blocks_1":
             attention._CAUSAL_ROW_BLOCKS = 1
         elif name == "xla_folded_transposes":
@@ -165,8 +173,9 @@ def run_levers(args, configs, argv):
     from benchmarks.common import machine, now
     steps, rows = {}, []
     with tempfile.TemporaryDirectory() as tmp:
+        levers = [n for n in LEVERS if n == "default" or not args.variants or n in args.variants]
         for s in args.sizes:
-            for name in LEVERS:
+            for name in levers:
                 with lever(name):   # traced and compiled here, under the variant
                     steps[s, name] = jaxnets_step(configs[s], os.path.join(tmp, f"{s}_{name}"))[0]
                     steps[s, name]()
@@ -178,7 +187,7 @@ def run_levers(args, configs, argv):
                   file=sys.stderr)
     for s in args.sizes:
         base = times[s, "default"]
-        for name in LEVERS:
+        for name in levers:
             rows.append({"name": f"{s}_{name}", "size": s, "lever": name,
                          "ms_per_step": statistics.median(times[s, name]),
                          "ratio_to_default": statistics.median(t / b for t, b in zip(times[s, name], base))})

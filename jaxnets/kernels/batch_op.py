@@ -14,6 +14,12 @@ the same function written in lax, bilinear in (x, y). The op returned:
 - differentiates as a bilinear map whose tangents are the reference's, which JAX can
   differentiate and transpose again (second-order gradients of a network: Hessian-vector
   products).
+
+`rows_batch_op` is the same for a kernel over rows with several operands and results (a
+normalisation's forward and backward): operands flagged in `rows` are batch-major, the others
+(parameters) whole on every device; results flagged in `summed` are sums over the rows (psum
+over the batch's mesh axes), the others batch-major. Its derivatives are the reference's
+(any function JAX can differentiate).
 """
 from __future__ import annotations
 
@@ -24,6 +30,15 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 
+def whole(mesh, rank):
+    return NamedSharding(mesh, P(*[None] * rank))
+
+
+def _batch_axes(sharding):
+    """The mesh axes of a NamedSharding's dimension 0 (None: not split)."""
+    return sharding.spec[0] if len(sharding.spec) else None
+
+
 def bilinear_batch_op(kernel, reference, sharding_rule: str, sums_batch: bool):
     """The op described in the module docstring."""
 
@@ -31,14 +46,11 @@ def bilinear_batch_op(kernel, reference, sharding_rule: str, sums_batch: bool):
     def partitioned(x, y):
         return kernel(x, y)
 
-    def whole(mesh, rank):
-        return NamedSharding(mesh, P(*[None] * rank))
-
     def partition(mesh, arg_shapes, result_shape):
         sharding = arg_shapes[0].sharding
         if not isinstance(sharding, NamedSharding):                 # one device
             return mesh, kernel, sharding, tuple(a.sharding for a in arg_shapes)
-        axes = sharding.spec[0] if len(sharding.spec) else None
+        axes = _batch_axes(sharding)
         batch = lambda rank: NamedSharding(mesh, P(axes, *[None] * (rank - 1)))
         # The second operand is batch-major too when the result sums the batch (x and the output
         # gradient of a filter gradient), else it is whole on every device (a kernel's weights).
@@ -56,7 +68,7 @@ def bilinear_batch_op(kernel, reference, sharding_rule: str, sums_batch: bool):
             return sharding
         if sums_batch:
             return whole(mesh, result_shape.ndim)
-        axes = sharding.spec[0] if len(sharding.spec) else None
+        axes = _batch_axes(sharding)
         return NamedSharding(mesh, P(axes, *[None] * (result_shape.ndim - 1)))
 
     partitioned.def_partition(partition=partition, infer_sharding_from_operands=infer,
@@ -80,5 +92,61 @@ def bilinear_batch_op(kernel, reference, sharding_rule: str, sums_batch: bool):
     def differentiable_jvp(primals, tangents):
         (x, y), (tx, ty) = primals, tangents
         return op(x, y), reference(tx, y) + reference(x, ty)
+
+    return differentiable
+
+
+def rows_batch_op(kernel, reference, rows: tuple[bool, ...], summed: tuple[bool, ...],
+                  sharding_rule: str):
+    """`kernel(*args)` -> a tuple of results, as an op (see the module docstring)."""
+
+    @custom_partitioning
+    def partitioned(*args):
+        return kernel(*args)
+
+    def shardings(mesh, arg_shapes, result_shapes):
+        sharding = arg_shapes[0].sharding
+        if not isinstance(sharding, NamedSharding):                 # one device
+            return None, tuple(sharding for _ in result_shapes), tuple(a.sharding for a in arg_shapes)
+        axes = _batch_axes(sharding)
+        batch = lambda rank: NamedSharding(mesh, P(axes, *[None] * (rank - 1)))   # noqa: E731
+        args = tuple(batch(a.ndim) if r else whole(mesh, a.ndim) for a, r in zip(arg_shapes, rows))
+        results = tuple(whole(mesh, r.ndim) if s else batch(r.ndim)
+                        for r, s in zip(result_shapes, summed))
+        return axes, results, args
+
+    def partition(mesh, arg_shapes, result_shapes):
+        axes, results, args = shardings(mesh, arg_shapes, result_shapes)
+
+        def local(*operands):
+            outs = kernel(*operands)
+            return outs if axes is None else tuple(
+                lax.psum(o, axes) if s else o for o, s in zip(outs, summed))
+
+        return mesh, local, results, args
+
+    def infer(mesh, arg_shapes, result_shapes):
+        return shardings(mesh, arg_shapes, result_shapes)[1]
+
+    partitioned.def_partition(partition=partition, infer_sharding_from_operands=infer,
+                              sharding_rule=sharding_rule)
+
+    @jax.custom_batching.custom_vmap
+    def op(*args):
+        return partitioned(*args)
+
+    @op.def_vmap
+    def op_vmap(axis_size, in_batched, *args):
+        args = (a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
+                for a, batched in zip(args, in_batched))
+        return jax.vmap(reference)(*args), tuple(True for _ in summed)
+
+    @jax.custom_jvp
+    def differentiable(*args):
+        return op(*args)
+
+    @differentiable.defjvp
+    def differentiable_jvp(primals, tangents):
+        return op(*primals), jax.jvp(reference, primals, tangents)[1]
 
     return differentiable

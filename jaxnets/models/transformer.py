@@ -45,7 +45,8 @@ class TransformerLayer(nnx.Module):
         mha = lambda rotary: MultiHeadAttention(
             d_model, num_heads, num_kv_heads=num_kv_heads, implementation=attention_impl,
             use_bias=use_bias, rotary_base=rotary, dtype=dtype, lowering=lowering, rngs=rngs)
-        norm_layer = lambda: Norm(norm, d_model, dtype=dtype, rngs=rngs)
+        norm_layer = lambda: Norm(norm, d_model, dtype=dtype, native_threads=lowering.norm_threads,
+                                  rngs=rngs)
         self.pre_ln, self.activation = pre_ln, getattr(jax.nn, activation)
         self.self_attention, self.self_norm = mha(rotary_base), norm_layer()
         self.cross_attention = mha(None) if cross_attention else None
@@ -187,7 +188,8 @@ class _Stack(nnx.Module):
             rotary_base=rotary_base if rotary else None, dtype=dtype, lowering=lowering, rngs=r)
         self.layers = make_layers(num_layers, scan_layers, make, rngs)
         self.unroll = lowering.scan_unroll(num_layers)
-        self.final_norm = Norm(norm, d_model, dtype=dtype, rngs=rngs) if pre_ln else None
+        self.final_norm = (Norm(norm, d_model, dtype=dtype, native_threads=lowering.norm_threads,
+                                rngs=rngs) if pre_ln else None)
         self.num_layers, self.scan_layers, self.remat = num_layers, scan_layers, remat
         self.rotary = rotary
 

@@ -7,6 +7,7 @@ added so attention, which is blind to order, can tell tokens apart:
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -57,14 +58,39 @@ class TokenEmbedding(nnx.Module):
         """`positions` [B, T] or [T] (default arange(T)): offsets for cached decoding, or
         per-segment restarts for packed sequences."""
         x = lookup(self.table, tokens) * self.scale
-        if positions is None:
-            positions = jnp.arange(tokens.shape[-1])
+        length = tokens.shape[-1]
         if self.positions == "sinusoidal":
-            x = x + sinusoidal_positions(positions, self.d_model, dtype=x.dtype)
+            x = x + sinusoidal_positions(length if positions is None else positions, self.d_model,
+                                         dtype=x.dtype)
         elif self.positions == "learned":
-            x = x + self.position_table[...][positions].astype(x.dtype)
+            table = self.position_table[...]
+            if positions is None:   # rows 0..T-1, the same for every sequence
+                x = add_rows(x, table[:length].astype(x.dtype))
+            else:
+                x = x + table[positions].astype(x.dtype)
         return self.dropout(x, deterministic=not train, rngs=rngs)
 
     def attend(self, x):
         """Logits x E^T against the embedding table (tied output layer)."""
         return self.table.attend(x)
+
+
+@jax.custom_vjp
+def add_rows(x, rows):
+    """x [..., T, d] + rows [T, d], whose gradient for `rows` sums x's leading axes as a product
+    with a vector of ones. Autodiff's reduction over the leading (batch) axis of [16, 256, 384]
+    took XLA:CPU 7.5 ms (YNNPACK reduces a few long rows slowly), the product 0.1 ms; under a
+    batch-sharded jit it is a local product and an all-reduce, as the reduction was."""
+    return x + rows
+
+
+def _add_rows_fwd(x, rows):
+    return x + rows, None
+
+
+def _add_rows_bwd(_, g):
+    flat = g.reshape(-1, g.shape[-2] * g.shape[-1])
+    return g, (jnp.ones((flat.shape[0],), g.dtype) @ flat).reshape(g.shape[-2:])
+
+
+add_rows.defvjp(_add_rows_fwd, _add_rows_bwd)

@@ -21,9 +21,11 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxnets.kernels import dense_weight_grad as dwg
+from jaxnets.kernels import layer_norm as native_layer_norm
 from jaxnets.nn import batch_norm
 from jaxnets.parallel.sharding import constrain
 
@@ -122,8 +124,29 @@ def _norm(cls, features: int, axis: str | None, **kw):
     return cls(features, scale_metadata=meta((axis,)), bias_metadata=meta((axis,)), **kw)
 
 
-def LayerNorm(features: int, *, axis: str | None = "embed", **kw) -> nnx.LayerNorm:
-    return _norm(nnx.LayerNorm, features, axis, **kw)
+class LayerNorm(nnx.LayerNorm):
+    """nnx.LayerNorm with scale and bias named `axis`. `native_threads` (not None: a
+    `Lowering.norm_threads` choice): the CPU kernel of `jaxnets.kernels.layer_norm` with these
+    threads where the call allows (float32, last-axis statistics, scale and bias, no mask);
+    XLA's form otherwise. Parameters are nnx.LayerNorm's either way."""
+
+    def __init__(self, features: int, *, axis: str | None = "embed",
+                 native_threads: int | None = None, **kw):
+        super().__init__(features, scale_metadata=meta((axis,)), bias_metadata=meta((axis,)), **kw)
+        self.native_threads = native_threads
+
+    def __call__(self, x, *, mask=None):
+        if self._native(x, mask):
+            return native_layer_norm.layer_norm(x, self.scale[...], self.bias[...], eps=self.epsilon,
+                                                threads=self.native_threads)
+        return super().__call__(x, mask=mask)
+
+    def _native(self, x, mask) -> bool:
+        last = lambda axes: tuple(np.atleast_1d(axes)) in ((-1,), (x.ndim - 1,))   # noqa: E731
+        return (self.native_threads is not None and mask is None and self.use_scale
+                and self.use_bias and last(self.reduction_axes) and last(self.feature_axes)
+                and self.dtype in (None, jnp.float32) and self.param_dtype == jnp.float32
+                and native_layer_norm.supported(x))
 
 
 def RMSNorm(features: int, *, axis: str | None = "embed", **kw) -> nnx.RMSNorm:
@@ -131,10 +154,10 @@ def RMSNorm(features: int, *, axis: str | None = "embed", **kw) -> nnx.RMSNorm:
     return nnx.RMSNorm(features, scale_metadata=meta((axis,)), **kw)
 
 
-def Norm(kind: str, features: int, **kw):
-    """"layer" (LayerNorm) or "rms" (RMSNorm) over the model width."""
+def Norm(kind: str, features: int, *, native_threads: int | None = None, **kw):
+    """"layer" (LayerNorm, `native_threads` as there) or "rms" (RMSNorm) over the model width."""
     if kind == "layer":
-        return LayerNorm(features, **kw)
+        return LayerNorm(features, native_threads=native_threads, **kw)
     if kind == "rms":
         return RMSNorm(features, **kw)
     raise ValueError(f"norm must be 'layer' or 'rms', got {kind!r}.")

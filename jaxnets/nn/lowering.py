@@ -65,6 +65,8 @@ class Lowering:
         `jaxnets.kernels.channel_moments`, where its operands allow) or "xla".
     dense_weight_grad: "native" (with `rows_dot`: Linear layers' weight gradients by the CPU
         kernel of `jaxnets.kernels.dense_weight_grad`, where its operands allow) or "xla".
+    layer_norm: "native" (LayerNorm layers by the CPU kernels of `jaxnets.kernels.layer_norm`,
+        where their operands allow) or "xla".
     """
     fusion_barriers: bool = False
     rows_dot: bool = False
@@ -72,6 +74,7 @@ class Lowering:
     conv: ConvLowering | None = None
     batch_norm_sums: str = "xla"
     dense_weight_grad: str = "xla"
+    layer_norm: str = "xla"
 
     @property
     def batch_norm(self) -> tuple[str, int]:
@@ -83,6 +86,11 @@ class Lowering:
         """Threads of every native CPU kernel (the conv filter gradient, causal attention): the
         platform's one decision, stored on `conv`; 1 (the calling thread) without it."""
         return self.conv.native_threads if self.conv else 1
+
+    @property
+    def norm_threads(self) -> int | None:
+        """`native_threads=` for LayerNorm layers (None: XLA's form)."""
+        return self.native_threads if self.layer_norm == "native" else None
 
     @property
     def dot_general(self):

@@ -8,11 +8,11 @@ The rule, per backend (`config.platform.lowering`: "auto" applies it, "plain" tu
   `rows_dot` Linear layers, layer stacks of up to UNROLL_MAX_LAYERS unrolled, 3x3 convolutions
   through `jaxnets.nn.conv.conv3x3` (narrow layers folded on single-threaded devices; the
   filter gradient from the kernel table `config.platform.kernel_table` written by `jaxnets
-  tune`, else the native kernel wherever it applies), batch norm's channel sums by the
-  native kernel, and Linear layers' weight gradients by the native kernel on AVX-512 builds.
-  Why each pays: the docstrings of `jaxnets.nn.conv.materialize`, `jaxnets.nn.layers.rows_dot`,
-  `jaxnets.nn.conv`, `jaxnets.kernels.channel_moments`, `jaxnets.kernels.dense_weight_grad`
-  and UNROLL_MAX_LAYERS below.
+  tune`, else the native kernel wherever it applies), batch norm's channel sums and
+  LayerNorm layers by native kernels, and Linear layers' weight gradients by the native kernel
+  on AVX-512 builds. Why each pays: the docstrings of `jaxnets.nn.conv.materialize`,
+  `jaxnets.nn.layers.rows_dot`, `jaxnets.nn.conv`, `jaxnets.kernels.channel_moments`,
+  `jaxnets.kernels.layer_norm`, `jaxnets.kernels.dense_weight_grad` and UNROLL_MAX_LAYERS below.
 
 Every input of the rule is fixed before tracing (backend, XLA_FLAGS as installed, device count,
 the table's contents), so every host of a job given the same table compiles the same program;
@@ -76,7 +76,10 @@ def lowering_for(platform_config=None, backend: str | None = None) -> Lowering:
                     conv=cpu_conv_lowering(table),
                     # Every build (portable too: memory-bound sums): one program on every host.
                     batch_norm_sums="native" if native.enabled() else "xla",
-                    dense_weight_grad="native" if native_dense_weight_grads() else "xla")
+                    dense_weight_grad="native" if native_dense_weight_grads() else "xla",
+                    # Every build too: each beat XLA's LayerNorm forward+backward 2-5x
+                    # (docs/cpu_choices.md).
+                    layer_norm="native" if native.enabled() else "xla")
 
 
 def native_dense_weight_grads() -> bool:
