@@ -15,8 +15,8 @@
 //
 // Work: rows in chunks of kChunkRows (tasks on XLA's pool where `threads` allows). The parameter
 // gradients sum each chunk's rows in float32 in blocks of kBlockRows rows, added into double
-// totals per chunk; the chunks' totals are added in order, so every result is the same for any
-// thread count. D must be a multiple of the vector width (`supported` asks for 16).
+// totals per chunk, the chunks' totals in order (`rows_with_column_sums`): every result is the
+// same for any thread count. D must be a multiple of the vector width (`supported` asks for 16).
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -74,32 +74,55 @@ void forward_rows(const float* x, const float* scale, const float* bias, int64_t
   }
 }
 
-// Rows [r0, r1): dx, and the parameter gradients added into dscale, dbias (D doubles each).
+// Rows [r0, r1): dx, and the parameter gradients' terms added into dscale, dbias (D floats each).
 void backward_rows(const float* x, const float* scale, const float* stats, const float* dy,
-                   int64_t D, int64_t r0, int64_t r1, float* dx, double* dscale, double* dbias,
-                   float* acc_scale, float* acc_bias) {
+                   int64_t D, int64_t r0, int64_t r1, float* dx, float* dscale, float* dbias) {
   const float inv_d = 1.f / static_cast<float>(D);
-  for (int64_t start = r0; start < r1; start += kBlockRows) {
-    const int64_t end = std::min(r1, start + kBlockRows);
-    std::fill(acc_scale, acc_scale + D, 0.f);
-    std::fill(acc_bias, acc_bias + D, 0.f);
-    for (int64_t r = start; r < end; ++r) {
-      const float *xr = x + r * D, *gr = dy + r * D;
-      float* dr = dx + r * D;
-      const vec m = splat(stats[2 * r]), s = splat(stats[2 * r + 1]);
-      const float mean_h = row_sum(D, [&](int64_t c) { return load(gr + c) * load(scale + c); }) * inv_d;
-      const float mean_hx = row_sum(D, [&](int64_t c) {
-        return load(gr + c) * load(scale + c) * ((load(xr + c) - m) * s);
-      }) * inv_d;
-      const vec a = splat(mean_h), b = splat(mean_hx);
-      for (int64_t c = 0; c < D; c += VW) {
-        const vec g = load(gr + c), xhat = (load(xr + c) - m) * s;
-        store(dr + c, s * (g * load(scale + c) - a - xhat * b));
-        store(acc_scale + c, load(acc_scale + c) + g * xhat);
-        store(acc_bias + c, load(acc_bias + c) + g);
-      }
+  for (int64_t r = r0; r < r1; ++r) {
+    const float *xr = x + r * D, *gr = dy + r * D;
+    float* dr = dx + r * D;
+    const vec m = splat(stats[2 * r]), s = splat(stats[2 * r + 1]);
+    const float mean_h = row_sum(D, [&](int64_t c) { return load(gr + c) * load(scale + c); }) * inv_d;
+    const float mean_hx = row_sum(D, [&](int64_t c) {
+      return load(gr + c) * load(scale + c) * ((load(xr + c) - m) * s);
+    }) * inv_d;
+    const vec a = splat(mean_h), b = splat(mean_hx);
+    for (int64_t c = 0; c < D; c += VW) {
+      const vec g = load(gr + c), xhat = (load(xr + c) - m) * s;
+      store(dr + c, s * (g * load(scale + c) - a - xhat * b));
+      store(dscale + c, load(dscale + c) + g * xhat);
+      store(dbias + c, load(dbias + c) + g);
     }
-    for (int64_t c = 0; c < D; ++c) dscale[c] += acc_scale[c], dbias[c] += acc_bias[c];
+  }
+}
+
+// Rows [0, N) in chunks of `chunk_rows` (the tasks of run_tasks), each chunk's rows in blocks of
+// at most `block_rows`: `block(r0, r1, acc)` handles rows [r0, r1) and adds its per-column terms
+// (a parameter's gradient) into acc, `ncols` floats zeroed per block. Each block's float32 sums
+// are added into the chunk's double totals, the chunks' totals in order into out (`ncols`
+// floats): the same sums for any thread count.
+template <typename F>
+void rows_with_column_sums(xla::ffi::ThreadPool pool, int64_t threads, int64_t N,
+                           int64_t chunk_rows, int64_t block_rows, int64_t ncols, float* out,
+                           F block) {
+  const int64_t chunks = std::max<int64_t>(1, (N + chunk_rows - 1) / chunk_rows);
+  std::vector<double> totals(chunks * ncols, 0.0);
+  double* tot = totals.data();
+  run_tasks(pool, threads, chunks, [=](int64_t t) {
+    Scratch scratch(scratch_floats({ncols}));
+    float* acc = scratch.take(ncols);
+    double* chunk = tot + t * ncols;
+    const int64_t end = std::min(N, (t + 1) * chunk_rows);
+    for (int64_t r0 = t * chunk_rows; r0 < end; r0 += block_rows) {
+      std::fill(acc, acc + ncols, 0.f);
+      block(r0, std::min(end, r0 + block_rows), acc);
+      for (int64_t c = 0; c < ncols; ++c) chunk[c] += acc[c];
+    }
+  });
+  for (int64_t c = 0; c < ncols; ++c) {
+    double sum = 0.0;
+    for (int64_t t = 0; t < chunks; ++t) sum += totals[t * ncols + c];
+    out[c] = static_cast<float>(sum);
   }
 }
 
@@ -114,8 +137,6 @@ ffi::Error rows_of(const ffi::Buffer<ffi::F32>& x, int64_t& N, int64_t& D) {
   return ffi::Error::Success();
 }
 
-int64_t chunks_of(int64_t N) { return std::max<int64_t>(1, (N + kChunkRows - 1) / kChunkRows); }
-
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
                    ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
                    ffi::ResultBuffer<ffi::F32> stats, float eps, int64_t threads) {
@@ -126,7 +147,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
     return ffi::Error::InvalidArgument("layer_norm: scale, bias [D], y [..., D], stats [..., 2] expected");
   const float *xs = x.typed_data(), *ss = scale.typed_data(), *bs = bias.typed_data();
   float *ys = y->typed_data(), *st = stats->typed_data();
-  const int64_t chunks = chunks_of(N);
+  const int64_t chunks = std::max<int64_t>(1, (N + kChunkRows - 1) / kChunkRows);
   run_tasks(pool, threads, chunks, [=](int64_t t) {
     forward_rows(xs, ss, bs, D, eps, t * kChunkRows, std::min(N, (t + 1) * kChunkRows), ys, st);
   });
@@ -145,22 +166,11 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   const float *xs = x.typed_data(), *ss = scale.typed_data(), *st = stats.typed_data(),
               *gs = dy.typed_data();
   float* dxs = dx->typed_data();
-  const int64_t chunks = chunks_of(N);
-  std::vector<double> totals(chunks * 2 * D, 0.0);
-  double* tot = totals.data();
-  run_tasks(pool, threads, chunks, [=](int64_t t) {
-    Scratch scratch(scratch_floats({D, D}));
-    float *acc_scale = scratch.take(D), *acc_bias = scratch.take(D);
-    double* chunk = tot + t * 2 * D;
-    backward_rows(xs, ss, st, gs, D, t * kChunkRows, std::min(N, (t + 1) * kChunkRows), dxs,
-                  chunk, chunk + D, acc_scale, acc_bias);
-  });
-  float* out = dparams->typed_data();
-  for (int64_t j = 0; j < 2 * D; ++j) {
-    double sum = 0.0;
-    for (int64_t t = 0; t < chunks; ++t) sum += totals[t * 2 * D + j];
-    out[j] = static_cast<float>(sum);
-  }
+  // dparams [2, D]: dscale's terms in the first D columns of a block's sums, dbias's in the rest
+  rows_with_column_sums(pool, threads, N, kChunkRows, kBlockRows, 2 * D, dparams->typed_data(),
+                        [=](int64_t r0, int64_t r1, float* acc) {
+                          backward_rows(xs, ss, st, gs, D, r0, r1, dxs, acc, acc + D);
+                        });
   return ffi::Error::Success();
 }
 
