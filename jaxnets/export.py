@@ -32,19 +32,22 @@ from flax import nnx
 
 from jaxnets import storage
 from jaxnets.nn.attention import MultiHeadAttention
+from jaxnets.nn.layers import LayerNorm
 from jaxnets.nn.lowering import Lowering
 from jaxnets.nn.recurrent import RNN
 from jaxnets.tasks.base import Inference
 
 
 def _portable_layers(module) -> None:
-    """Attention, recurrent and convolution layers on their XLA paths, and no fusion barriers: no
+    """Attention, recurrent, convolution and LayerNorm layers on their XLA paths, and no fusion barriers: no
     jaxnets FFI targets in the artifact (`jax.export` refuses custom calls without compatibility guarantees)."""
     for _, sub in nnx.iter_modules(module):
         if isinstance(sub, (MultiHeadAttention, RNN)):
             sub.implementation = "xla"
         elif isinstance(sub, nnx.Conv) and sub.conv_general_dilated is not lax.conv_general_dilated:
             sub.conv_general_dilated = lax.conv_general_dilated   # not jaxnets.nn.conv's hook
+        if isinstance(sub, LayerNorm):
+            sub.native_threads = None                           # XLA's LayerNorm
         if isinstance(getattr(sub, "lowering", None), Lowering) and sub.lowering.fusion_barriers:
             # CPU fusion barriers are a native call where a build exists (jaxnets.nn.conv.materialize)
             sub.lowering = dataclasses.replace(sub.lowering, fusion_barriers=False)
