@@ -12,7 +12,6 @@ the kernel wins); `Lowering.layer_norm` takes the kernel on every build.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,10 +25,12 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--out")
     args = ap.parse_args(argv)
+    from jaxnets.platform.allocator import tune_host_allocator
+    tune_host_allocator()   # as `jaxnets train` does: freed buffers reused, not faulted in again
     import jax
     from flax import nnx
 
-    from benchmarks.common import machine, now
+    from benchmarks.common import full_report
     from jaxnets.kernels import layer_norm, native
 
     def fwd_bwd(fn):
@@ -72,13 +73,7 @@ def main(argv=None):
         results.append(row)
         print(", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
               file=sys.stderr)
-    report = {"benchmark": "layer_norm",
-              "command": "python -m benchmarks.layer_norm " + " ".join(argv or sys.argv[1:]),
-              "machine": machine(), "date": now(), "results": results}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
-    print(json.dumps(report))
+    full_report("layer_norm", argv, results, args.out)
 
 
 if __name__ == "__main__":
