@@ -32,6 +32,23 @@ def test_token_embedding_lookup_scale_and_learned_positions():
     np.testing.assert_allclose(emb(tokens[:, 1:], positions=jnp.arange(1, 3)), want[:, 1:], atol=1e-6)
 
 
+def test_learned_positions_gradient_sums_the_batch():
+    """The position table's gradient (a product with ones, `embedding.add_rows`) is the float64
+    sum of the output gradient over the batch, in rows 0..T-1 and zero below; the same with
+    explicit positions (the gather's scatter-add)."""
+    emb = TokenEmbedding(11, 16, positions="learned", max_len=12, rngs=nnx.Rngs(0))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 11, (4, 2, 5)))
+    dy = np.random.default_rng(1).normal(size=(4, 2, 5, 16)).astype(np.float32)
+    want = np.zeros((12, 16))
+    want[:5] = dy.astype(np.float64).sum((0, 1))
+
+    def grad_of(fn, *args):
+        return np.asarray(nnx.grad(lambda m: jnp.sum(fn(m, *args) * dy))(emb).position_table[...])
+
+    np.testing.assert_allclose(grad_of(lambda m, t: m(t), tokens), want, atol=1e-5)
+    np.testing.assert_allclose(grad_of(lambda m, t: m(t, positions=jnp.arange(5)), tokens), want, atol=1e-5)
+
+
 def numpy_mha(mha, x, context=None, causal=False):
     """float64: heads of softmax(Q K^T / sqrt(d)) V, concatenated, times W^O."""
     p = lambda lin: (np.asarray(lin.kernel[...], np.float64), np.asarray(lin.bias[...], np.float64))
