@@ -10,7 +10,9 @@ learned positions; pre-LN layers (causal multi-head self-attention with biased q
 projections, GELU (tanh form, as jax.nn.gelu) feed-forward of 4 x d_model); a final LayerNorm;
 logits by the tied embedding. AdamW (b2 0.99, weight decay 0.1 on every parameter, as optax's
 adamw) after clipping the global gradient norm to 1. Attention is PyTorch's fused
-scaled_dot_product_attention (its fastest CPU path). Last stdout line: one JSON object.
+scaled_dot_product_attention (its fastest CPU path). `--autocast-bf16`: forward and loss under
+torch.autocast("cpu", dtype=torch.bfloat16), PyTorch's mixed precision on CPU (the peer of
+jaxnets' train.compute_dtype=bfloat16). Last stdout line: one JSON object.
 """
 import argparse
 import json
@@ -84,6 +86,7 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--name", default="transformer")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--autocast-bf16", action="store_true")
     a = ap.parse_args()
     torch.manual_seed(0)
     model = LM(a.vocab, a.d_model, a.heads, a.layers, a.positions, max(256, a.seq_len), a.dropout)
@@ -94,7 +97,8 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x).reshape(-1, a.vocab), y.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast_bf16):
+            loss = F.cross_entropy(model(x).reshape(-1, a.vocab), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -17,6 +17,10 @@ with OMP_NUM_THREADS=1, jaxnets on one single-threaded device) and the ratio of 
 step (`ratio_cpu`) is then the per-core efficiency, which holds on a loaded machine where wall
 times do not. Writes the full report to --out.
 
+`--set train.compute_dtype=bfloat16`: mixed precision against PyTorch's bf16 autocast, with both
+sides' float32 steps timed in the same rounds (`bf16_speedup`, `torch_bf16_speedup`); the report
+is `transformer_step_bf16`.
+
 `--levers`: the CPU levers of the attention and Linear layers, each variant built in this one
 process and timed round-robin (`--rounds`, default 6) against the shipped code, jaxnets only (no peer):
 `xla_attention` runs causal attention through the XLA formula instead of the native kernel
@@ -109,6 +113,10 @@ def time_calls(step, warmup, iters):
     return statistics.median(times), min(times), statistics.median(cpu)
 
 
+def is_bf16(config) -> bool:
+    return str(config.train.get("compute_dtype") or "float32") == "bfloat16"
+
+
 def peer(args, size, config, vocab, same_allocator=False):
     m = config.model
     cmd = [args.peer_python, os.path.join(PEERS_HERE, "torch_transformer_lm.py"), "--json", "--name", size,
@@ -116,6 +124,8 @@ def peer(args, size, config, vocab, same_allocator=False):
            "--layers", str(m.num_layers), "--seq-len", str(config.data.options["seq_len"]),
            "--batch", str(config.data.batch_size), "--positions", m.positions,
            "--warmup", str(args.warmup), "--iters", str(args.iters)]
+    if is_bf16(config):   # the peer's mixed precision: autocast
+        cmd.append("--autocast-bf16")
     env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if args.pin is not None else {})}
     if same_allocator:   # the peer given jaxnets' malloc settings: the lead is not the allocator's
         from jaxnets.platform.allocator import GLIBC_TUNABLES
@@ -219,11 +229,19 @@ def main(argv=None):
     from benchmarks.common import machine, now
     from benchmarks.peak import efficiency
     steps, vocab, flops, rounds = {}, {}, {}, []
+    # Mixed precision (--set train.compute_dtype=bfloat16): float32 steps of both beside it, for
+    # each side's speed-up from bf16 measured in the same rounds.
+    float32 = {s: make_config(s, [*args.set, "train.compute_dtype=float32"])
+               for s in args.sizes if is_bf16(configs[s])}
+    steps32 = {}
     with tempfile.TemporaryDirectory() as tmp:
         for s in args.sizes:
             t = time.perf_counter()
             steps[s], vocab[s], flops[s] = jaxnets_step(configs[s], os.path.join(tmp, s))
             steps[s]()
+            if s in float32:
+                steps32[s] = jaxnets_step(float32[s], os.path.join(tmp, s + "_float32"))[0]
+                steps32[s]()
             print(f"{s}: built and compiled in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         for r in range(args.rounds):
             rd = {"load_avg_1min": os.getloadavg()[0]}
@@ -235,6 +253,9 @@ def main(argv=None):
                          "torch_same_alloc_ms": same["ms_per_step"], "ratio_same_alloc": ms / same["ms_per_step"],
                          "ratio": ms / torch_r["ms_per_step"], "torch_cpu_ms": torch_r["cpu_ms_per_step"],
                          "jaxnets_cpu_ms": cpu, "ratio_cpu": cpu / torch_r["cpu_ms_per_step"]}
+                if s in float32:
+                    rd[s]["jaxnets_float32_ms"] = time_calls(steps32[s], args.warmup, args.iters)[0]
+                    rd[s]["torch_float32_ms"] = peer(args, s, float32[s], vocab[s])["ms_per_step"]
                 print(f"round {r} {s}: jaxnets {ms:.1f} ms, torch {torch_r['ms_per_step']:.1f} ms "
                       f"-> x{rd[s]['ratio']:.2f}; CPU time x{rd[s]['ratio_cpu']:.2f} "
                       f"(load {rd['load_avg_1min']:.1f})", file=sys.stderr)
@@ -254,8 +275,14 @@ def main(argv=None):
                         "torch_same_alloc_ms_per_step": med(rd[s]["torch_same_alloc_ms"] for rd in rounds),
                         "ratio_jaxnets_over_torch_same_alloc": med(rd[s]["ratio_same_alloc"] for rd in rounds),
                         "tokens_per_s": c.data.batch_size * c.data.options["seq_len"] / ms * 1e3})
+        if s in float32:
+            f32, torch_f32 = (med(rd[s][k] for rd in rounds) for k in ("jaxnets_float32_ms", "torch_float32_ms"))
+            results[-1].update({"float32_ms_per_step": f32, "bf16_speedup": f32 / ms,
+                                "torch_float32_ms_per_step": torch_f32,
+                                "torch_bf16_speedup": torch_f32 / torch_ms})
     import jax
-    report = {"benchmark": "transformer_step" + ("_pinned" if args.pin is not None else ""),
+    suffix = "_pinned" if args.pin is not None else ("_bf16" if float32 else "")
+    report = {"benchmark": "transformer_step" + suffix,
               "device": f"cpu jax {jax.__version__} devices={jax.device_count()}",
               "command": "python -m benchmarks.transformer_step " + " ".join(argv or sys.argv[1:]),
               "machine": machine(overrides=args.set), "date": now(), "results": results, "rounds": rounds}
