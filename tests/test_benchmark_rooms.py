@@ -39,7 +39,7 @@ def test_documented_benchmark_commands_name_runnable_modules():
     for path in ["README.md", *(os.path.join("docs", f) for f in os.listdir(os.path.join(REPO, "docs")))]:
         if path.endswith(".md"):
             text += open(os.path.join(REPO, path)).read()
-    names = set(re.findall(r"python -m benchmarks\.([a-z_]+)", text))
+    names = set(re.findall(r"python -m benchmarks\.([a-z0-9_]+)", text))
     assert {"resnet_step_compare", "faults", "lstm", "transformer_step", "report"} <= names
     for name in names:
         assert importlib.util.find_spec(f"benchmarks.{name}") is not None, name

@@ -46,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 500                       # evaluate on data.eval_split
     c.train.checkpoint_every = 500                 # orbax checkpoint (async)
     c.train.keep_checkpoints = 3                   # newest N kept
-    c.train.compute_dtype = "float32"              # "bfloat16" for mixed precision
+    c.train.compute_dtype = "float32"              # "bfloat16" for mixed precision (GPU/TPU; slower on CPU: docs/cpu_choices.md)
     c.train.param_dtype = "float32"                # parameter storage (jaxnets/tasks/common.py)
     c.train.profile_steps = ()                     # (start, stop): jax.profiler trace in WORKDIR/profile
     c.train.report = True                          # call task.report() at the end

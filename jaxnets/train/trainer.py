@@ -104,6 +104,10 @@ class Trainer:
             print(f"jaxnets: {jax.process_count()} process(es) ({self.joined}), {jax.device_count()} "
                   f"{jax.default_backend()} devices ({jax.local_device_count()} local), mesh "
                   f"{dict(self.mesh.shape)}", flush=True)
+            if jax.default_backend() == "cpu" and str(config.train.get("compute_dtype")) == "bfloat16":
+                # XLA:CPU computes bf16 products in float32 with conversions around them
+                print("jaxnets: train.compute_dtype=bfloat16 on CPU runs slower than float32 here "
+                      "(XLA:CPU upcasts bf16 products; docs/cpu_choices.md)", flush=True)
 
         self.dataset = load_dataset(config.data.name, **config.data.options)
         for split in (config.data.train_split, config.data.eval_split):
