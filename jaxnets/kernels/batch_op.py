@@ -40,60 +40,13 @@ def _batch_axes(sharding):
 
 
 def bilinear_batch_op(kernel, reference, sharding_rule: str, sums_batch: bool):
-    """The op described in the module docstring."""
-
-    @custom_partitioning
-    def partitioned(x, y):
-        return kernel(x, y)
-
-    def partition(mesh, arg_shapes, result_shape):
-        sharding = arg_shapes[0].sharding
-        if not isinstance(sharding, NamedSharding):                 # one device
-            return mesh, kernel, sharding, tuple(a.sharding for a in arg_shapes)
-        axes = _batch_axes(sharding)
-        batch = lambda rank: NamedSharding(mesh, P(axes, *[None] * (rank - 1)))
-        # The second operand is batch-major too when the result sums the batch (x and the output
-        # gradient of a filter gradient), else it is whole on every device (a kernel's weights).
-        second = batch(arg_shapes[1].ndim) if sums_batch else whole(mesh, arg_shapes[1].ndim)
-        if sums_batch:
-            def local(x, y):
-                out = kernel(x, y)
-                return out if axes is None else lax.psum(out, axes)
-            return mesh, local, whole(mesh, result_shape.ndim), (batch(arg_shapes[0].ndim), second)
-        return mesh, kernel, batch(result_shape.ndim), (batch(arg_shapes[0].ndim), second)
-
-    def infer(mesh, arg_shapes, result_shape):
-        sharding = arg_shapes[0].sharding
-        if not isinstance(sharding, NamedSharding):
-            return sharding
-        if sums_batch:
-            return whole(mesh, result_shape.ndim)
-        axes = _batch_axes(sharding)
-        return NamedSharding(mesh, P(axes, *[None] * (result_shape.ndim - 1)))
-
-    partitioned.def_partition(partition=partition, infer_sharding_from_operands=infer,
-                              sharding_rule=sharding_rule)
-
-    @jax.custom_batching.custom_vmap
-    def op(x, y):
-        return partitioned(x, y)
-
-    @op.def_vmap
-    def op_vmap(axis_size, in_batched, x, y):
-        x, y = (a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
-                for a, batched in zip((x, y), in_batched))
-        return jax.vmap(reference)(x, y), True
-
-    @jax.custom_jvp
-    def differentiable(x, y):
-        return op(x, y)
-
-    @differentiable.defjvp
-    def differentiable_jvp(primals, tangents):
-        (x, y), (tx, ty) = primals, tangents
-        return op(x, y), reference(tx, y) + reference(x, ty)
-
-    return differentiable
+    """The op described in the module docstring: `rows_batch_op` with one result. Both operands
+    are batch-major when the result sums the batch (x and the output gradient of a filter
+    gradient), else the second is whole on every device (a kernel's weights). Its tangents are
+    the reference's JVP, reference(tx, y) + reference(x, ty) for a bilinear map."""
+    op = rows_batch_op(lambda x, y: (kernel(x, y),), lambda x, y: (reference(x, y),),
+                       rows=(True, sums_batch), summed=(sums_batch,), sharding_rule=sharding_rule)
+    return lambda x, y: op(x, y)[0]
 
 
 def rows_batch_op(kernel, reference, rows: tuple[bool, ...], summed: tuple[bool, ...],

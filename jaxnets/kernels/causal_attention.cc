@@ -168,12 +168,6 @@ inline float hmax(vec v) {
   return m;
 }
 
-inline float hsum(vec v) {
-  float t = 0.f;
-  for (int c = 0; c < VW; ++c) t += v[c];
-  return t;
-}
-
 // Row i of S [T, Tp] sees keys [0, i]: `visit(j, mask)` for each vector start j up to the one
 // holding key i, `mask` true on the visible lanes; the vector after it (still inside Tp) is
 // zeroed, so column reads of a 4-key tile below the diagonal (keys up to i + 3) read zeros.

@@ -31,12 +31,6 @@ namespace {
 constexpr int64_t kChunkRows = 256;   // rows per task
 constexpr int64_t kBlockRows = 64;    // rows summed in float32 before a double total
 
-inline float hsum(vec v) {
-  float t = 0.f;
-  for (int l = 0; l < VW; ++l) t += v[l];
-  return t;
-}
-
 // Sum of a row of D floats with four independent accumulators (the additions do not wait on
 // each other).
 template <typename F>

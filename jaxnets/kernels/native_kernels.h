@@ -48,6 +48,12 @@ inline vec splat(float x) {   // a broadcast (vec{} + x adds +0.0: -0.0 + 0.0 is
   return __builtin_shuffle(v, ivec{});
 }
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+// The sum of a vector's lanes, in lane order.
+inline float hsum(vec v) {
+  float t = 0.f;
+  for (int l = 0; l < VW; ++l) t += v[l];
+  return t;
+}
 
 // exp(x), vectorised: 2^n * p(r) with x = n ln2 + r, |r| <= ln2/2, p a degree-6 polynomial
 // (Cephes expf's coefficients): relative error ~1e-7. Below -87.3 (where float32 exp underflows)
