@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks.speed.op_profile import kind_of
 from helpers import REPO
 
@@ -20,6 +22,31 @@ step()
 print(json.dumps(profile(step, steps=3)))
 """
 
+# A native kernel in the step: the trace names its thunk `ffi_call.N`; the dumped program says
+# which kernel that is. `portable` is built wherever a C++ compiler is (every machine's fallback).
+TRACE_A_KERNEL = """
+import json, sys
+from benchmarks.speed.op_profile import custom_call_targets, dump_optimized_programs, profile
+folder = dump_optimized_programs()
+import jax, jax.numpy as jnp
+from jaxnets.kernels import dense_weight_grad as dwg, native
+if native.load(dwg.NAME, "portable") is None:
+    print(json.dumps(None)); sys.exit()
+x, g = jax.random.normal(jax.random.key(0), (2, 64, 32))
+f = jax.jit(lambda x, g: dwg.dense_weight_grad(x, g, isa="portable") * 2.0 + x.T @ g)
+step = lambda: jax.block_until_ready(f(x, g))
+step()
+print(json.dumps(profile(step, steps=3, targets=custom_call_targets(folder))))
+"""
+
+
+def _run(code):
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
 
 def test_kinds_follow_the_ops_a_name_holds():
     assert kind_of("ynn_fusion") == kind_of("dot_general") == kind_of("custom-call") == "library"
@@ -31,13 +58,21 @@ def test_kinds_follow_the_ops_a_name_holds():
 
 
 def test_a_traced_step_counts_each_op_once_per_step():
-    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", TRACE_A_STEP], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    ops = json.loads(out.stdout.strip().splitlines()[-1])
+    ops = _run(TRACE_A_STEP)
     library = {op: v for op, v in ops.items() if kind_of(op) == "library"}
     generated = {op: v for op, v in ops.items() if kind_of(op) == "generated"}
     assert len(library) == 1 and list(library.values())[0][1] == 3   # the one matmul, 3 steps
     assert sum(calls for _, calls in generated.values()) == 3         # tanh and scale: one fusion
     assert all(ns > 0 for ns, _ in ops.values())
+
+
+def test_a_native_kernel_is_named_after_its_handler():
+    ops = _run(TRACE_A_KERNEL)
+    if ops is None:
+        pytest.skip("no native kernel on this machine (no compiler)")
+    kernels = {op: v for op, v in ops.items() if op.startswith("ffi_call")}
+    assert list(kernels) == ["ffi_call:DenseWeightGrad_portable"]   # the build named: its ISA
+    assert kernels["ffi_call:DenseWeightGrad_portable"][1] == 3
+    assert kind_of("ffi_call:DenseWeightGrad") == "library"
+    # XLA's own matmul beside it keeps its plain name
+    assert any(op.startswith(("ynn_", "xnn_", "dot")) for op in ops if op not in kernels)

@@ -20,6 +20,11 @@ op name with the numeric suffix removed (`ynn_fusion.12` -> `ynn_fusion`) and by
   generated XLA's other fused loops (elementwise maths, reductions, softmax...)
   other     everything else (unfused arithmetic, small wrapped ops)
 
+A native kernel's thunk is named only `ffi_call.N` in the trace; the tool reads which kernel each
+is from XLA's dump of the optimized programs (`custom_call_targets`) and sums them per kernel
+(`ffi_call:CausalAttentionBwd`, `ffi_call:DenseWeightGrad`...), so the per-op table says which of
+jaxnets' kernels the time goes to. (It compiles afresh for that: no compilation cache.)
+
 `busy_ms_per_step` is thunk time summed over threads: the executor runs independent thunks side
 by side on its threads, so the sum can exceed the wall time (`busy_over_wall`), and one op's
 time includes waiting for cores another op holds. Read the shares, not the absolute times.
@@ -28,10 +33,12 @@ Results: `--save` writes benchmarks/results/op_profile_{work}_{size}.json (shown
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import glob
 import os
 import re
+import shutil
 import sys
 import tempfile
 
@@ -75,6 +82,7 @@ def build(work: str, size: str):
         grad = jax.jit(jax.grad(lambda p, x: jnp.mean(jnp.square(nnx.merge(graphdef, p)(x)[0]))))
         return lambda: jax.block_until_ready(grad(params, x))
     workdir = tempfile.mkdtemp(prefix="op_profile_")
+    atexit.register(shutil.rmtree, workdir, True)   # the trainer's checkpoints and logs
     if work == "transformer":
         from benchmarks.speed import transformer_step
         step, _, _ = transformer_step.jaxnets_step(transformer_step.make_config(size, []), workdir)
@@ -98,8 +106,39 @@ def prepare_platform(work: str, size: str) -> None:
     install_process_settings()   # as `jaxnets train` does (no libtpu on a host without TPUs)
 
 
-def profile(step, steps: int) -> dict[str, list[float]]:
-    """{op: [busy ns summed over `steps` steps, calls]} from one jax.profiler trace."""
+def dump_optimized_programs() -> str:
+    """A fresh folder XLA writes each optimized program to as text (set before jax starts its
+    backend), and no persistent compilation cache, so that every program is compiled here."""
+    folder = tempfile.mkdtemp(prefix="op_profile_hlo_")
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={folder} --xla_dump_hlo_as_text".strip()
+    os.environ["JAXNETS_COMPILATION_CACHE"] = "0"
+    return folder
+
+
+def custom_call_targets(folder: str) -> dict[tuple[int, str], str]:
+    """{(program id, instruction name): the kernel's handler} for every custom call in the
+    optimized programs XLA dumped into `folder` (`module_0002.jit_step.cpu_after_optimizations.txt`
+    is program 2), each by `_handler`."""
+    targets = {}
+    for path in glob.glob(os.path.join(folder, "module_*.cpu_after_optimizations.txt")):
+        program = int(os.path.basename(path).split(".")[0].removeprefix("module_"))
+        with open(path) as f:
+            for m in re.finditer(r'^\s*(?:ROOT )?%?([\w.-]+) = .*custom_call_target="([^"]+)"', f.read(), re.M):
+                targets[program, m.group(1)] = _handler(m.group(2))
+    return targets
+
+
+def _handler(target: str) -> str:
+    """`jaxnets_layer_norm_LayerNormFwd` -> `LayerNormFwd` (a named build keeps its ISA:
+    `..._DenseWeightGrad_avx2` -> `DenseWeightGrad_avx2`); other targets whole."""
+    parts = target.split("_")
+    first = next((i for i, p in enumerate(parts) if p[:1].isupper()), None)
+    return "_".join(parts[first:]) if first is not None else target
+
+
+def profile(step, steps: int, targets: dict[tuple[int, str], str] | None = None) -> dict[str, list[float]]:
+    """{op: [busy ns summed over `steps` steps, calls]} from one jax.profiler trace; `targets`
+    (`custom_call_targets`) names each custom call's thunk after its kernel."""
     import jax
     from jax.profiler import ProfileData
     with tempfile.TemporaryDirectory() as trace_dir:
@@ -115,10 +154,16 @@ def profile(step, steps: int) -> dict[str, list[float]]:
                 for event in line.events:
                     if "::" in event.name or event.name.startswith(("while", "end:", "cond", "call")):
                         continue   # runtime internals, containers of other thunks, completion markers
-                    op = ops[re.sub(r"\.\d+$", "", event.name)]
+                    name = re.sub(r"\.\d+$", "", event.name)
+                    kernel = targets and targets.get((_program_id(event), event.name))
+                    op = ops[f"{name}:{kernel}" if kernel else name]
                     op[0] += event.duration_ns
                     op[1] += 1
     return ops
+
+
+def _program_id(event) -> int | None:
+    return next((int(v) for k, v in event.stats if k == "program_id"), None)
 
 
 def main(argv=None):
@@ -134,12 +179,14 @@ def main(argv=None):
     size = args.size or {"lstm": "b16_t1024", "transformer": "smoke", "resnet": "20"}[args.work]
     if args.work == "lstm" and size not in ("b16_t1024", "b64_t128"):
         ap.error("--size for lstm is b16_t1024 or b64_t128")
+    programs = dump_optimized_programs()
     prepare_platform(args.work, size)
     from benchmarks.common import report, save, time_fn
 
     step = build(args.work, size)
     wall = time_fn(step, warmup=3, runs=10)["median_ms"]
-    ops = profile(step, args.steps)
+    ops = profile(step, args.steps, custom_call_targets(programs))
+    shutil.rmtree(programs, ignore_errors=True)
     busy = sum(ns for ns, _ in ops.values()) / args.steps / 1e6
     kinds: dict[str, float] = collections.defaultdict(float)
     for op, (ns, _) in ops.items():
