@@ -33,6 +33,7 @@ def needs_kernel(isa=None):
 @pytest.mark.parametrize("b,h,w,c,o", [
     (2, 32, 32, 16, 16),   # a CIFAR ResNet's first stage: whole tiles along the row
     (3, 8, 8, 64, 64),     # its last stage: short rows, several channel vectors per tile
+    (2, 6, 8, 16, 16),     # one tile per row: its first and last pixels skip the border's taps
     (2, 7, 5, 3, 32),      # the 3-channel stem; rows that are no whole number of tiles
     (1, 1, 1, 5, 16),      # a single pixel: only the centre tap sees it
     (2, 9, 28, 32, 48),    # 48 outputs: an odd number of vectors on AVX-512
