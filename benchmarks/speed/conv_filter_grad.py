@@ -1,21 +1,23 @@
 """The native 3x3 filter-gradient kernel, each ISA build against XLA's form, per ResNet layer.
 
-    python -m benchmarks.conv_filter_grad [--batch 64] [--rounds 7] [--peer-python PY] [--out FILE]
+    python -m benchmarks.conv_filter_grad [--batch 64] [--rounds 7] [--repeats 5] [--peer-python PY] [--out FILE]
 
 For the CIFAR ResNet's three 3x3 layer shapes (32x32x16, 16x16x32, 8x8x64; batch 64, the
 per-device share of batch 128 on two per-core devices), times every native build this CPU can
-run (`jaxnets.kernels.native.runnable_isas`: avx512, avx2, portable) and XLA's filter
-gradient, interleaved in rounds, each call on one thread (threads=1, as on per-core devices;
-XLA with `--xla_cpu_multi_thread_eigen=false`). Reports the median ms per build and its ratio
-to XLA (below 1: the kernel wins), and GFLOP/s, from the process's CPU time per call
-(`*_cpu_ms`, the figures to read on a loaded machine: a call longer than the scheduler's time
-slice waits for every other job in wall time, a shorter one does not) and from wall time. This is where a build's register tiles show:
-`JAXNETS_NATIVE_ISA` picks the build `jaxnets train` uses; the on-disk choice cache picks XLA
-for any shape where it is faster.
+run (`jaxnets.kernels.native.runnable_isas`: avx512, avx2, portable) and XLA's filter gradient,
+interleaved in rounds (each build `--repeats` calls back to back per round, their median the
+round's figure, as the peer times its calls), each call on one thread (threads=1, as on
+per-core devices; XLA with `--xla_cpu_multi_thread_eigen=false`). Reports the median ms per
+build and its ratio to XLA (below 1: the kernel wins), and GFLOP/s, from the process's CPU time
+per call (`*_cpu_ms`, the figures to read on a loaded machine: a call longer than the
+scheduler's time slice waits for every other job in wall time, a shorter one does not) and
+from wall time. This is where a build's register tiles show: `JAXNETS_NATIVE_ISA` picks the
+build `jaxnets train` uses; the on-disk choice cache picks XLA for any shape where it is faster.
 
 The PyTorch peer (`benchmarks/peers/torch_conv_filter_grad.py`, run by `--peer-python`, default
 the peers venv /tmp/peers; skipped if that python does not exist): oneDNN's weight-gradient
-primitive on one thread, channels_last, one subprocess per round before jaxnets' calls. Its
+primitive on one thread, channels_last, one subprocess per round before jaxnets' calls (the
+median of 5 calls after 2 warm-up calls). Its
 `torch_cpu_ms`, GFLOP/s and fraction of one core's peak sit in the same row, and
 `native_over_torch` is the ratio for the build this machine runs (`native_isa`), per round then
 the median. GFLOP/s count every product of the zero-padded 3x3 window (2 B H W 9 C O), whichever
@@ -52,6 +54,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="calls of each build per round, back to back (their median is the round's)")
     ap.add_argument("--peer-python", default="/tmp/peers/bin/python",
                     help="python of the PyTorch peers venv (the peer is skipped if it does not exist)")
     ap.add_argument("--out")
@@ -89,10 +93,14 @@ def main(argv=None):
             for name, ms in peer_round(args.peer_python, args.batch).items():
                 peer[name].append(ms)
         for k, (f, x, g) in calls.items():
-            t, c = time.perf_counter(), time.process_time()
-            f(x, g).block_until_ready()
-            times[k].append((time.perf_counter() - t) * 1e3)
-            cpu[k].append((time.process_time() - c) * 1e3)
+            wall_ms, cpu_ms = [], []
+            for _ in range(args.repeats):   # back to back, as the peer times its calls
+                t, c = time.perf_counter(), time.process_time()
+                f(x, g).block_until_ready()
+                wall_ms.append((time.perf_counter() - t) * 1e3)
+                cpu_ms.append((time.process_time() - c) * 1e3)
+            times[k].append(statistics.median(wall_ms))
+            cpu[k].append(statistics.median(cpu_ms))
     core_peak = cpu_peak()["fp32_flops_per_s"] / cpu_peak()["cores"]
     ours = native.machine_isa()
     results = []
