@@ -56,6 +56,16 @@ def commit() -> str:
         return "unknown"
 
 
+def machine_tag(ident: dict | None = None) -> str:
+    """A file-name tag for this CPU model, `amd_f25m17` (vendor, family and model numbers), so
+    stored results of different CPUs sit side by side instead of replacing each other."""
+    ident = ident or cpu_identity()
+    vendor = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(ident.get("vendor"), "")
+    if vendor and ident.get("family") is not None:
+        return f"{vendor}_f{ident['family']}m{ident.get('model')}"
+    return "".join(c if c.isalnum() else "_" for c in (ident.get("model_name") or platform.machine()).lower())
+
+
 def machine(**extra) -> dict:
     """Where and when a figure was measured; `extra` adds run settings (env switches, ...).
     `cpu_vendor`, `cpu_family`, `cpu_model_number` and `isa_flags` name the CPU (model names alone

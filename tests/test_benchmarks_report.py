@@ -76,3 +76,12 @@ def test_one_table_per_cpu(tmp_path, monkeypatch):
     assert "150" not in table
     assert "| resnet20 | 90 |" in readme.read_text() and "140" not in readme.read_text()
     assert report.main(["--check"]) == 0
+
+
+def test_machine_tag_names_the_cpu_model_for_file_names():
+    amd = {"vendor": "AuthenticAMD", "family": 25, "model": 17, "model_name": "AMD EPYC"}
+    intel = {"vendor": "GenuineIntel", "family": 6, "model": 143, "model_name": "Intel(R) Xeon(R) Platinum 8480+"}
+    arm = {"vendor": "?", "family": None, "model": None, "model_name": "Neoverse-V2"}
+    assert common.machine_tag(amd) == "amd_f25m17"
+    assert common.machine_tag(intel) == "intel_f6m143"   # two Xeon generations differ by model number
+    assert common.machine_tag(arm) == "neoverse_v2"

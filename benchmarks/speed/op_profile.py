@@ -28,7 +28,8 @@ jaxnets' kernels the time goes to. (It compiles afresh for that: no compilation 
 `busy_ms_per_step` is thunk time summed over threads: the executor runs independent thunks side
 by side on its threads, so the sum can exceed the wall time (`busy_over_wall`), and one op's
 time includes waiting for cores another op holds. Read the shares, not the absolute times.
-Results: `--save` writes benchmarks/results/op_profile_{work}_{size}.json (shown by benchmarks.report).
+Results: `--save` writes benchmarks/results/op_profile_{work}_{size}_{cpu}.json, `{cpu}` naming the
+CPU model (`benchmarks.common.machine_tag`: `amd_f25m17`), shown by benchmarks.report.
 """
 from __future__ import annotations
 
@@ -174,14 +175,14 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=3, help="steps traced")
     ap.add_argument("--top", type=int, default=15, help="ops listed")
     ap.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
-    ap.add_argument("--save", action="store_true", help="write benchmarks/results/op_profile_WORK_SIZE.json")
+    ap.add_argument("--save", action="store_true", help="write benchmarks/results/op_profile_WORK_SIZE_CPU.json")
     args = ap.parse_args(argv)
     size = args.size or {"lstm": "b16_t1024", "transformer": "smoke", "resnet": "20"}[args.work]
     if args.work == "lstm" and size not in ("b16_t1024", "b64_t128"):
         ap.error("--size for lstm is b16_t1024 or b64_t128")
     programs = dump_optimized_programs()
     prepare_platform(args.work, size)
-    from benchmarks.common import report, save, time_fn
+    from benchmarks.common import machine_tag, report, save, time_fn
 
     step = build(args.work, size)
     wall = time_fn(step, warmup=3, runs=10)["median_ms"]
@@ -201,7 +202,7 @@ def main(argv=None):
     command = "python -m benchmarks.op_profile " + " ".join(argv if argv is not None else sys.argv[1:])
     line = report(f"op_profile_{args.work}_{size}", rows, command=command)
     if args.save:
-        save(line, f"op_profile_{args.work}_{size}.json")
+        save(line, f"op_profile_{args.work}_{size}_{machine_tag()}.json")
 
 
 if __name__ == "__main__":
