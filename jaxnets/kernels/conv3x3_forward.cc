@@ -68,7 +68,7 @@ __attribute__((always_inline)) inline void Tap(vec (&acc)[R][OV], const float* x
 // tile's first pixel where `left`, the right column's for its last where `right`. On an 8 x 8
 // image the border is 2 x 1/12 of the products.
 template <int R, int OV, int PS>
-inline void Tile(const float* xp, int64_t x_row, int64_t C, const float* k, int64_t O, float* y,
+__attribute__((always_inline)) inline void Tile(const float* xp, int64_t x_row, int64_t C, const float* k, int64_t O, float* y,
                  int64_t S, int kh0, int kh1, bool left, bool right) {
   const int64_t ps = PS ? PS : S * C;
   vec acc[R][OV] = {};
@@ -117,9 +117,14 @@ void Image(const float* x, const float* k, float* y, const Dims& d, float* xp, f
       float* out = whole ? y + h * d.Wo * d.O + o0 : row + o0;
       // Input row S h + kh - 1 and column S w + kw - 1 inside the image only (see Tile).
       const int kh0 = h * d.S == 0 ? 1 : 0, kh1 = h * d.S + 1 >= d.H ? 2 : 3;
-      for (int64_t w0 = 0; w0 < Wt; w0 += R)
-        Tile<R, OV, PS>(xp + h * d.S * x_row + w0 * d.S * d.C, x_row, d.C, k + o0, d.O, out + w0 * d.O,
-                        d.S, kh0, kh1, w0 == 0, w0 + R == d.Wo && (d.Wo - 1) * d.S + 1 >= d.W);
+      for (int64_t w0 = 0; w0 < Wt; w0 += R) {
+        const float* xt = xp + h * d.S * x_row + w0 * d.S * d.C;
+        const bool left = w0 == 0, right = w0 + R == d.Wo && (d.Wo - 1) * d.S + 1 >= d.W;
+        if (kh0 == 0 && kh1 == 3)   // inner rows: the tap loop with constant bounds, as before
+          Tile<R, OV, PS>(xt, x_row, d.C, k + o0, d.O, out + w0 * d.O, d.S, 0, 3, left, right);
+        else
+          Tile<R, OV, PS>(xt, x_row, d.C, k + o0, d.O, out + w0 * d.O, d.S, kh0, kh1, left, right);
+      }
       if (!whole)
         for (int64_t w = 0; w < d.Wo; ++w)
           std::memcpy(y + (h * d.Wo + w) * d.O + o0, row + w * d.O + o0, sizeof(float) * VW * OV);
