@@ -17,10 +17,9 @@ build `jaxnets train` uses; the on-disk choice cache picks XLA for any shape whe
 The PyTorch peer (`benchmarks/peers/torch_conv_filter_grad.py`, run by `--peer-python`, default
 the peers venv /tmp/peers; skipped if that python does not exist): oneDNN's weight-gradient
 primitive on one thread, channels_last, one subprocess per round before jaxnets' calls (the
-median of 5 calls after 2 warm-up calls). Its
-`torch_cpu_ms`, GFLOP/s and fraction of one core's peak sit in the same row, and
-`native_over_torch` is the ratio for the build this machine runs (`native_isa`), per round then
-the median. GFLOP/s count every product of the zero-padded 3x3 window (2 B H W 9 C O), whichever
+median of 5 calls after 2 warm-up calls). Its `torch_cpu_ms`, GFLOP/s and fraction of one core's
+peak sit in the same row, and `native_over_torch` is the ratio for the build this machine runs
+(`native_isa`), per round then the median. GFLOP/s count every product of the zero-padded 3x3 window (2 B H W 9 C O), whichever
 side skips the borders' zeros.
 """
 from __future__ import annotations

@@ -42,12 +42,6 @@ using namespace jaxnets_native;
 #endif
 constexpr int kAcc = JAXNETS_CONV_ACC;   // accumulator registers of a tile
 
-// acc[R][OV] = the outputs of R pixels (one row) x OV vectors of channels, then stored to y.
-// xp: the padded input at the tile's first tap (row S h - 1, column S w0 - 1); k: the weights at
-// the block's first channel; S: the stride (pixels of a tile are S columns apart). PS: S C when
-// known at compile time (0: not), so that the R broadcasts address one register plus constant
-// offsets; with S C known only at run time the compiler keeps R addresses and, at R = 16, runs out
-// of general registers (parked in vector registers: 32 x 32 x 16 -> 16 ran at 66% of peak).
 // One tap's products for pixels R0 .. R1 - 1 of the tile (compile-time bounds: the accumulators
 // stay in registers).
 template <int R, int OV, int PS, int R0, int R1>
@@ -63,13 +57,20 @@ __attribute__((always_inline)) inline void Tap(vec (&acc)[R][OV], const float* x
   }
 }
 
+// acc[R][OV] = the outputs of R pixels (one row) x OV vectors of channels, then stored to y.
+// xp: the padded input at the tile's first tap (row S h - 1, column S w0 - 1); k: the weights at
+// the block's first channel; S: the stride (pixels of a tile are S columns apart). PS: S C when
+// known at compile time (0: not), so that the R broadcasts address one register plus constant
+// offsets; with S C known only at run time the compiler keeps R addresses and, at R = 16, runs out
+// of general registers (parked in vector registers: 32 x 32 x 16 -> 16 ran at 66% of peak).
 // Taps reading the zero border are skipped, as oneDNN does: rows kh0 .. kh1 - 1 only (the first
 // and last output rows lose a third of their products), and the left column's taps for the
 // tile's first pixel where `left`, the right column's for its last where `right`. On an 8 x 8
 // image the border is 2 x 1/12 of the products.
 template <int R, int OV, int PS>
-__attribute__((always_inline)) inline void Tile(const float* xp, int64_t x_row, int64_t C, const float* k, int64_t O, float* y,
-                 int64_t S, int kh0, int kh1, bool left, bool right) {
+__attribute__((always_inline)) inline void Tile(const float* xp, int64_t x_row, int64_t C,
+                                                const float* k, int64_t O, float* y, int64_t S,
+                                                int kh0, int kh1, bool left, bool right) {
   const int64_t ps = PS ? PS : S * C;
   vec acc[R][OV] = {};
   for (int kh = kh0; kh < kh1; ++kh)
